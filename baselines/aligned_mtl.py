@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix
+from mtlbench.plugin.solvers import gram_matrix
 
 
 def aligned_weights(gram: Tensor, eps: float) -> Tensor:

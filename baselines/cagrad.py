@@ -7,7 +7,7 @@ Paper: Liu, Liu, Jin, Stone & Liu, Conflict-Averse Gradient Descent for Multi-ta
 NeurIPS 2021. Reference matched: LibMTL ``weighting/CAGrad.py``: the *mean* gradient g_0
 (nash-mtl's CAGrad sums and is T times larger), c = 0.5 (nash-mtl uses 0.4), ``rescale`` 0
 (none), 1 (/(1 + c^2), the default) or 2 (/(1 + c)). Differences: the inner problem is solved
-to ~1e-12 (SLSQP on analytic gradients, see ``mtlbench.solvers.cagrad_weights``) where the
+to ~1e-12 (SLSQP on analytic gradients, see ``mtlbench.plugin.solvers.cagrad_weights``) where the
 reference's SLSQP with default tolerances stops ~1e-3 away (the objective is flat near its
 optimum: objective values agree to ~1e-12, updates to ~1e-6 relative); LibMTL adds 1e-8 to g_0's and g_w's
 norms, we do not. Edge case: if g_w* = 0 (zero lies in the gradients' convex hull) the update
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import cagrad_weights, gram_matrix
+from mtlbench.plugin.solvers import cagrad_weights, gram_matrix
 
 
 class CAGrad(GradientAggregator):

@@ -10,6 +10,7 @@ from mtlbench.api import LossWeighting, StepInfo
 
 class EW(LossWeighting):
     name = "ew"
+    roles = frozenset({"reference"})
     description = "equal weights: minimise the sum of task losses"
     citation = "the standard multi-task baseline; e.g. Lin et al., LibMTL, JMLR 2023"
     reference = "LibMTL weighting/EW.py (weights = 1)"

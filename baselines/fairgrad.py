@@ -7,7 +7,7 @@ the authors' ``FairGrad`` (github.com/OptMN-Lab/fairgrad, weight_methods.py; als
 torchjd's ports): raw Gram matrix, alpha = 1.0 by default (LibMTL's default; the paper tunes it
 per dataset), update sum_i w_i g_i. Difference: the reference calls
 ``scipy.optimize.least_squares`` from w = 1/T with bounds w >= 0 and default tolerances; we solve
-the same equation by Newton's method to 1e-10 (``mtlbench.solvers.power_balance_weights``).
+the same equation by Newton's method to 1e-10 (``mtlbench.plugin.solvers.power_balance_weights``).
 Edge cases: a zero task gradient or linearly dependent gradients without a solution raise a
 clear error.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix, power_balance_weights
+from mtlbench.plugin.solvers import gram_matrix, power_balance_weights
 
 
 class FairGrad(GradientAggregator):

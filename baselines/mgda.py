@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix, min_norm_weights
+from mtlbench.plugin.solvers import gram_matrix, min_norm_weights
 
 
 class MGDA(GradientAggregator):

@@ -12,7 +12,7 @@ clips the shared gradient: the same thing),
 update_weights_every = 1 (in between, the previous alpha is reused). Difference: the reference
 approximates the solution with up to 20 convex-concave steps of an ECOS solve (cvxpy), stopping
 when ||K alpha - 1/alpha|| < 1e-3; we solve the same equation with Newton's method to 1e-10
-(``mtlbench.solvers.power_balance_weights``), no solver package needed. Edge cases: when no
+(``mtlbench.plugin.solvers.power_balance_weights``), no solver package needed. Edge cases: when no
 solution exists (a zero task gradient, exactly opposite gradients) the step fails with a clear
 error instead of returning zero.
 """
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix, power_balance_weights
+from mtlbench.plugin.solvers import gram_matrix, power_balance_weights
 
 
 class NashMTL(GradientAggregator):

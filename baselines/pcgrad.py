@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix
+from mtlbench.plugin.solvers import gram_matrix
 
 
 class PCGrad(GradientAggregator):

@@ -9,5 +9,6 @@ from mtlbench.api import SingleTask
 
 class STL(SingleTask):
     name = "stl"
+    roles = frozenset({"baseline"})
     description = "one model per task (the Δm baseline)"
     citation = "Caruana, Multitask Learning, Machine Learning 28, 1997 (the single-task reference point)"

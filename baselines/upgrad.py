@@ -25,7 +25,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.solvers import gram_matrix, torchjd_aggregator
+from mtlbench.plugin.solvers import gram_matrix, torchjd_aggregator
 
 
 class UPGrad(GradientAggregator):

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.config import load_benchmark  # noqa: E402
-from mtlbench.data import data_root  # noqa: E402
-from mtlbench.executors.options import ExecutorOptions, with_overrides  # noqa: E402
-from mtlbench.runner import run_cells  # noqa: E402
+from mtlbench.grid.config import load_benchmark  # noqa: E402
+from mtlbench.datasets.splits import data_root  # noqa: E402
+from mtlbench.grid.executor import ExecutorOptions, with_overrides  # noqa: E402
+from mtlbench.run.runner import run_cells  # noqa: E402
 
 BACKBONES = {
     "resnet18": 'model = "resnet18"\nstem = "3x3"',
@@ -88,9 +88,9 @@ def checkpoint_cost(bench, repeat: int = 5) -> dict:
     import torch
 
     from mtlbench.api import Protocol
-    from mtlbench.backbones import BackboneSpec
-    from mtlbench.checkpoint import CellCheckpoints
-    from mtlbench.train import FitOutput, build_model, make_optimizer
+    from mtlbench.backbones.build import BackboneSpec
+    from mtlbench.train.checkpoint import CellCheckpoints
+    from mtlbench.train.cell import FitOutput, build_model, make_optimizer
 
     cell = bench.cells()[0]
     task = bench.plugins.tasks[cell.task](**cell.task_options)

@@ -1,7 +1,7 @@
 """Cost of every method: time per training step and peak memory, relative to EW, on the
 benchmark's backbones with T synthetic classification tasks, for each per-task gradient strategy.
 
-Each step is the trainer's own step (``mtlbench.train``'s forward/backward helpers, the
+Each step is the trainer's own step (``mtlbench.train.cell``'s forward/backward helpers, the
 method's clipping and after-step hook, an Adam step) on a fixed random batch. Two reference
 costs are measured on the same model: EW (one forward + one backward) and "fwd + T bwd" (one
 forward + T single-task backward passes, the per-task gradient loop with no method). Targets
@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mtlbench.api import GradientAggregator, LossWeighting, Method, StepInfo, Task  # noqa: E402
-from mtlbench.backbones import build_trunk  # noqa: E402
-from mtlbench.config import load_benchmark  # noqa: E402
-from mtlbench.conflict import ConflictRecorder  # noqa: E402
-from mtlbench.gradients import STRATEGIES, clip_grad_norm, default_strategy, task_gradients  # noqa: E402
-from mtlbench.model import HardSharingModel  # noqa: E402
-from mtlbench.provenance import PeakMemory  # noqa: E402
-from mtlbench.train import _backward, _forward, _losses_after_step  # noqa: E402
+from mtlbench.backbones.build import build_trunk  # noqa: E402
+from mtlbench.grid.config import load_benchmark  # noqa: E402
+from mtlbench.train.conflict import ConflictRecorder  # noqa: E402
+from mtlbench.train.gradients import STRATEGIES, clip_grad_norm, default_strategy, task_gradients  # noqa: E402
+from mtlbench.plugin.model import HardSharingModel  # noqa: E402
+from mtlbench.train.provenance import PeakMemory  # noqa: E402
+from mtlbench.train.cell import _backward, _forward, _losses_after_step  # noqa: E402
 
 INPUT = (1, 36, 36)
 

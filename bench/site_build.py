@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mtlbench.cells import Cell
-from mtlbench.results import iter_result_files
-from mtlbench.site import build_site
+from mtlbench.core.cell import Cell
+from mtlbench.core.files import iter_result_files
+from mtlbench.site.build import build_site
 
 LABELS = 16  # variants of each multi-task method per suite and backbone
 SEEDS = 5  # 490 files per suite from the default suite's 2 backbones x 4 methods

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mtlbench.errors import MtlbenchError
+from mtlbench.core.errors import MtlbenchError
 
 
 def _config_args(p: argparse.ArgumentParser, results: bool = True) -> None:
@@ -116,7 +116,7 @@ def _results_dir(args: argparse.Namespace, config: Path) -> Path:
 
 
 def _load(args: argparse.Namespace):
-    from mtlbench.config import load_benchmark, parse_filters
+    from mtlbench.grid.config import load_benchmark, parse_filters
 
     bench = load_benchmark(args.config)
     cells = bench.cells(args.suite, parse_filters(args.only))
@@ -124,10 +124,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mtlbench.data import data_root
-    from mtlbench.executors.options import with_overrides
-    from mtlbench.results import ResultStore
-    from mtlbench.runner import plan, run_cells
+    from mtlbench.datasets.splits import data_root
+    from mtlbench.grid.executor import with_overrides
+    from mtlbench.run.store import ResultStore
+    from mtlbench.run.runner import plan, run_cells
 
     bench, cells = _load(args)
     results = _results_dir(args, bench.path)
@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mtlbench.status import grid_status
+    from mtlbench.run.status import grid_status
 
     bench, cells = _load(args)
     print(grid_status(cells, _results_dir(args, bench.path), bench.executor.lock_stale_s, every_cell=args.all))
@@ -165,9 +165,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mtlbench.data import data_root
-    from mtlbench.errors import ConfigError
-    from mtlbench.plugins import discover
+    from mtlbench.datasets.splits import data_root
+    from mtlbench.core.errors import ConfigError
+    from mtlbench.grid.plugins import discover
 
     plugins = discover(Path(args.config).parent)
     if args.task not in plugins.tasks:
@@ -187,7 +187,7 @@ def parse_options(items: list[str] | None, defaults: dict, task: str) -> dict:
     """``["image_size=128"]`` -> ``{"image_size": 128}`` (values read as TOML, else as strings)."""
     import tomllib
 
-    from mtlbench.errors import ConfigError
+    from mtlbench.core.errors import ConfigError
 
     options = {}
     for item in items or []:
@@ -204,12 +204,12 @@ def parse_options(items: list[str] | None, defaults: dict, task: str) -> dict:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from mtlbench.site import build_site
+    from mtlbench.site.build import build_site
 
     dirs = [Path(d) for d in (args.results or ["results"])]
     for d in dirs:
         if not d.exists():
-            from mtlbench.errors import ConfigError
+            from mtlbench.core.errors import ConfigError
 
             raise ConfigError(f"--results {d}: no such folder; run `mtlbench run` first or pass the folder holding result files")
     published = Path(args.published)
@@ -223,7 +223,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mtlbench.validate import known_from_project, validate_paths
+    from mtlbench.report.validate import known_from_project, validate_paths
 
     report = validate_paths([Path(p) for p in args.paths], known_from_project(Path(args.config).parent))
     for p in report.problems:
@@ -234,20 +234,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mtlbench.plugins import discover
+    from mtlbench.grid.plugins import discover
 
     root = Path(args.config).parent
     if args.what == "mitigations":
-        from mtlbench.mitigations import MITIGATIONS
-
-        for name, m in MITIGATIONS.items():
+        for name, m in discover(root).mitigations.items():
             opts = ", ".join(f"{k}={v!r}" for k, v in m.option_defaults().items()) or "-"
-            print(f"{name:<6} {m.description}\n{'':<7}cite: {m.citation or '-'}\n{'':<7}options: {opts}")
+            roles = f"  roles: {', '.join(sorted(m.roles))}" if m.roles else ""
+            print(f"{name:<6} v{m.version}  {m.description}{roles}\n{'':<7}cite: {m.citation or '-'}\n{'':<7}options: {opts}")
         return 0
     if args.what == "backbones":
-        from mtlbench.config import load_benchmark
+        from mtlbench.grid.config import load_benchmark
 
-        from mtlbench.backbones import NATIVE_MODELS
+        from mtlbench.backbones.build import NATIVE_MODELS
 
         bench = load_benchmark(args.config)
         for bid, spec in bench.backbones.items():
@@ -267,7 +266,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         pad = " " * (width + 14)
         for name, cls in sorted(plugins.methods.items()):
             opts = ", ".join(f"{k}={v!r}" for k, v in cls.option_defaults().items()) or "-"
-            print(f"{name:<{width}}  {cls.kind:<11} {cls.description}\n{pad}cite: {cls.citation}\n{pad}options: {opts}")
+            roles = f"  roles: {', '.join(sorted(cls.roles))}" if cls.roles else ""
+            print(f"{name:<{width}}  {cls.kind:<11} v{cls.version}  {cls.description}{roles}\n{pad}cite: {cls.citation}\n"
+                  f"{pad}reference: {cls.reference or '-'}\n{pad}options: {opts}")
     return 0
 
 

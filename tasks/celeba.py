@@ -18,7 +18,7 @@ ImageNet-pretrained weights, as Recon does). The same data is on the HuggingFace
 so ``prepare`` reads the official files.
 
 Heads: one linear layer to two classes per attribute (Sener & Koltun's ``FaceAttributeDecoder``),
-cross-entropy. Metrics per attribute (:class:`mtlbench.classification.AttributeErrorF1`):
+cross-entropy. Metrics per attribute (:class:`mtlbench.datasets.classification.AttributeErrorF1`):
 ``<attr>.err`` (error rate; Sener & Koltun and Recon report it, Recon averaged over the
 attributes) and ``<attr>.f1`` (F1 of the attribute being present, which papers on imbalanced
 attributes report). Δm on the leaderboard covers both metrics of every attribute; the
@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedColumn, MappedSplit, MetricSpec, Protocol, Task, arrow_columns
-from mtlbench.classification import AttributeErrorF1
-from mtlbench.data import build_store_for, content_hash, open_store
-from mtlbench.errors import DataError
-from mtlbench.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
+from mtlbench.datasets.classification import AttributeErrorF1
+from mtlbench.datasets.splits import build_store_for, content_hash, open_store
+from mtlbench.core.errors import DataError
+from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
 
 ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",

@@ -9,19 +9,19 @@ disparity, 0 = no measurement). The copy's ``label_19/`` is not used. Convert it
 under its own terms of use (registration at cityscapes-dataset.com).
 
 Protocol (the task's defaults, the Nash-MTL/FAMO CityScapes setting): SegNet-MTAN, the
-augmentation of :mod:`mtlbench.dense` (random scale-crop in {1, 1.2, 1.5}, flip), Adam lr 1e-4
+augmentation of :mod:`mtlbench.datasets.dense` (random scale-crop in {1, 1.2, 1.5}, flip), Adam lr 1e-4
 halved at epoch 100, 200 epochs, batch 8, test metrics averaged over the last 10 epochs.
 Validation: 10% of the training images (seed 0, see ``DenseTask``).
 
 Sources: Cordts et al., "The Cityscapes Dataset for Semantic Urban Scene Understanding", CVPR
 2016. Metrics and losses match MTAN's and FAMO's code (``experiments/cityscapes`` in
-Cranial-XIX/FAMO), with the exceptions listed in mtlbench.dense.
+Cranial-XIX/FAMO), with the exceptions listed in mtlbench.datasets.dense.
 """
 
 from __future__ import annotations
 
-from mtlbench.dense import DEPTH_METRICS, SEGMENTATION_METRICS, DenseTask, mtan_protocol
-from mtlbench.mtan_npy import DEPTH, IMAGE, Layout, Modality
+from mtlbench.datasets.dense import DEPTH_METRICS, SEGMENTATION_METRICS, DenseTask, mtan_protocol
+from mtlbench.datasets.mtan_npy import DEPTH, IMAGE, Layout, Modality
 
 
 class CityScapes(DenseTask):

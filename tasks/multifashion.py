@@ -3,7 +3,7 @@
 Lin et al. (NeurIPS 2019, "Pareto Multi-Task Learning") built Multi-Fashion+MNIST and
 Multi-Fashion from MultiMNIST's construction (Sabour et al., 2017; Sener & Koltun, 2018); Recon
 (Shi et al., ICLR 2023, Table 1 and Appendix B.1) trains ResNet18 on it. Construction here (the
-overlay of :mod:`mtlbench.mnist_format`, shared with the ``multimnist`` task): the top-left item
+overlay of :mod:`mtlbench.datasets.mnist_format`, shared with the ``multimnist`` task): the top-left item
 is an MNIST digit — task ``left``, Recon's Task 1 (single-task accuracy 98.37%) — and the
 bottom-right item a Fashion-MNIST item — task ``right``, Recon's Task 2 (89.63%). Option
 ``variant = "fashion"`` overlays two Fashion-MNIST items (Pareto MTL's Multi-Fashion).
@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedSplit, MetricSpec, Protocol, Task, arrow_columns
-from mtlbench.classification import Accuracy
-from mtlbench.data import build_store_for, open_store
-from mtlbench.errors import DataError
-from mtlbench.images import Normalize
-from mtlbench.mnist_format import CANVAS, overlay, read_mnist_format
+from mtlbench.datasets.classification import Accuracy
+from mtlbench.datasets.splits import build_store_for, open_store
+from mtlbench.core.errors import DataError
+from mtlbench.datasets.images import Normalize
+from mtlbench.datasets.mnist_format import CANVAS, overlay, read_mnist_format
 
 BUILD_SEED = 20_190_531
 PAIRS_PER_ITEM = 2

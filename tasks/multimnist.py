@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MetricSpec, Protocol, Split, Task
-from mtlbench.classification import Accuracy
-from mtlbench.data import STORE_MARKER, build_store
-from mtlbench.errors import DataError
-from mtlbench.mnist_format import CANVAS, DIGIT, overlay, read_mnist_format
+from mtlbench.datasets.classification import Accuracy
+from mtlbench.datasets.splits import STORE_MARKER, build_store
+from mtlbench.core.errors import DataError
+from mtlbench.datasets.mnist_format import CANVAS, DIGIT, overlay, read_mnist_format
 
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics
 EMBEDDED_PAIRS = {"train": 10_000, "val": 1_500, "test": 3_000}

@@ -8,20 +8,20 @@ with 0 = no measurement, normals 288x384x3). Convert it once with
 ``mtlbench prepare nyuv2 --source PATH``; nothing is downloaded.
 
 Protocol (the task's defaults, Nash-MTL's NYUv2 setting as in CAGrad and FAMO): SegNet-MTAN,
-the augmentation of :mod:`mtlbench.dense` (random scale-crop in {1, 1.2, 1.5}, flip negating
+the augmentation of :mod:`mtlbench.datasets.dense` (random scale-crop in {1, 1.2, 1.5}, flip negating
 normal-x), Adam lr 1e-4 halved at epoch 100, 200 epochs, batch 2, test metrics averaged over
 the last 10 epochs. Validation: 10% of the training images (seed 0, see ``DenseTask``).
 
 Sources: Silberman, Hoiem, Kohli & Fergus, "Indoor Segmentation and Support Inference from
 RGBD Images", ECCV 2012 (NYU Depth v2); 13 classes as in Couprie et al., ICLR 2013; normals as
 in Eigen & Fergus, ICCV 2015. Metrics and losses match MTAN's and Nash-MTL's code
-(``experiments/nyuv2`` in AvivNavon/nash-mtl), with the exceptions listed in mtlbench.dense.
+(``experiments/nyuv2`` in AvivNavon/nash-mtl), with the exceptions listed in mtlbench.datasets.dense.
 """
 
 from __future__ import annotations
 
-from mtlbench.dense import DEPTH_METRICS, NORMAL_METRICS, SEGMENTATION_METRICS, DenseTask, mtan_protocol
-from mtlbench.mtan_npy import DEPTH, IMAGE, Layout, Modality
+from mtlbench.datasets.dense import DEPTH_METRICS, NORMAL_METRICS, SEGMENTATION_METRICS, DenseTask, mtan_protocol
+from mtlbench.datasets.mtan_npy import DEPTH, IMAGE, Layout, Modality
 
 
 class NYUv2(DenseTask):

@@ -1,6 +1,6 @@
 """Office-31 and Office-Home: object classification in several visual domains, one task per
 domain. A multi-input task: every domain has its own images, and a training step draws one
-batch per domain through the shared trunk (:class:`mtlbench.data.MultiInputSplit`).
+batch per domain through the shared trunk (:class:`mtlbench.datasets.splits.MultiInputSplit`).
 
 Datasets: Office-31 (Saenko, Kulis, Fritz & Darrell, ECCV 2010; domains amazon, dslr, webcam;
 31 classes; 4,110 images) and Office-Home (Venkateswara, Eusebio, Chakraborty & Panchanathan,
@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedSplit, MetricSpec, MultiInputSplit, Protocol, Task, arrow_columns
-from mtlbench.classification import Accuracy
-from mtlbench.data import build_store_for, content_hash, open_store
-from mtlbench.errors import DataError
-from mtlbench.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
+from mtlbench.datasets.classification import Accuracy
+from mtlbench.datasets.splits import build_store_for, content_hash, open_store
+from mtlbench.core.errors import DataError
+from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
 
 SPLITS = ("train", "val", "test")
 

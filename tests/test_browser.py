@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mtlbench.site import build_site
+from mtlbench.site.build import build_site
 from tests.conftest import REPO
 from tests.real_results import copy_results, real_results
 

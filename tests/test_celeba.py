@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.classification import AttributeErrorF1
-from mtlbench.config import load_benchmark
-from mtlbench.data import STORE_MARKER
-from mtlbench.errors import DataError
-from mtlbench.plugins import discover
-from mtlbench.train import train_cell
+from mtlbench.datasets.classification import AttributeErrorF1
+from mtlbench.grid.config import load_benchmark
+from mtlbench.datasets.splits import STORE_MARKER
+from mtlbench.core.errors import DataError
+from mtlbench.grid.plugins import discover
+from mtlbench.train.cell import train_cell
 from tests.conftest import REPO, make_project
 from tests.image_datasets import CELEBA_PARTITION, write_celeba
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mtlbench.config import load_benchmark, parse_filters
-from mtlbench.errors import ConfigError
+from mtlbench.grid.config import load_benchmark, parse_filters
+from mtlbench.core.errors import ConfigError
 from tests.conftest import TINY_TOML, make_project
 
 
@@ -159,7 +159,7 @@ def test_a_missing_optional_solver_does_not_break_the_file(tmp_path, monkeypatch
     need the solver fail, each with the pip command (here: upgrad's QP solver made unimportable)."""
     import builtins
 
-    from mtlbench.errors import MissingDependencyError
+    from mtlbench.core.errors import MissingDependencyError
 
     real_import = builtins.__import__
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mtlbench.conflict import (
+from mtlbench.train.conflict import (
     HISTOGRAMS, RECON_EDGES, ConflictRecorder, bin_labels, conflict_incidence, histogram, layer_cosines,
     pair_values, pairwise_cosines,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtlbench.aggregate import MetricInfo, delta_m
+from mtlbench.report.aggregate import MetricInfo, delta_m
 
 INFO = {
     "a.acc": MetricInfo("a", True),

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlbench import metrics as M
-from mtlbench.dense import DenseEvaluator, depth_loss, normal_loss, segmentation_loss
+from mtlbench.datasets import metrics as M
+from mtlbench.datasets.dense import DenseEvaluator, depth_loss, normal_loss, segmentation_loss
 
 TARGET = torch.tensor([[[0, 0, 1], [1, 2, -1]]])  # (1, 2, 3); -1 = ignore
 PRED = torch.tensor([[[0, 1, 1], [1, 0, 2]]])  # the ignored pixel is predicted as 2

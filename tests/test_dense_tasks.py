@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from mtlbench.cli import main
-from mtlbench.data import CONTENT_HASH_FILE, STORE_MARKER, MappedColumn, arrow_columns, build_store_for
-from mtlbench.dense import random_scale_crop_flip
-from mtlbench.errors import DataError
-from mtlbench.mtan_npy import open_store
-from mtlbench.plugins import discover
+from mtlbench.datasets.splits import CONTENT_HASH_FILE, STORE_MARKER, MappedColumn, arrow_columns, build_store_for
+from mtlbench.datasets.dense import random_scale_crop_flip
+from mtlbench.core.errors import DataError
+from mtlbench.datasets.mtan_npy import open_store
+from mtlbench.grid.plugins import discover
 from tests.conftest import REPO, make_project
 from tests.mtan_fixture import SIZE, write_mtan_npy
 
@@ -266,7 +266,7 @@ def test_training_through_the_cli_on_both_tasks_and_backbones(prepared, tmp_path
 
 
 def test_paper_presets_carry_the_papers_protocols():
-    from mtlbench.config import load_benchmark
+    from mtlbench.grid.config import load_benchmark
 
     bench = load_benchmark(REPO / "benchmark.toml")
     adam_halved_at_100 = {"epochs": 200, "optimizer": "adam", "scheduler": "step", "step_size": 100, "gamma": 0.5,
@@ -289,8 +289,8 @@ def test_paper_presets_carry_the_papers_protocols():
 
 
 def test_published_tables_point_at_presets_that_run_their_task_and_backbone():
-    from mtlbench.config import load_benchmark
-    from mtlbench.published import read_table
+    from mtlbench.grid.config import load_benchmark
+    from mtlbench.report.published import read_table
 
     bench = load_benchmark(REPO / "benchmark.toml")
     linked = 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtlbench.api import StepInfo
-from mtlbench.plugins import discover
+from mtlbench.grid.plugins import discover
 from tests.conftest import REPO
 
 METHODS = discover(REPO).methods

@@ -13,9 +13,9 @@ from torch import nn
 
 from mtlbench.api import StepInfo
 from mtlbench.cli import main
-from mtlbench.errors import ConfigError, MissingDependencyError
-from mtlbench.gradients import STRATEGIES, task_gradients
-from mtlbench.plugins import discover
+from mtlbench.core.errors import ConfigError, MissingDependencyError
+from mtlbench.train.gradients import STRATEGIES, task_gradients
+from mtlbench.grid.plugins import discover
 from tests.conftest import REPO, make_project
 
 ZOO_TOML = """
@@ -149,7 +149,7 @@ def test_list_methods_shows_every_method(capsys):
 
 
 def test_bad_method_option_is_one_config_error(tmp_path):
-    from mtlbench.config import load_benchmark
+    from mtlbench.grid.config import load_benchmark
 
     bad = ZOO_TOML.replace("weights = [0.2, 0.8]", "weights = [0.2, 0.3, 0.5]").replace('"tracked",', "")
     config = make_project(tmp_path / "p", bad)
@@ -185,7 +185,7 @@ def test_the_documented_example_method_works(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_rule_uses_the_batched_strategy_and_agrees_with_the_loop():
-    from mtlbench.gradients import default_strategy
+    from mtlbench.train.gradients import default_strategy
 
     device = torch.device("cuda")
     assert default_strategy(device, 40) == ("batched", 8)
@@ -208,9 +208,9 @@ def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, d
     """Method state (a lazily sized (T, P) average, FAMO's logits and Adam moments, DWA's loss
     history) lives in the method's state_dict, so a cell interrupted after epoch 1 and resumed
     from its checkpoint ends exactly as an uninterrupted one."""
-    from mtlbench.checkpoint import CellCheckpoints
-    from mtlbench.config import load_benchmark
-    from mtlbench.train import train_cell
+    from mtlbench.train.checkpoint import CellCheckpoints
+    from mtlbench.grid.config import load_benchmark
+    from mtlbench.train.cell import train_cell
     from tests.grid_support import training_record
     from tests.test_resume import Interrupted, StopAfter
 

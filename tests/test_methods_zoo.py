@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mtlbench.api import StepInfo
-from mtlbench.plugins import discover
-from mtlbench.solvers import NoSolutionError, power_balance_weights
+from mtlbench.grid.plugins import discover
+from mtlbench.plugin.solvers import NoSolutionError, power_balance_weights
 from tests.conftest import REPO
 
 METHODS = discover(REPO).methods

@@ -11,12 +11,12 @@ import timm
 import torch
 from torch import nn
 
-from mtlbench.backbones import BackboneSpec, build_trunk
-from mtlbench.conflict import ConflictRecorder
-from mtlbench.mitigations import MitigationContext
+from mtlbench.backbones.build import BackboneSpec, build_trunk
+from mtlbench.train.conflict import ConflictRecorder
+from mtlbench.plugin.mitigation import MitigationContext
 from mtlbench.mitigations.recon import BranchedModel, branchable_layers, rank_layers, select_layers
 from mtlbench.mitigations.sparse import SparseTraining, neuron_mask
-from mtlbench.model import HardSharingModel
+from mtlbench.plugin.model import HardSharingModel
 from tests.conftest import TINY_TOML, make_project
 
 # ------------------------------------------------------------------ S-conflict scores and ranking

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mtlbench.cli import main
-from mtlbench.data import STORE_MARKER
-from mtlbench.errors import DataError
-from mtlbench.plugins import discover
+from mtlbench.datasets.splits import STORE_MARKER
+from mtlbench.core.errors import DataError
+from mtlbench.grid.plugins import discover
 from tests.conftest import REPO, make_project
 from tests.test_multimnist import tiny_mnist, write_idx
 

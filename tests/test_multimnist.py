@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.data import STORE_MARKER
-from mtlbench.errors import DataError
-from mtlbench.plugins import discover
+from mtlbench.datasets.splits import STORE_MARKER
+from mtlbench.core.errors import DataError
+from mtlbench.grid.plugins import discover
 from tests.conftest import REPO
 
 MultiMNIST = discover(REPO).tasks["multimnist"]

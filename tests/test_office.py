@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mtlbench.api import MultiInputSplit, Split
-from mtlbench.classification import Accuracy
-from mtlbench.config import load_benchmark
-from mtlbench.errors import DataError
-from mtlbench.plugins import discover
-from mtlbench.train import train_cell
+from mtlbench.datasets.classification import Accuracy
+from mtlbench.grid.config import load_benchmark
+from mtlbench.core.errors import DataError
+from mtlbench.grid.plugins import discover
+from mtlbench.train.cell import train_cell
 from tests.conftest import REPO, make_project
 from tests.image_datasets import write_office
 
@@ -136,7 +136,7 @@ def test_bad_split_lists_and_images_are_named(tmp_path):
 
 
 def test_a_task_that_breaks_its_multi_input_declaration_is_refused():
-    from mtlbench.train import check_inputs
+    from mtlbench.train.cell import check_inputs
 
     parts = {"amazon": Split(torch.zeros(2, 1), {"amazon": torch.zeros(2, dtype=torch.long)})}
     check_inputs(Office31(), {"train": MultiInputSplit(parts)})

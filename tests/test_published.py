@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtlbench.aggregate import MetricInfo
-from mtlbench.errors import ConfigError
-from mtlbench.published import check_table, dm_tolerance, load_published, read_table, recompute_dm, reproduction_table
+from mtlbench.report.aggregate import MetricInfo
+from mtlbench.core.errors import ConfigError
+from mtlbench.report.published import check_table, dm_tolerance, load_published, read_table, recompute_dm, reproduction_table
 from tests.conftest import REPO
 
 TABLES = load_published(REPO / "leaderboard" / "published")
@@ -57,7 +57,7 @@ def test_rows_that_cannot_be_recomputed_say_why():
 
 
 def test_delta_m_is_undefined_against_a_zero_baseline():
-    from mtlbench.aggregate import delta_m
+    from mtlbench.report.aggregate import delta_m
 
     info = {"a.f1": MetricInfo("a", True), "b.f1": MetricInfo("b", True)}
     assert math.isnan(delta_m({"a.f1": 0.4, "b.f1": 0.5}, {"a.f1": 0.0, "b.f1": 0.5}, info, "task"))
@@ -101,7 +101,7 @@ def test_reproduction_view_puts_published_and_ours_side_by_side(tmp_path):
                              '{ method = "Other", values = ["70.0"], dm = "12.50" },\n]\n'))
     summary = pd.DataFrame([
         {"suite": "s", "task": "toy", "task_version": "1", "backbone": "b", "method": m, "mitigation": "none",
-         "n_seeds": 3, "test:a.acc": v, "test:a.acc:std": 0.01}
+         "is_baseline": m == "stl", "unmitigated": True, "n_seeds": 3, "test:a.acc": v, "test:a.acc:std": 0.01}
         for m, v in (("stl", 0.75), ("ew", 0.78))
     ] + [{"suite": "other", "task": "toy", "task_version": "1", "backbone": "b", "method": "ew", "mitigation": "none",
           "n_seeds": 1, "test:a.acc": 0.1, "test:a.acc:std": float("nan")}])

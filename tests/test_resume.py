@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlbench.checkpoint import CellCheckpoints, Checkpoint
+from mtlbench.train.checkpoint import CellCheckpoints, Checkpoint
 from mtlbench.cli import main
-from mtlbench.config import load_benchmark
-from mtlbench.executors.cell import log_path
-from mtlbench.locks import read_lock
-from mtlbench.train import train_cell
-from mtlbench.validate import validate_file
+from mtlbench.grid.config import load_benchmark
+from mtlbench.run.job import log_path
+from mtlbench.run.locks import read_lock
+from mtlbench.train.cell import train_cell
+from mtlbench.report.validate import validate_file
 from tests.conftest import make_project
 from tests.grid_support import GRID_TOML, leftovers, results_of, run_args, start_cli, training_record
 

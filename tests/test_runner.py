@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from mtlbench.aggregate import load_results
+from mtlbench.report.aggregate import load_results
 from mtlbench.cli import main
-from mtlbench.config import load_benchmark
-from mtlbench.errors import ConfigError, ResultError
-from mtlbench.executors.cell import log_path
-from mtlbench.executors.local import device_slots
-from mtlbench.executors.options import ExecutorOptions, parse_executor, with_overrides
-from mtlbench.locks import CellLock, lock_path, read_lock
-from mtlbench.results import ResultStore
+from mtlbench.grid.config import load_benchmark
+from mtlbench.core.errors import ConfigError, ResultError
+from mtlbench.run.job import log_path
+from mtlbench.run.local import device_slots
+from mtlbench.grid.executor import ExecutorOptions, parse_executor, with_overrides
+from mtlbench.run.locks import CellLock, lock_path, read_lock
+from mtlbench.run.store import ResultStore
 from tests.conftest import TINY_TOML, make_project
 from tests.grid_support import leftovers, results_of, run_args, start_cli, training_record
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlbench.backbones import BackboneSpec, build_multitask_model, check_backbone, known_model, suggest_models
-from mtlbench.dense import DenseHead
-from mtlbench.errors import ConfigError
-from mtlbench.segnet import SegNet, SegNetMTAN, unpool, upsample2x
+from mtlbench.backbones.build import BackboneSpec, build_multitask_model, check_backbone, known_model, suggest_models
+from mtlbench.datasets.dense import DenseHead
+from mtlbench.core.errors import ConfigError
+from mtlbench.backbones.segnet import SegNet, SegNetMTAN, unpool, upsample2x
 from tests.conftest import make_project
 
 TINY = (4, 8, 8, 16, 16)
@@ -118,7 +118,7 @@ epochs = 10
     ("multimnist", "s", r"suites\.a\.backbones\[0\]: task 'multimnist': backbone 's' \(segnet\) gives a feature map"),
 ])
 def test_config_rejects_a_backbone_that_does_not_fit_the_task(tmp_path, task, backbone, expected):
-    from mtlbench.config import load_benchmark
+    from mtlbench.grid.config import load_benchmark
 
     config = make_project(tmp_path / "p", DENSE_TOML.replace("BACKBONE", backbone).replace("TASK", task))
     with pytest.raises(ConfigError, match=expected):
@@ -126,7 +126,7 @@ def test_config_rejects_a_backbone_that_does_not_fit_the_task(tmp_path, task, ba
 
 
 def test_config_rejects_a_stem_on_a_native_model(tmp_path):
-    from mtlbench.config import load_benchmark
+    from mtlbench.grid.config import load_benchmark
 
     toml = DENSE_TOML.replace("BACKBONE", "s").replace("TASK", "nyuv2").replace('model = "segnet"', 'model = "segnet"\nstem = "3x3"')
     with pytest.raises(ConfigError, match=r"backbones\.s: .*takes neither `stem` nor `pretrained`"):

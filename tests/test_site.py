@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlbench import plots
+from mtlbench.site import plots
 from mtlbench.cli import main
-from mtlbench.ranking import rank_table, significance, welch_p
-from mtlbench.site import build_site, script_hash
+from mtlbench.report.ranking import rank_table, significance, welch_p
+from mtlbench.site.build import build_site, script_hash
 from tests.conftest import REPO
 from tests.real_results import copy_results, real_results
 
@@ -140,7 +140,7 @@ def test_strings_from_result_files_are_escaped_everywhere(results, tmp_path):
 
 
 def test_pages_load_nothing_remote_and_allow_only_their_own_script(site):
-    script = (REPO / "mtlbench" / "templates" / "table.js").read_text()
+    script = (REPO / "mtlbench" / "site" / "templates" / "table.js").read_text()
     for page in site.rglob("*.html"):
         html = page.read_text()
         # links (a paper's address) may point anywhere; nothing may be fetched from elsewhere
@@ -242,6 +242,7 @@ def test_rank_follows_the_declared_convention():
     # two rows whose flat and per-task Δm disagree in order; the task declares which one ranks
     table = pd.DataFrame({
         "suite": "s", "task": "t", "backbone": "b", "method": ["a", "ew"], "method_name": ["a", "ew"],
+        "is_reference": [False, True], "unmitigated": True,
         "mitigation": "none", "dm_flat": [1.0, 2.0], "dm_flat_std": 0.1, "dm_task": [3.0, -1.0], "dm_task_std": 0.2,
     })
     runs = pd.DataFrame({

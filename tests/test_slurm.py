@@ -12,12 +12,12 @@ import time
 import pytest
 
 from mtlbench.cli import main
-from mtlbench.config import load_benchmark
-from mtlbench.errors import ConfigError
-from mtlbench.executors.cell import log_path
-from mtlbench.executors.options import ExecutorOptions, with_overrides
-from mtlbench.executors.slurm import SlurmExecutor
-from mtlbench.locks import lock_path, read_lock
+from mtlbench.grid.config import load_benchmark
+from mtlbench.core.errors import ConfigError
+from mtlbench.run.job import log_path
+from mtlbench.grid.executor import ExecutorOptions, with_overrides
+from mtlbench.run.slurm import SlurmExecutor
+from mtlbench.run.locks import lock_path, read_lock
 from tests.grid_support import leftovers, results_of, run_args, training_record
 
 LOCAL_SLURM = ["--executor", "slurm", "--slurm-backend", "local", "--cpus", "1", "--gpus", "0"]

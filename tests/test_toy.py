@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from mtlbench.api import StepInfo
-from mtlbench.plugins import discover
-from mtlbench.solvers import NoSolutionError
+from mtlbench.grid.plugins import discover
+from mtlbench.plugin.solvers import NoSolutionError
 from tests.conftest import REPO
 
 METHODS = discover(REPO).methods

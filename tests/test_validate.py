@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import pytest
 
-from mtlbench.cells import Cell
+from mtlbench.core.cell import Cell
 from mtlbench.cli import main
-from mtlbench.validate import known_from_project, validate_paths
+from mtlbench.report.validate import known_from_project, validate_paths
 from tests.conftest import REPO
 from tests.real_results import real_results
 

@@ -39,10 +39,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mtlbench.cells import config_hash
-from mtlbench.errors import ConfigError
-from mtlbench.mitigations import Mitigation, MitigationContext
-from mtlbench.model import HardSharingModel, MultiTaskModel, module_layers
+from mtlbench.core.cell import config_hash
+from mtlbench.core.errors import ConfigError
+from mtlbench.plugin.mitigation import Mitigation, MitigationContext
+from mtlbench.plugin.model import HardSharingModel, MultiTaskModel, module_layers
 
 
 class TaskBranch(nn.Module):
@@ -191,7 +191,7 @@ class Recon(Mitigation):
         if summary is None:
             raise ConfigError("recon: the search phase sampled no gradients (fewer than 2 tasks?)")
         if path is not None:
-            from mtlbench.results import atomic_write_json
+            from mtlbench.core.files import atomic_write_json
 
             atomic_write_json(path, {"key": key, "conflict": {"layers": summary["layers"], "n_samples": summary["n_samples"]}})
         return summary, {**key, "hash": digest}, False

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtlbench.mitigations import Mitigation, MitigationContext
-from mtlbench.model import MultiTaskModel
+from mtlbench.plugin.mitigation import Mitigation, MitigationContext
+from mtlbench.plugin.model import MultiTaskModel
 
 SELECTIONS = ("psn", "random", "reverse", "global")
 NEURON_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -1,0 +1,69 @@
+"""Cells and their identity: torch-free, so result readers (aggregation, the site) can use it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULT_SCHEMA = "mtlbench.result/2"
+CELL_FILTER_KEYS = ("suite", "task", "backbone", "method", "mitigation", "seed")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # suite, backbone, method and mitigation labels
+
+
+@dataclass
+class Cell:
+    """One run of the grid: task x backbone x method x mitigation x seed, fully resolved."""
+
+    suite: str
+    task: str
+    task_version: str
+    task_options: dict[str, Any]
+    protocol: dict[str, Any]
+    backbone: str
+    backbone_spec: dict[str, Any]
+    method: str
+    method_name: str
+    method_version: str
+    method_options: dict[str, Any]
+    mitigation: str
+    mitigation_name: str
+    mitigation_version: str
+    mitigation_options: dict[str, Any]
+    seed: int
+    conflict: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines the result (labels and the suite name are cosmetic)."""
+        d = self.to_dict()
+        for k in ("suite", "method", "mitigation", "backbone"):
+            d.pop(k)
+        d["schema"] = RESULT_SCHEMA
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.identity())
+
+    @property
+    def relpath(self) -> Path:
+        return Path(self.suite) / self.task / self.backbone / f"{self.method}__{self.mitigation}__seed{self.seed}.json"
+
+    def matches(self, filters: dict[str, set[str]]) -> bool:
+        return all(str(getattr(self, k)) in values for k, values in filters.items())
+
+    def short(self) -> str:
+        return f"{self.suite}/{self.task}/{self.backbone}/{self.method}/{self.mitigation}/seed{self.seed}"
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,52 @@
+"""Plain typed records the pipeline passes around (torch-free): a task's metric declarations
+and its training protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One reported metric. ``key`` is unique within a task (e.g. ``"left.acc"``)."""
+
+    key: str
+    task: str
+    higher_is_better: bool
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A training protocol: the defaults a task declares, overridable per suite.
+
+    ``selection`` is ``"best_val"`` (the epoch with the best validation score; its test metrics
+    are reported) or ``"last_mean"`` (test metrics averaged over the last ``last_n`` epochs, as
+    in Nash-MTL). The test split never selects anything.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    scheduler: str = "none"  # none | step | cosine
+    step_size: int = 0  # epochs between decays for scheduler="step"
+    gamma: float = 0.1
+    selection: str = "best_val"  # best_val | last_mean
+    last_n: int = 1
+    eval_batch_size: int = 512
+    max_train_samples: int = 0  # 0 = use the whole training split
+
+    OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adam", "adamw")
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ("none", "step", "cosine")
+    SELECTIONS: ClassVar[tuple[str, ...]] = ("best_val", "last_mean")
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,384 @@
+"""benchmark.toml: parsing, validation and expansion into cells.
+
+Layout::
+
+    default_suite = "default"            # optional; the suite `mtlbench run` runs by default
+
+    [backbones.<id>]                      # shared trunks, referenced by id from suites
+    model = "resnet18"                    # any timm model name, or a native one ("segnet", "segnet_mtan")
+    stem = "default"                      # or "3x3", "3x3-s2" (ResNets on small images)
+    pretrained = false
+    kwargs = { ... }                      # passed to timm.create_model
+
+    [suites.<name>]
+    description = "..."
+    backbones = ["<id>", ...]
+    methods = ["ew", { name = "pcgrad", label = "pcgrad", options = { ... } }, ...]
+    mitigations = ["none"]
+    seeds = [0, 1, 2]
+    conflict = { every = 10, histogram = "recon" }
+
+    [suites.<name>.tasks.<task>]          # training budget and task options
+    epochs = 3                            # any Protocol field, or an option of the task
+
+    [executor]                            # where cells run (not part of any config hash):
+    kind = "local"                        # see mtlbench/grid/executor.py
+
+Every problem is reported as one ConfigError naming the file, the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtlbench.core.spec import Protocol
+from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, Cell, config_hash  # noqa: F401
+from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
+from mtlbench.train.conflict import HISTOGRAMS
+from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
+from mtlbench.grid.executor import ExecutorOptions, parse_executor
+from mtlbench.grid.plugins import Plugins, discover
+
+TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
+SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict"}
+BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
+CONFLICT_DEFAULTS = {"every": 10, "histogram": "recon"}
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    cells: list[Cell]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Benchmark:
+    path: Path
+    plugins: Plugins
+    default_suite: str
+    suites: dict[str, Suite]
+    backbones: dict[str, BackboneSpec]
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def cells(self, suites: list[str] | None = None, filters: dict[str, set[str]] | None = None) -> list[Cell]:
+        names = suites or [self.default_suite]
+        for n in names:
+            if n not in self.suites:
+                raise ConfigError(f"{self.path}: no suite named {n!r}; defined suites: {', '.join(sorted(self.suites))}")
+        out = [c for n in names for c in self.suites[n].cells]
+        if filters:
+            out = [c for c in out if c.matches(filters)]
+        return out
+
+
+def parse_filters(items: list[str] | None) -> dict[str, set[str]]:
+    """``["method=ew,mgda", "seed=0"]`` -> ``{"method": {"ew", "mgda"}, "seed": {"0"}}``."""
+    filters: dict[str, set[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not value.strip():
+            raise ConfigError(f"--only {item!r}: expected key=value (e.g. --only method=ew,mgda)")
+        if key not in CELL_FILTER_KEYS:
+            raise ConfigError(f"--only {item!r}: unknown key {key!r}; valid keys: {', '.join(CELL_FILTER_KEYS)}")
+        filters.setdefault(key, set()).update(v.strip() for v in value.split(",") if v.strip())
+    return filters
+
+
+def load_benchmark(path: str | Path) -> Benchmark:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: config file not found. Run from the project folder or pass --config PATH/benchmark.toml"
+        )
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    plugins = discover(path.parent)
+    return _Parser(path, plugins).parse(raw)
+
+
+class _Parser:
+    def __init__(self, path: Path, plugins: Plugins) -> None:
+        self.path = path
+        self.plugins = plugins
+
+    def err(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {message}")
+
+    def parse(self, raw: dict[str, Any]) -> Benchmark:
+        _unknown(self, "top level", raw, TOP_KEYS)
+        backbones = self.backbones(raw.get("backbones", {}))
+        suites_raw = raw.get("suites")
+        if not isinstance(suites_raw, dict) or not suites_raw:
+            raise self.err("suites", "no suites defined; add at least one [suites.<name>] table")
+        suites = {name: self.suite(name, s, backbones) for name, s in suites_raw.items()}
+        default = raw.get("default_suite", "default" if "default" in suites else next(iter(suites)))
+        if default not in suites:
+            raise self.err("default_suite", f"{default!r} is not a defined suite; defined: {', '.join(sorted(suites))}")
+        executor = parse_executor(raw.get("executor", {}), str(self.path))
+        return Benchmark(self.path, self.plugins, default, suites, backbones, executor)
+
+    # -- backbones
+    def backbones(self, raw: Any) -> dict[str, BackboneSpec]:
+        if not isinstance(raw, dict):
+            raise self.err("backbones", "expected a table of [backbones.<id>] entries")
+        out = {}
+        for bid, spec in raw.items():
+            key = f"backbones.{bid}"
+            if not LABEL_RE.match(bid):
+                raise self.err(key, "backbone ids may hold letters, digits, '_', '.', '+', '-'")
+            if not isinstance(spec, dict):
+                raise self.err(key, "expected a table with `model` and optional `kwargs`, `stem`, `pretrained`")
+            _unknown(self, key, spec, BACKBONE_KEYS)
+            model = spec.get("model")
+            if not isinstance(model, str) or not model:
+                raise self.err(f"{key}.model", "required: a timm model name such as \"resnet18\" or a native one (\"segnet\", \"segnet_mtan\")")
+            if not known_model(model):
+                hint = suggest_models(model)
+                raise self.err(f"{key}.model", f"unknown model {model!r} (neither native nor timm)" + (f"; close matches: {', '.join(hint)}" if hint else ""))
+            kwargs = spec.get("kwargs", {})
+            if not isinstance(kwargs, dict):
+                raise self.err(f"{key}.kwargs", f"expected a table of keyword arguments, got {type(kwargs).__name__}")
+            for bad in ("num_classes", "in_chans"):
+                if bad in kwargs:
+                    raise self.err(f"{key}.kwargs.{bad}", "is set by mtlbench (features only; channels from the task); remove it")
+            stem = spec.get("stem", "default")
+            if stem not in STEMS:
+                raise self.err(f"{key}.stem", f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+            pretrained = spec.get("pretrained", False)
+            if not isinstance(pretrained, bool):
+                raise self.err(f"{key}.pretrained", "expected true or false")
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+            out[bid] = BackboneSpec(id=bid, model=model, kwargs=kwargs, stem=stem, pretrained=pretrained)
+            try:
+                check_backbone(out[bid], representation_of(out[bid]))
+            except ConfigError as e:
+                raise self.err(key, str(e)) from None
+        return out
+
+    # -- suites
+    def suite(self, name: str, raw: Any, backbones: dict[str, BackboneSpec]) -> Suite:
+        key = f"suites.{name}"
+        if not LABEL_RE.match(name):
+            raise self.err(key, "suite names may hold letters, digits, '_', '.', '+', '-'")
+        if not isinstance(raw, dict):
+            raise self.err(key, "expected a table")
+        _unknown(self, key, raw, SUITE_KEYS)
+        for required in ("tasks", "backbones", "methods", "seeds"):
+            if required not in raw:
+                raise self.err(f"{key}.{required}", "is required")
+        tasks = self.tasks(key, raw["tasks"])
+        bb_ids = self.str_list(f"{key}.backbones", raw["backbones"])
+        for i, bid in enumerate(bb_ids):
+            if bid not in backbones:
+                raise self.err(f"{key}.backbones[{i}]", f"unknown backbone {bid!r}; defined [backbones.*]: {', '.join(sorted(backbones)) or '(none)'}")
+        for task_name, (task_cls, _, _) in tasks.items():
+            for i, bid in enumerate(bb_ids):
+                try:
+                    check_backbone(backbones[bid], task_cls.representation)
+                except ConfigError as e:
+                    raise self.err(f"{key}.backbones[{i}]", f"task {task_name!r}: {e}") from None
+        methods = self.entries(f"{key}.methods", raw["methods"], self.plugins.methods, "method")
+        unmitigated = self.plugins.mitigations.with_role("unmitigated")
+        mitigations = self.entries(f"{key}.mitigations", raw.get("mitigations", unmitigated[:1]),
+                                   self.plugins.mitigations, "mitigation")
+        seeds = raw["seeds"]
+        if not isinstance(seeds, list) or not seeds:
+            raise self.err(f"{key}.seeds", "expected a non-empty list of integers, e.g. [0, 1, 2]")
+        for i, s in enumerate(seeds):
+            if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+                raise self.err(f"{key}.seeds[{i}]", f"expected a non-negative integer, got {s!r}")
+        if len(set(seeds)) != len(seeds):
+            raise self.err(f"{key}.seeds", f"duplicate seeds in {seeds}")
+        conflict = self.conflict(f"{key}.conflict", raw.get("conflict", {}))
+
+        for task_name, (task_cls, task_options, _) in tasks.items():
+            n_tasks = len(task_cls(**task_options).tasks)
+            for i, (m_label, m_name, m_opts) in enumerate(methods):
+                try:  # methods validate their option values in __init__
+                    self.plugins.methods[m_name](n_tasks=n_tasks, **m_opts)
+                except MissingDependencyError:
+                    pass  # an optional solver is missing: the file stays usable, the method's cells fail with the pip command
+                except (ValueError, TypeError) as e:
+                    raise self.err(f"{key}.methods[{i}]", f"method {m_name!r} rejects its options for task {task_name!r}: {e}") from None
+        for i, (g_label, g_name, g_opts) in enumerate(mitigations):
+            try:  # mitigations validate their option values in __init__
+                mitigation = self.plugins.mitigations[g_name](**g_opts)
+            except (ValueError, TypeError) as e:
+                raise self.err(f"{key}.mitigations[{i}]", str(e)) from None
+            errors = mitigation.option_errors(self.plugins.methods)
+            if errors:
+                option, message = next(iter(errors.items()))
+                raise self.err(f"{key}.mitigations[{i}].options.{option}", message)
+
+        cells, skipped = [], []
+        for task_name, (task_cls, task_options, protocol) in tasks.items():
+            for bid in bb_ids:
+                for m_label, m_name, m_opts in methods:
+                    for g_label, g_name, g_opts in mitigations:
+                        method_cls, mitigation_cls = self.plugins.methods[m_name], self.plugins.mitigations[g_name]
+                        if method_cls.kind == "single_task" and "unmitigated" not in mitigation_cls.roles:
+                            skipped.append(f"{task_name}/{bid}/{m_label}/{g_label}: single-task baselines share nothing to mitigate")
+                            continue
+                        for seed in seeds:
+                            cells.append(Cell(
+                                suite=name, task=task_name, task_version=str(task_cls.version),
+                                task_options=task_options, protocol=protocol,
+                                backbone=bid, backbone_spec=backbones[bid].to_dict(),
+                                method=m_label, method_name=m_name, method_version=str(method_cls.version),
+                                method_options=m_opts,
+                                mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
+                                mitigation_options=g_opts,
+                                seed=seed, conflict=conflict,
+                            ))
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise self.err(f"{key}.description", "expected a string")
+        return Suite(name, description, cells, skipped)
+
+    def tasks(self, key: str, raw: Any) -> dict[str, tuple[type, dict, dict]]:
+        key = f"{key}.tasks"
+        if isinstance(raw, list):  # tasks = ["multimnist"]: task defaults
+            raw = {self.str_list(key, raw)[i]: {} for i in range(len(raw))}
+        if not isinstance(raw, dict) or not raw:
+            raise self.err(key, "expected a non-empty table [<suite>.tasks.<task>] (or a list of task names)")
+        out = {}
+        for tname, overrides in raw.items():
+            tkey = f"{key}.{tname}"
+            if tname not in self.plugins.tasks:
+                raise self.err(tkey, f"unknown task {tname!r}; valid: {_names(self.plugins.tasks)}")
+            if not isinstance(overrides, dict):
+                raise self.err(tkey, "expected a table of protocol fields and task options")
+            task_cls = self.plugins.tasks[tname]
+            opts_default = task_cls.option_defaults()
+            proto = task_cls.protocol.to_dict()
+            options = dict(opts_default)
+            for k, v in overrides.items():
+                if k in proto:
+                    proto[k] = self.typed(f"{tkey}.{k}", v, proto[k])
+                elif k in opts_default:
+                    options[k] = self.typed(f"{tkey}.{k}", v, opts_default[k])
+                else:
+                    raise self.err(
+                        f"{tkey}.{k}",
+                        f"unknown key; protocol fields: {', '.join(Protocol.keys())}; "
+                        f"options of task {tname!r}: {', '.join(opts_default) or '(none)'}",
+                    )
+            self.check_protocol(tkey, proto)
+            try:  # tasks validate their options in __init__ (cheap: no data is read)
+                task_cls(**options)
+            except (ValueError, TypeError, MtlbenchError) as e:
+                raise self.err(tkey, str(e)) from None
+            out[tname] = (task_cls, options, proto)
+        return out
+
+    def check_protocol(self, key: str, p: dict[str, Any]) -> None:
+        for field_name, choices in (("optimizer", Protocol.OPTIMIZERS), ("scheduler", Protocol.SCHEDULERS), ("selection", Protocol.SELECTIONS)):
+            if p[field_name] not in choices:
+                raise self.err(f"{key}.{field_name}", f"unknown value {p[field_name]!r}; valid: {', '.join(choices)}")
+        for positive in ("epochs", "batch_size", "eval_batch_size", "last_n"):
+            if p[positive] < 1:
+                raise self.err(f"{key}.{positive}", f"must be >= 1, got {p[positive]}")
+        if p["lr"] <= 0:
+            raise self.err(f"{key}.lr", f"must be > 0, got {p['lr']}")
+        if p["selection"] == "last_mean" and p["last_n"] > p["epochs"]:
+            raise self.err(f"{key}.last_n", f"last_n={p['last_n']} exceeds epochs={p['epochs']}")
+        if p["scheduler"] == "step" and p["step_size"] < 1:
+            raise self.err(f"{key}.step_size", "scheduler = \"step\" needs step_size >= 1 (epochs between decays)")
+
+    def entries(self, key: str, raw: Any, registry: dict, what: str) -> list[tuple[str, str, dict]]:
+        if not isinstance(raw, list) or not raw:
+            raise self.err(key, f"expected a non-empty list of {what} names, e.g. [\"{next(iter(registry), 'x')}\"]")
+        out, labels = [], set()
+        for i, item in enumerate(raw):
+            ikey = f"{key}[{i}]"
+            if isinstance(item, str):
+                name, label, options = item, item, {}
+            elif isinstance(item, dict):
+                _unknown(self, ikey, item, {"name", "label", "options"})
+                name = item.get("name")
+                if not isinstance(name, str):
+                    raise self.err(f"{ikey}.name", f"required: a {what} name; valid: {_names(registry)}")
+                label = item.get("label", name)
+                options = item.get("options", {})
+                if not isinstance(options, dict):
+                    raise self.err(f"{ikey}.options", "expected a table of options")
+            else:
+                raise self.err(ikey, f"expected a {what} name or a table {{ name = ..., label = ..., options = {{...}} }}, got {item!r}")
+            if name not in registry:
+                raise self.err(ikey, f"unknown {what} {name!r}; valid: {_names(registry)}")
+            if not isinstance(label, str) or not LABEL_RE.match(label):
+                raise self.err(f"{ikey}.label", "labels may hold letters, digits, '_', '.', '+', '-'")
+            if label in labels:
+                raise self.err(ikey, f"duplicate {what} label {label!r}; give each entry a distinct `label`")
+            labels.add(label)
+            defaults = registry[name].option_defaults()
+            resolved = dict(defaults)
+            for k, v in options.items():
+                if k not in defaults:
+                    raise self.err(f"{ikey}.options.{k}", f"unknown option of {what} {name!r}; valid: {', '.join(defaults) or '(none)'}")
+                resolved[k] = self.typed(f"{ikey}.options.{k}", v, defaults[k])
+            out.append((label, name, resolved))
+        return out
+
+    def conflict(self, key: str, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.err(key, "expected a table such as { every = 10, histogram = \"recon\" }")
+        _unknown(self, key, raw, set(CONFLICT_DEFAULTS) | {"s"})
+        out = {**CONFLICT_DEFAULTS, **raw}
+        if "s" in out:  # S-conflict thresholds (Recon): per-layer counts of pairs with cos < S
+            values = out["s"]
+            if (not isinstance(values, list) or not values
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -1 < v <= 0 for v in values)):
+                raise self.err(f"{key}.s", f"expected a non-empty list of thresholds with -1 < S <= 0, got {values!r}")
+            out["s"] = [float(v) for v in values]
+        if not isinstance(out["every"], int) or isinstance(out["every"], bool) or out["every"] < 0:
+            raise self.err(f"{key}.every", f"expected an integer >= 0 (0 disables sampling), got {out['every']!r}")
+        if out["histogram"] not in HISTOGRAMS:
+            raise self.err(f"{key}.histogram", f"unknown histogram {out['histogram']!r}; valid: {', '.join(HISTOGRAMS)}")
+        return out
+
+    def str_list(self, key: str, raw: Any) -> list[str]:
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
+            raise self.err(key, f"expected a non-empty list of names, got {raw!r}")
+        return raw
+
+    def typed(self, key: str, value: Any, default: Any) -> Any:
+        """Check ``value`` against the type of its default (None accepts anything)."""
+        if default is None:
+            return value
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, list)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise self.err(key, f"expected {type(default).__name__} (like the default {default!r}), got {value!r}")
+        return value
+
+
+def _unknown(parser: _Parser, key: str, table: dict, valid: set[str]) -> None:
+    for k in table:
+        if k not in valid:
+            raise parser.err(f"{key}.{k}" if key != "top level" else k, f"unknown key; valid keys: {', '.join(sorted(valid))}")
+
+
+def _names(registry: dict) -> str:
+    return ", ".join(sorted(registry)) or "(none found)"

@@ -1,0 +1,138 @@
+"""The method extension point: loss weightings, gradient aggregators and the single-task
+baseline (one file per method in ``baselines/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.core.registry import Plugin, keyword_defaults
+
+
+
+METHOD_KINDS = ("weighting", "gradient", "single_task")
+GRADIENT_TARGETS = ("parameters", "representation")
+# What the engine may use a method for; declared on the class (``roles = frozenset({...})``).
+METHOD_ROLES = {
+    "baseline": "the single-task baseline Δm is measured against",
+    "reference": "the reference row of the leaderboard's significance tests",
+    "front": "a fixed-weight scalarisation: its runs trace the reference front of trade-off plots",
+}
+
+
+@dataclass
+class StepInfo:
+    """What a method may know about the current step.
+
+    ``generator`` is the method's own seeded random generator: use it (never the global RNG)
+    for anything random, so runs are reproducible and resumable.
+    """
+
+    step: int
+    epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    generator: torch.Generator = field(repr=False, default_factory=torch.Generator)
+    layer_sizes: tuple[int, ...] = ()  # column blocks of the (T, P) gradient matrix, one per shared layer
+
+
+class Method(nn.Module, Plugin):
+    """Base class of every method. A method is an ``nn.Module`` so it can own parameters
+    (trained by the cell's optimiser) and state (saved with ``state_dict``).
+
+    Class attributes: ``name`` (registry key), ``version`` (bump it with every change that can
+    change a result), ``kind``, ``description`` (one line), ``citation`` (the paper),
+    ``reference`` (the implementation matched) and ``roles`` (see :data:`METHOD_ROLES`).
+    Options are the keyword arguments of ``__init__`` after ``n_tasks``.
+
+    Keep every piece of state in buffers or parameters (a checkpoint saves ``state_dict()``).
+    A buffer whose size is known only at the first step (e.g. a (T, P) gradient average) can be
+    registered empty (``torch.empty(0)``) and replaced later: loading a state dict resizes it.
+
+    Optional hooks the trainer honours:
+
+    - ``max_norm`` (instance attribute, default 0 = off): after the method's update is written
+      into the shared parameters' gradients, clip their global norm to ``max_norm`` (as the
+      nash-mtl and FAMO references do).
+    - ``wants_losses_after_step = True`` with :meth:`after_step`: after the optimiser step the
+      trainer recomputes the task losses on the same batch (no gradient, model mode unchanged)
+      and passes them in (FAMO's update rule).
+    """
+
+    kind: ClassVar[str]
+    ROLES: ClassVar[dict[str, str]] = dict(METHOD_ROLES)
+    wants_losses_after_step: ClassVar[bool] = False
+
+    def __init__(self, n_tasks: int) -> None:
+        super().__init__()
+        self.n_tasks = n_tasks
+        self.max_norm = 0.0
+
+    def after_step(self, losses: Tensor, info: StepInfo) -> None:
+        """Called after the optimiser step with the losses of the same batch (see class doc)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        for name, buf in self._buffers.items():  # lazily sized buffers take the saved shape
+            saved = state_dict.get(prefix + name)
+            if buf is not None and buf.numel() == 0 and saved is not None and saved.shape != buf.shape:
+                self._buffers[name] = torch.empty_like(saved, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        defaults = keyword_defaults(cls.__init__)
+        defaults.pop("n_tasks", None)
+        return defaults
+
+    @classmethod
+    def plugin_errors(cls) -> list[str]:
+        if getattr(cls, "kind", None) not in METHOD_KINDS:
+            return [f"must subclass LossWeighting, GradientAggregator or SingleTask (kind is "
+                    f"{getattr(cls, 'kind', None)!r}; valid kinds: {', '.join(METHOD_KINDS)})"]
+        if cls.kind == "gradient" and getattr(cls, "gradients", None) not in GRADIENT_TARGETS:
+            return [f"gradients = {getattr(cls, 'gradients', None)!r}; valid: {', '.join(GRADIENT_TARGETS)}"]
+        return []
+
+
+class LossWeighting(Method):
+    """Task losses (T,) -> task weights (T,). The trainer back-propagates ``loss()``."""
+
+    kind: ClassVar[str] = "weighting"
+
+    def weights(self, losses: Tensor, info: StepInfo) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, losses: Tensor, info: StepInfo) -> Tensor:
+        """The scalar to back-propagate; override when weights carry their own graph (UW)."""
+        return (self.weights(losses.detach(), info) * losses).sum()
+
+
+class GradientAggregator(Method):
+    """Per-task gradients of the shared parameters (T, P) -> one update direction (P,).
+
+    Heads receive the gradient of their own task's loss. The trainer computes the (T, P)
+    matrix only for methods of this kind (or when sampling conflict statistics).
+
+    ``gradients = "representation"`` asks instead for the gradients w.r.t. the shared
+    representation (the trunk's output for the whole batch, flattened: P = batch x features),
+    as MGDA-UB does; the trainer back-propagates the returned vector through the trunk. This
+    needs a model that exposes ``encode``/``decode`` (hard sharing does).
+    """
+
+    kind: ClassVar[str] = "gradient"
+    gradients: ClassVar[str] = "parameters"  # parameters | representation
+
+    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        raise NotImplementedError
+
+
+class SingleTask(Method):
+    """Marker kind: train one independent model per sub-task (the Δm baseline)."""
+
+    kind: ClassVar[str] = "single_task"
+

@@ -1,0 +1,65 @@
+"""The mitigation extension point: a grid axis of conflict mitigations that compose with every
+method (built-ins in ``mtlbench/mitigations/``, a project's own in ``mitigations/`` next to
+benchmark.toml; see docs/add-a-mitigation.md).
+
+A mitigation sees the freshly initialised model before training (``prepare``, which may return
+a modified model and may run work before training through the context, such as Recon's search
+phase), may mask the task gradients and the update of every step, and reports what it did into
+the result file (``report``). Options are the keyword arguments of ``__init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtlbench.core.registry import Plugin
+from mtlbench.plugin.model import MultiTaskModel
+
+
+@dataclass
+class MitigationContext:
+    """What a mitigation may use while preparing a cell's model.
+
+    ``search(method, method_options, steps, every, s_values, seed)`` trains a fresh copy of the
+    cell's base model for ``steps`` steps and returns its conflict summary (Recon's search
+    phase). ``search_identity`` is everything about the cell that determines that search except
+    the mitigation's own options (used as a cache key). ``cache_dir`` (may be None) holds
+    results of work shared between cells."""
+
+    tasks: Sequence[str]
+    total_steps: int
+    seed: int
+    search: Callable[..., dict[str, Any] | None]
+    search_identity: dict[str, Any]
+    cache_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Mitigation(Plugin):
+    ROLES: ClassVar[dict[str, str]] = {"unmitigated": "plain training: the row a mitigation's effect is measured against"}
+
+    def prepare(self, model: MultiTaskModel, ctx: MitigationContext) -> MultiTaskModel:
+        return model
+
+    def mask_task_gradients(self, grads: Tensor) -> Tensor:
+        """(T, P) task gradients of the shared parameters -> the part that is trained."""
+        return grads
+
+    def before_step(self) -> None:
+        """Called after the trainer set every ``.grad`` and before ``optimizer.step()``."""
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called right after ``optimizer.step()``."""
+
+    def report(self) -> dict[str, Any] | None:
+        return None
+
+    def option_errors(self, methods: Mapping[str, type]) -> dict[str, str]:
+        """Problems with options that name other plugins (``methods``: name -> method class),
+        as {option: message}; checked when benchmark.toml is read."""
+        return {}

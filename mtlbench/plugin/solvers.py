@@ -1,0 +1,164 @@
+"""Small exact solvers shared by the reference methods in ``baselines/`` (float64, on Gram
+matrices K = G G^T, so their cost does not depend on the number of parameters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlbench.core.errors import MissingDependencyError
+
+TORCHJD_SOLVERS = "torchjd[quadprog-projector]==0.18.0"
+
+
+def min_norm_weights(gram: Tensor, tol: float = 1e-12, max_iter: int = 1000) -> Tensor:
+    """argmin over the simplex of a^T K a for a PSD (T, T) Gram matrix K.
+
+    Wolfe's minimum-norm-point algorithm (Wolfe, Math. Programming 11, 1976) run on the Gram
+    matrix in float64: exact up to rounding, finite, and cheap for the T of MTL (T <= ~40)."""
+    k = gram.to(torch.float64)
+    t = k.shape[0]
+    if t == 1:
+        return torch.ones(1, dtype=torch.float64, device=k.device)
+    if t == 2:  # closed form
+        g11, g12, g22 = k[0, 0], k[0, 1], k[1, 1]
+        denom = g11 - 2 * g12 + g22
+        a = torch.tensor(0.5, dtype=k.dtype, device=k.device) if denom <= 0 else torch.clamp((g22 - g12) / denom, 0, 1)
+        return torch.stack([a, 1 - a])
+    scale = float(k.diagonal().max().clamp_min(1e-300))
+    start = int(torch.argmin(k.diagonal()))
+    active = [start]
+    lam = torch.ones(1, dtype=torch.float64, device=k.device)
+    for _ in range(max_iter):
+        x_dot = lam @ k[active]  # x . g_i for every i, where x = sum_active lam_j g_j
+        x_sq = float(lam @ x_dot[active])
+        j = int(torch.argmin(x_dot))
+        if x_sq - float(x_dot[j]) <= tol * scale or j in active:
+            break  # optimal: no point lies beyond the supporting hyperplane of x
+        active.append(j)
+        lam = torch.cat([lam, lam.new_zeros(1)])
+        while True:  # minor cycle: move to the affine min-norm point of the active set
+            n = len(active)
+            system = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=k.device)
+            system[:n, :n] = k[active][:, active]
+            system[:n, n] = 1
+            system[n, :n] = 1
+            rhs = torch.zeros(n + 1, dtype=torch.float64, device=k.device)
+            rhs[n] = 1
+            mu = torch.linalg.lstsq(system, rhs.unsqueeze(1)).solution.squeeze(1)[:n]
+            if bool((mu > 1e-15).all()):
+                lam = mu
+                break
+            neg = mu <= 1e-15
+            ratios = lam[neg] / (lam[neg] - mu[neg])
+            theta = float(ratios.min()) if ratios.numel() else 1.0
+            lam = lam + theta * (mu - lam)
+            keep = lam > 1e-15
+            active = [a for a, kp in zip(active, keep.tolist()) if kp]
+            lam = lam[keep]
+            lam = lam / lam.sum()
+    weights = torch.zeros(t, dtype=torch.float64, device=k.device)
+    weights[active] = lam
+    return weights
+
+
+def gram_matrix(grads: Tensor) -> Tensor:
+    """K = G G^T, computed in the gradients' own precision and returned in float64 for the
+    solvers (no float64 copy of the (T, P) matrix: P can be tens of millions)."""
+    return (grads @ grads.T).to(torch.float64)
+
+
+class NoSolutionError(ValueError):
+    """A method's defining equation has no solution for this gradient matrix."""
+
+
+def power_balance_weights(gram: Tensor, power: float = 1.0, tol: float = 1e-10, accept: float = 1e-6,
+                          max_iter: int = 100) -> Tensor:
+    """The w > 0 with (K w)_i = w_i^(-power) for every task i (K = G G^T).
+
+    Nash-MTL's bargaining solution is ``power = 1`` (K alpha = 1/alpha); FairGrad's alpha-fair
+    allocation is ``power = 1/alpha``. The solution minimises the strictly convex
+    f(w) = w^T K w / 2 - sum_i h(w_i) with h'(w) = w^-power, so damped Newton's method finds it
+    to ``tol`` (relative residual) in a few steps; if float64 cannot get there (nearly dependent
+    gradients, cosines within ~1e-7 of -1) a residual below ``accept`` is taken. When f is unbounded below there is no
+    solution (a zero gradient, or linearly dependent gradients such as exactly opposite ones):
+    that raises :class:`NoSolutionError` rather than returning an arbitrary vector.
+    """
+    k = gram.to(torch.float64)
+    diag = k.diagonal()
+    if bool((diag <= 0).any()):
+        raise NoSolutionError(f"task(s) {torch.nonzero(diag <= 0).flatten().tolist()} have a zero gradient: "
+                              "K w = w^-p has no solution")
+
+    def objective(w: Tensor) -> float:
+        h = w.log() if power == 1 else w.pow(1 - power) / (1 - power)
+        return float(0.5 * w @ k @ w - h.sum())
+
+    w = diag.pow(-1.0 / (1.0 + power))  # exact when the gradients are orthogonal
+    start_norm = float(w.norm())
+    for _ in range(max_iter):
+        target = w.pow(-power)
+        residual = k @ w - target
+        if float(residual.norm()) <= tol * float(target.norm()):
+            return w
+        hessian = k + torch.diag(power * w.pow(-power - 1))
+        step = torch.linalg.solve(hessian, residual)
+        t = 1.0  # backtracking: stay positive, decrease f (Armijo)
+        while bool((w - t * step <= 0).any()):
+            t *= 0.5
+        f0, slope = objective(w), float(residual @ step)
+        while objective(w - t * step) > f0 - 1e-4 * t * slope and t > 1e-12:
+            t *= 0.5
+        w = w - t * step
+        if float(w.norm()) > 1e8 * start_norm:
+            break
+    if float((k @ w - w.pow(-power)).norm()) <= accept * float(w.pow(-power).norm()):
+        return w
+    raise NoSolutionError(
+        "K w = w^-p has no solution: the task gradients are linearly dependent (e.g. exactly opposite) "
+        f"or too ill-conditioned (last relative residual {float((k @ w - w.pow(-power)).norm() / w.pow(-power).norm()):.2e})"
+    )
+
+
+def cagrad_weights(gram: Tensor, c: float) -> Tensor:
+    """CAGrad's inner problem: argmin over the simplex of w^T K b + c ||g_0|| sqrt(w^T K w),
+    with b = 1/T (so w^T K b = g_w . g_0, g_0 the mean gradient).
+
+    Solved with SLSQP on analytic gradients to ``ftol = 1e-15`` (objective exact to ~1e-12; the
+    weights only to ~1e-6, the objective being flat near the optimum) (the references use SLSQP with
+    numerical gradients and default tolerances, ~1e-3 from the optimum, or CLARABEL)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    k = gram.detach().to(torch.float64).cpu().numpy()
+    t = k.shape[0]
+    k = k / max(float(np.trace(k)) / t, 1e-300)  # the argmin is scale-free; ftol is absolute
+    b = np.full(t, 1.0 / t)
+    kb = k @ b
+    phi = c * float(np.sqrt(max(b @ kb, 0.0)))
+
+    def fun(w):
+        q = max(float(w @ k @ w), 1e-300)
+        return float(w @ kb) + phi * np.sqrt(q), kb + phi * (k @ w) / np.sqrt(q)
+
+    res = minimize(fun, b.copy(), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * t,
+                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+                   options={"ftol": 1e-15, "maxiter": 500})
+    w = np.clip(res.x, 0.0, None)
+    return torch.from_numpy(w / w.sum()).to(gram.device)
+
+
+def torchjd_aggregator(class_name: str, method: str, **kwargs: Any) -> Any:
+    """``torchjd.aggregation.<class_name>(**kwargs)``, or an error naming the pip command when
+    torchjd or the QP solver its projections need (quadprog via qpsolvers) is missing."""
+    try:
+        from torchjd import aggregation
+
+        return getattr(aggregation, class_name)(**kwargs)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"method {method!r} needs torchjd and its QP solver ({e}); install them with "
+            f'pip install "mtlbench[solvers]" (or pip install "{TORCHJD_SOLVERS}")'
+        ) from None

@@ -1,0 +1,254 @@
+"""Aggregation of result files with pandas: mean ± std over seeds, Δm in both conventions
+against the suite's own single-task baseline runs (the method whose class declares the role
+``baseline``, ``stl`` here), conflict rate and cost. Reads result files only.
+
+Δm (design notes §5). With M_k the method's value of metric k, B_k the single-task value and
+s_k = 1 when higher is better, each metric contributes the term (-1)^{s_k} (M_k - B_k) / B_k:
+- flat (CAGrad, Nash-MTL, FAMO, ST): Δm = 100 * mean of the terms over all metrics;
+- per-task (Recon, LibMTL): the terms are averaged within each task first, then over tasks.
+Lower is better in both. B_k is the mean over seeds of the suite's baseline runs (without
+mitigation) on the same task and backbone; each seed of a method gets its own Δm against that B, and the table reports the
+mean ± sample std of those per-seed values (the mean equals Δm of the seed-mean metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from mtlbench.core.cell import RESULT_SCHEMA
+from mtlbench.core.errors import ResultError
+from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
+from mtlbench.core.registry import version_key
+
+GROUP = ["suite", "task", "backbone"]
+ROW = ["method", "mitigation"]
+CONVENTIONS = ("flat", "task")
+# a run's roles, read from the plugin declarations recorded in its result file
+ROLE_COLUMNS = {"is_baseline": ("method_info", "baseline"), "is_reference": ("method_info", "reference"),
+                "is_front": ("method_info", "front"), "unmitigated": ("mitigation_info", "unmitigated")}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    task: str
+    higher_is_better: bool
+    label: str = ""
+
+
+def delta_m_rows(values: np.ndarray, base: np.ndarray, info: Mapping[str, MetricInfo]) -> dict[str, np.ndarray]:
+    """Δm in percent of each row of ``values`` (runs × metrics, in ``info``'s order) against
+    ``base`` (one value per metric), in both conventions. A NaN value, or a baseline of 0 (no
+    relative change is defined), gives NaN."""
+    sign = np.array([-1.0 if m.higher_is_better else 1.0 for m in info.values()])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = sign * (values - base) / np.where(base == 0, np.nan, base)
+    tasks = [m.task for m in info.values()]
+    per_task = [terms[:, [i for i, t in enumerate(tasks) if t == task]].mean(axis=1) for task in dict.fromkeys(tasks)]
+    return {"flat": 100.0 * terms.mean(axis=1), "task": 100.0 * np.mean(per_task, axis=0)}
+
+
+def delta_m(values: Mapping[str, float], base: Mapping[str, float], info: Mapping[str, MetricInfo],
+            convention: str = "flat") -> float:
+    """Δm in percent (lower is better) of ``values`` against ``base``; see the module docstring.
+    NaN when a baseline value is 0 (e.g. an F1 of 0): the relative change is undefined."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown Δm convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+    info = {k: m for k, m in info.items() if k in values}
+    missing = [k for k in info if k not in base]
+    if missing:
+        raise KeyError(f"baseline lacks metrics {missing}")
+    if not info:
+        return math.nan
+    rows = delta_m_rows(np.array([[values[k] for k in info]], dtype=float), np.array([base[k] for k in info], dtype=float), info)
+    return float(rows[convention][0])
+
+
+@dataclass
+class Loaded:
+    runs: pd.DataFrame
+    metric_info: dict[tuple[str, str], dict[str, MetricInfo]]  # (task, task_version) -> metrics
+    failed: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+
+def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], None] | None = None) -> Loaded:
+    """Read every result file under ``dirs`` into one row per ok run (plus a table of failures).
+    ``visit(path, data)``, when given, sees each result that is kept, ok or failed (one read per file)."""
+    rows, failed, problems = [], [], []
+    infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
+    seen: dict[tuple, str] = {}
+    other_schemas: dict[str, list[Path]] = {}
+    for path in iter_result_files(list(dirs)):
+        try:
+            data = read_result(path)
+        except SchemaMismatch as e:
+            other_schemas.setdefault(e.schema, []).append(path)
+            continue
+        except ResultError as e:
+            problems.append(str(e))
+            continue
+        key = tuple(data.get(k) for k in ("suite", "task", "backbone", "method", "mitigation", "seed"))
+        if key in seen:
+            if seen[key] != data["config_hash"]:
+                problems.append(f"{path}: another result for the same cell with a different config hash was read first; skipped")
+            continue
+        seen[key] = data["config_hash"]
+        base = {k: data.get(k) for k in ("suite", "task", "task_version", "backbone", "method", "method_name",
+                                          "method_version", "method_kind", "mitigation", "mitigation_name",
+                                          "mitigation_version", "seed", "config_hash")}
+        base.update(roles_of(data))
+        base["path"] = str(path)
+        if data["status"] != "ok":
+            failed.append({**base, "reason": data.get("reason")})
+        else:
+            try:
+                row, info = _run_row(data, base)
+            except (KeyError, TypeError, AttributeError, ValueError) as e:
+                problems.append(f"{path}: malformed ok result ({type(e).__name__}: {e}); skipped. "
+                                "`mtlbench validate` explains every problem")
+                continue
+            infos.setdefault((data["task"], str(data["task_version"])), info)
+            rows.append(row)
+        if visit is not None:
+            visit(path, data)
+    if other_schemas:
+        raise ResultError(
+            f"results of different schemas would be mixed: this mtlbench reads {RESULT_SCHEMA}, but "
+            + "; ".join(f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items()))
+            + ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
+            "mtlbench version that wrote them."
+        )
+    runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
+    if not runs.empty:
+        versions = runs.groupby(["suite", "task"])["task_version"].nunique()
+        mixed = versions[versions > 1]
+        if not mixed.empty:
+            raise ResultError(
+                "results of different task versions would be mixed: "
+                + "; ".join(f"{s}/{t}" for s, t in mixed.index)
+                + ". Keep one version per result folder (re-run the stale cells)."
+            )
+    return Loaded(runs, infos, failed_runs, problems)
+
+
+def roles_of(data: dict[str, Any]) -> dict[str, bool]:
+    """The run's roles (``is_baseline`` ...) from the plugin declarations its result records."""
+    out = {}
+    for column, (info, role) in ROLE_COLUMNS.items():
+        roles = (data.get(info) or {}).get("roles") if isinstance(data.get(info), dict) else None
+        out[column] = isinstance(roles, list) and role in roles
+    return out
+
+
+def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+    """Keep, per suite, task, backbone, method and mitigation, only the runs of the newest method
+    and mitigation versions: older ones are stale (the code changed since) and never mix with
+    newer ones. Each left-out group is reported in ``problems``."""
+    if runs.empty:
+        return runs
+    version = runs["method_version"].astype(str).map(version_key) + runs["mitigation_version"].astype(str).map(version_key)
+    newest = version.groupby([runs[k] for k in GROUP + ROW]).transform("max")
+    stale = runs[version != newest]
+    for key, group in stale.groupby(GROUP + ROW + ["method_version", "mitigation_version"], sort=True):
+        problems.append(f"{'/'.join(map(str, key[:5]))}: {len(group)} result(s) of method version {key[5]}, "
+                        f"mitigation version {key[6]} left out: newer versions of the same row exist "
+                        f"(e.g. {group['path'].iloc[0]} is stale; re-run it)")
+    return runs[version == newest].reset_index(drop=True)
+
+
+def _number(value: Any, field: str) -> float:
+    """A stored number (null -> NaN); anything else is a malformed result."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} = {value!r:.60} is not a number")
+    return float(value)
+
+
+def _run_row(data: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricInfo]]:
+    """One ok result as a table row, and its metric declarations."""
+    info = {k: MetricInfo(v["task"], bool(v["higher_is_better"]), v.get("label", k)) for k, v in data["metric_info"].items()}
+    cost = data.get("cost") or {}
+    conflict = data.get("conflict") or {}
+    row = {**base, "device": (data.get("provenance") or {}).get("device", "")}
+    for k in ("p_pct", "mean_cos"):
+        row[k] = _number(conflict.get(k), f"conflict.{k}")
+    for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
+        row[k] = _number(cost.get(k), f"cost.{k}")
+    for k, v in data["metrics"]["test"].items():
+        row[f"test:{k}"] = _number(v, f"metrics.test.{k}")
+    return row, info
+
+
+MITIGATION_DELTAS = ("dm_flat", "dm_task", "p_pct")
+# per-row descriptions carried into the summary table (the same in every seed of a row)
+DESCRIPTIVE = ["task_version", "method_name", "method_version", "method_kind", "mitigation_name", "mitigation_version",
+               *ROLE_COLUMNS]
+COST = ("p_pct", "mean_cos", "step_time_ms", "peak_memory_mb", "params", "wall_time_s")
+
+
+def run_delta_m(loaded: Loaded) -> pd.DataFrame:
+    """``loaded.runs`` with each run's Δm (``dm_flat``, ``dm_task``) against the mean of the suite's
+    baseline runs (role ``baseline``, unmitigated) on the same task and backbone; NaN where there are none."""
+    runs = loaded.runs.copy()
+    for conv in CONVENTIONS:
+        runs[f"dm_{conv}"] = math.nan
+    if runs.empty:
+        return runs
+    for (_, task, _), group in runs.groupby(GROUP, sort=False):
+        info = loaded.metric_info[(task, str(group["task_version"].iloc[0]))]
+        cols = [f"test:{k}" for k in info]
+        is_base = group["is_baseline"] & group["unmitigated"]
+        if not is_base.any():
+            continue
+        base = group.loc[is_base, cols].mean().to_numpy(dtype=float)
+        for conv, dm in delta_m_rows(group[cols].to_numpy(dtype=float), base, info).items():
+            runs.loc[group.index, f"dm_{conv}"] = dm
+    return runs
+
+
+def summarize(loaded: Loaded) -> pd.DataFrame:
+    """One row per (suite, task, backbone, method, mitigation): mean ± sample std over seeds (NaN
+    values skipped; std NaN below two values) of Δm, the test metrics and cost; the number of seeds."""
+    runs = run_delta_m(loaded)
+    if runs.empty:
+        return pd.DataFrame()
+    keys = GROUP + ROW
+    metric_cols: dict[str, None] = {}
+    base_seeds = {}
+    for (suite, task, backbone), group in runs.groupby(GROUP, sort=True):
+        metric_cols.update((f"test:{k}", None) for k in loaded.metric_info[(task, str(group["task_version"].iloc[0]))])
+        stl = group[group["is_baseline"] & group["unmitigated"]]
+        base_seeds[(suite, task, backbone)] = ",".join(str(s) for s in sorted(stl["seed"]))
+    values = [f"dm_{c}" for c in CONVENTIONS] + list(metric_cols) + list(COST)
+    by_row = runs.groupby(keys, sort=True)
+    mean, std = by_row[values].mean(), by_row[values].std(ddof=1)
+    table = by_row.head(1).set_index(keys)[DESCRIPTIVE].reindex(mean.index)
+    table["task_version"] = table["task_version"].astype(str)
+    table["n_seeds"] = by_row["seed"].nunique().astype(int)
+    table["seeds"] = by_row["seed"].agg(lambda s: ",".join(str(x) for x in sorted(s)))
+    table = table.reset_index()
+    table["baseline_seeds"] = [base_seeds[k] for k in table[GROUP].itertuples(index=False, name=None)]
+    stats = {}
+    for col in values:
+        stats[col] = mean[col].to_numpy()
+        stats[f"{col}_std" if col.startswith("dm_") else f"{col}:std"] = std[col].to_numpy()
+    table = pd.concat([table, pd.DataFrame(stats)], axis=1)
+    order = GROUP[:2] + ["task_version", GROUP[2]] + ROW + DESCRIPTIVE[1:] + ["n_seeds", "seeds", "baseline_seeds"]
+    table = table[order + list(stats)]
+    # "base -> +mitigation" deltas, as the Recon and ST papers tabulate them
+    # the same method's unmitigated row (under the mitigation's own name when several labels are unmitigated)
+    base = table.loc[table["unmitigated"]].sort_values("mitigation", key=lambda s: s != table.loc[s.index, "mitigation_name"],
+                                                      kind="stable")
+    base = base.drop_duplicates(GROUP + ["method"])[GROUP + ["method", *MITIGATION_DELTAS]]
+    same_method = table[GROUP + ["method"]].merge(base, on=GROUP + ["method"], how="left")
+    for col in MITIGATION_DELTAS:
+        table[f"{col}_vs_none"] = (table[col] - same_method[col].to_numpy()).where(~table["unmitigated"])
+    table["rank"] = table.groupby(GROUP)["dm_flat"].rank(method="min", na_option="bottom").astype(int)
+    return table.sort_values(GROUP + ["rank", "method"]).reset_index(drop=True)

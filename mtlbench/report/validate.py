@@ -1,0 +1,323 @@
+"""`mtlbench validate`: check result files (a submission) and explain every problem.
+
+Each file is checked for: valid JSON of the current schema; the type and range of every field
+the leaderboard reads (finite metrics in ``ok`` results, p% in [0, 100], cosines in [-1, 1],
+positive costs ...); the config hash against the config stored beside it; the copies of the
+cell's fields; the file name the runner gives it; the required provenance; labels that are safe
+names; duplicates (the same cell twice); one setting (protocol, backbone ...) per suite, task and
+backbone; and, against the project's plugins, unknown task,
+method and mitigation names, the method's kind and options, the task's version and its metric
+declarations. Every problem names the file and the field. Warnings (a run from a checkout with
+uncommitted changes) do not reject a file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mtlbench.core.cell import LABEL_RE
+from mtlbench.core.errors import ResultError
+from mtlbench.core.files import check_hash, iter_result_files, read_result
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+CELL_KEY = ("suite", "task", "backbone", "method", "mitigation", "seed")
+PROVENANCE = ("mtlbench", "python", "torch", "device")
+SETTING = ("task_version", "task_options", "protocol", "backbone_spec", "conflict")  # shared by one table
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    field: str
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {'warning: ' if self.warning else ''}{self.field}: {self.message}"
+
+
+@dataclass
+class Known:
+    """What the project declares: per task its version and metrics (key -> (sub-task,
+    higher_is_better)); per method its kind, option names and version; per mitigation its version."""
+
+    tasks: dict[str, tuple[str, dict[str, tuple[str, bool]]]] = field(default_factory=dict)
+    methods: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
+    mitigations: set[str] = field(default_factory=set)
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> name -> version
+
+
+@dataclass
+class Report:
+    problems: list[Problem]
+    n_files: int
+
+    @property
+    def rejected(self) -> list[Path]:
+        return sorted({p.path for p in self.problems if not p.warning}, key=str)
+
+
+def known_from_project(root: Path) -> Known:
+    """The names declared by the plugins next to a benchmark.toml (imports them)."""
+    from mtlbench.core.errors import ConfigError
+    from mtlbench.grid.plugins import discover
+
+    root = Path(root)
+    if not (root / "tasks").is_dir() and not (root / "baselines").is_dir():
+        raise ConfigError(f"{root.resolve()}: no tasks/ or baselines/ folder, so task and method names cannot be "
+                          "checked; run from the project root or pass --config path/to/benchmark.toml")
+    plugins = discover(root)
+    return Known(
+        tasks={n: (str(c.version), {m.key: (m.task, m.higher_is_better) for m in c.metrics}) for n, c in plugins.tasks.items()},
+        methods={n: (c.kind, set(c.option_defaults())) for n, c in plugins.methods.items()},
+        mitigations=set(plugins.mitigations),
+        versions=plugins.versions(),
+    )
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _get(data: Any, dotted: str) -> tuple[bool, Any]:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False, None
+        data = data[part]
+    return True, data
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _iso(v: Any) -> bool:
+    try:
+        datetime.fromisoformat(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+Check = Callable[[Any], bool]
+# field -> (check, what was expected); checked in every file
+ALWAYS: dict[str, tuple[Check, str]] = {
+    "task_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "method_name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "method_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "mitigation_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "seed": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "status": (lambda v: v in ("ok", "failed"), "'ok' or 'failed'"),
+    "provenance.git.dirty": (lambda v: isinstance(v, bool), "true or false"),
+    "provenance.start_time": (_iso, "an ISO 8601 time"),
+    "provenance.end_time": (_iso, "an ISO 8601 time"),
+    **{f"provenance.{k}": (lambda v: isinstance(v, str) and v != "", "a non-empty string") for k in PROVENANCE},
+    "provenance.git.commit": (lambda v: isinstance(v, str) and bool(COMMIT_RE.match(v)),
+                              "the 40-hex git commit of the code that ran (run from a git checkout of mtlbench)"),
+}
+# checked in ok results
+OK: dict[str, tuple[Check, str]] = {
+    "tasks": (lambda v: isinstance(v, list) and v != [] and all(isinstance(t, str) for t in v), "a non-empty list of sub-task names"),
+    "metric_info": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
+    "metrics.val": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
+    "metrics.test": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
+    "selection.rule": (lambda v: v in ("best_val", "last_mean"), "'best_val' or 'last_mean'"),
+    "curves": (lambda v: isinstance(v, dict) and v != {} and all(isinstance(c, list) and c for c in v.values()),
+               "per model a non-empty list of epoch records"),
+    "cost.wall_time_s": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "cost.step_time_ms": (lambda v: is_number(v) and v > 0, "a number > 0"),
+    "cost.peak_memory_mb": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "cost.params": (lambda v: is_int(v) and v > 0, "an integer > 0"),
+}
+
+
+def check_fields(path: Path, data: dict[str, Any], checks: dict[str, tuple[Check, str]]) -> list[Problem]:
+    out = []
+    for name, (check, expected) in checks.items():
+        present, value = _get(data, name)
+        if not present:
+            out.append(Problem(path, name, f"missing; expected {expected}"))
+        elif not check(value):
+            out.append(Problem(path, name, f"{value!r:.80}, expected {expected}"))
+    return out
+
+
+def check_metrics(path: Path, data: dict[str, Any]) -> list[Problem]:
+    out = []
+    info = data.get("metric_info") if isinstance(data.get("metric_info"), dict) else {}
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
+    for key, m in info.items():
+        if not isinstance(m, dict) or not isinstance(m.get("higher_is_better"), bool) or m.get("task") not in tasks:
+            out.append(Problem(path, f"metric_info.{key}", f"{m!r:.80}, expected {{task: one of {tasks}, higher_is_better: true/false}}"))
+    for split in ("val", "test"):
+        values = _get(data, f"metrics.{split}")[1]
+        if not isinstance(values, dict):
+            continue
+        for key, v in values.items():
+            if not is_number(v):
+                out.append(Problem(path, f"metrics.{split}.{key}", f"{v!r}, expected a finite number (an ok result holds no NaN, Inf or null)"))
+        if set(values) != set(info):
+            out.append(Problem(path, f"metrics.{split}", f"keys {sorted(values)} differ from metric_info's {sorted(info)}"))
+    return out
+
+
+def check_conflict(path: Path, data: dict[str, Any]) -> list[Problem]:
+    c = data.get("conflict")
+    if c is None:
+        return [] if data.get("method_kind") == "single_task" else [Problem(path, "conflict", "missing for a multi-task run")]
+    if not isinstance(c, dict):
+        return [Problem(path, "conflict", f"{c!r:.80}, expected an object or null")]
+    out = check_fields(path, {"conflict": c}, {
+        "conflict.n_samples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "conflict.p_pct": (lambda v: v is None or (is_number(v) and 0 <= v <= 100), "a number in [0, 100]"),
+        "conflict.mean_cos": (lambda v: v is None or (is_number(v) and -1 <= v <= 1), "a number in [-1, 1]"),
+    })
+    layers = c.get("layers")
+    if isinstance(layers, dict):
+        names = layers.get("names") or []
+        for key, ok, expected in (("params", lambda v: is_int(v) and v >= 0, "integers >= 0"),
+                                  ("mean_cos", lambda v: v is None or (is_number(v) and -1 <= v <= 1), "numbers in [-1, 1]"),
+                                  ("p_pct", lambda v: v is None or (is_number(v) and 0 <= v <= 100), "numbers in [0, 100]")):
+            values = layers.get(key)
+            if not isinstance(values, list) or len(values) != len(names) or not all(ok(v) for v in values):
+                out.append(Problem(path, f"conflict.layers.{key}", f"expected {len(names)} {expected}, one per layer"))
+    hist = c.get("histogram")
+    if isinstance(hist, dict) and is_int(c.get("n_samples")) and isinstance(c.get("pairs"), list):
+        counts = hist.get("counts")
+        want = c["n_samples"] * len(c["pairs"])
+        if not isinstance(counts, list) or not all(is_int(n) and n >= 0 for n in counts) or sum(counts) != want:
+            out.append(Problem(path, "conflict.histogram.counts", f"{counts!r:.80}, expected counts >= 0 summing to "
+                               f"n_samples × pairs = {want}"))
+    return out
+
+
+def check_identity(path: Path, data: dict[str, Any]) -> list[Problem]:
+    """Hash, copies of the cell's fields, labels and the file name."""
+    out = []
+    try:
+        check_hash(path, data)
+    except ResultError as e:
+        out.append(Problem(path, "config_hash", str(e).split(": ", 1)[-1]))
+    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    for k in CELL_KEY + ("task_version", "method_name", "method_version", "mitigation_name", "mitigation_version"):
+        if data.get(k) != cell.get(k):
+            out.append(Problem(path, k, f"{data.get(k)!r} but cell.{k} = {cell.get(k)!r}"))
+    for k in ("suite", "task", "backbone", "method", "mitigation"):
+        if not isinstance(data.get(k), str) or not LABEL_RE.match(data[k]):
+            out.append(Problem(path, k, f"{data.get(k)!r:.80} is not a valid label (letters, digits, '_', '.', '+', '-'; "
+                               "starting with a letter or digit)"))
+    expected = f"{data.get('method')}__{data.get('mitigation')}__seed{data.get('seed')}.json"
+    if path.name != expected:
+        out.append(Problem(path, "file name", f"expected {expected} (as `mtlbench run` names it), in "
+                           f"<results>/{data.get('suite')}/{data.get('task')}/{data.get('backbone')}/"))
+    return out
+
+
+def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]:
+    """Names, versions, kinds, options and metric declarations against the project's plugins."""
+    out = []
+    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    task = data.get("task")
+    if task not in known.tasks:
+        out.append(Problem(path, "task", f"unknown task {task!r}; known: {', '.join(sorted(known.tasks))}"))
+    else:
+        version, metrics = known.tasks[task]
+        if data.get("task_version") != version:
+            out.append(Problem(path, "task_version", f"{data.get('task_version')!r}, but {task} is version {version!r} "
+                               "now; results of different versions never mix: re-run the cell"))
+        elif data.get("status") == "ok" and isinstance(data.get("metric_info"), dict):
+            stored = {k: (v.get("task"), v.get("higher_is_better")) for k, v in data["metric_info"].items() if isinstance(v, dict)}
+            if stored != metrics:
+                out.append(Problem(path, "metric_info", f"{stored} differs from what {task} declares: {metrics}"))
+    name = data.get("method_name")
+    if name not in known.methods:
+        out.append(Problem(path, "method_name", f"unknown method {name!r}; known: {', '.join(sorted(known.methods))} "
+                           "(a new method needs its file in baselines/ in the same pull request)"))
+    else:
+        kind, options = known.methods[name]
+        if data.get("method_kind") != kind:
+            out.append(Problem(path, "method_kind", f"{data.get('method_kind')!r}, but {name} is a {kind!r} method"))
+        extra = sorted(set(cell.get("method_options") or {}) - options)
+        if extra:
+            out.append(Problem(path, "cell.method_options", f"{extra} are not options of {name} (options: {sorted(options)})"))
+    mitigation = cell.get("mitigation_name")
+    if mitigation not in known.mitigations:
+        out.append(Problem(path, "cell.mitigation_name", f"unknown mitigation {mitigation!r}; known: {', '.join(sorted(known.mitigations))}"))
+    for kind, plugin in (("method", name), ("mitigation", mitigation)):
+        now = known.versions.get(kind, {}).get(plugin)
+        if now is not None and str(data.get(f"{kind}_version")) != now:
+            out.append(Problem(path, f"{kind}_version", f"{data.get(f'{kind}_version')!r}, but {kind} {plugin} is version "
+                               f"{now!r} now; results of different versions never mix: re-run the cell"))
+    return out
+
+
+def check_same_setting(path: Path, data: dict[str, Any], first: dict[tuple[str, ...], tuple[Path, dict[str, Any]]]) -> list[Problem]:
+    """The runs of one suite, task and backbone form one table and share one setting (task
+    version and options, protocol, backbone, conflict sampling); ``first`` remembers each
+    table's first file."""
+    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    setting = {k: cell.get(k) for k in SETTING}
+    table = tuple(str(data.get(k)) for k in CELL_KEY[:3])
+    if table not in first:
+        first[table] = (path, setting)
+        return []
+    other, expected = first[table]
+    return [Problem(path, f"cell.{k}", f"{setting[k]!r:.120} differs from {other} ({expected[k]!r:.120}) in the same "
+                    f"suite, task and backbone; one table compares runs of one setting") for k in SETTING if setting[k] != expected[k]]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def validate_file(path: Path, known: Known | None = None) -> list[Problem]:
+    return _validate(path, known)[0]
+
+
+def _validate(path: Path, known: Known | None) -> tuple[list[Problem], dict[str, Any] | None]:
+    try:
+        data = read_result(path)
+    except ResultError as e:
+        return [Problem(path, "file", str(e).split(": ", 1)[-1])], None
+    out = check_identity(path, data) + check_fields(path, data, ALWAYS)
+    if data.get("status") == "failed" and not (isinstance(data.get("reason"), str) and data["reason"]):
+        out.append(Problem(path, "reason", "a failed result needs the reason it failed"))
+    if data.get("status") == "ok":
+        out += check_fields(path, data, OK) + check_metrics(path, data) + check_conflict(path, data)
+    if known is not None:
+        out += check_known(path, data, known)
+    if _get(data, "provenance.git.dirty")[1] is True:
+        out.append(Problem(path, "provenance.git.dirty", "the code had uncommitted changes when this ran; "
+                           "say in the pull request what they were", warning=True))
+    return out, data
+
+
+def validate_paths(paths: Iterable[Path], known: Known | None = None) -> Report:
+    """Check every ``*.json`` under ``paths``; the same cell twice is reported on the later file."""
+    paths = [Path(p) for p in paths]
+    problems = [Problem(p, "path", "no such file or folder") for p in paths if not p.exists()]
+    seen: dict[tuple[str, ...], Path] = {}
+    settings: dict[tuple[str, ...], tuple[Path, dict[str, Any]]] = {}
+    n = 0
+    for f in iter_result_files(paths):
+        n += 1
+        found, data = _validate(f, known)
+        problems.extend(found)
+        if data is None:
+            continue
+        key = tuple(str(data.get(k)) for k in CELL_KEY)
+        if key in seen:
+            problems.append(Problem(f, "cell", f"duplicate: {seen[key]} holds the same cell ({'/'.join(key)})"))
+        else:
+            seen[key] = f
+        problems.extend(check_same_setting(f, data, settings))
+    if n == 0 and all(p.exists() for p in paths):
+        problems.append(Problem(Path(", ".join(map(str, paths))), "path", "no result files (*.json) found"))
+    return Report(problems, n)

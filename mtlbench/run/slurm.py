@@ -1,0 +1,124 @@
+"""The slurm executor: one submitit job per cell, submitted as one job array with a cap on
+how many run at a time, with the GPU/CPU/memory/time options of ``[executor.slurm]``.
+
+Each job runs :func:`~mtlbench.run.job.execute_cell`, so it takes the cell's lock,
+resumes from the cell's checkpoint and writes the result file itself. On pre-emption or
+time-out SLURM signals the job; submitit calls :meth:`CellJobFunction.checkpoint`, which
+releases the cell's lock and requeues the same job: the requeued run resumes after the
+last finished epoch (the per-epoch checkpoint is the one mechanism for kills, pre-emption
+and time-outs).
+
+``backend = "local"`` sends the same jobs through submitit's LocalExecutor (each job a
+process on this machine, signals and requeue included); the runner then keeps at most
+``max_parallel`` jobs running itself, as SLURM does for an array.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from mtlbench.core.errors import ConfigError
+from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
+from mtlbench.grid.executor import ExecutorOptions
+from mtlbench.run.locks import release_all
+
+POLL_S = {"local": 0.2, "slurm": 15.0}
+
+
+class CellJobFunction:
+    """What each submitit job runs (pickled by reference: importable, stateless)."""
+
+    def __call__(self, job: CellJob) -> Outcome:
+        import submitit
+
+        return execute_cell(job, lock_job=submitit.JobEnvironment().job_id)
+
+    def checkpoint(self, job: CellJob) -> Any:
+        """submitit's pre-emption/time-out hook: the cell's checkpoint already holds its last
+        finished epoch; free the lock and requeue the same job to resume from it."""
+        import submitit
+
+        release_all()
+        return submitit.helpers.DelayedSubmission(self, job)
+
+
+class SlurmExecutor:
+    def __init__(self, options: ExecutorOptions, results: Path, echo: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.slurm = options.slurm
+        self.folder = Path(self.slurm.folder) if self.slurm.folder else Path(results) / ".slurm"
+        self.echo = echo
+        if self.slurm.backend == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError(
+                "executor slurm: `sbatch` is not on this machine's PATH; run from a SLURM login node, or set "
+                "[executor.slurm] backend = \"local\" (--slurm-backend local) to run the same jobs through "
+                "submitit's LocalExecutor")
+        if self.slurm.backend == "local" and not self.slurm.wait:
+            raise ConfigError("executor.slurm.wait = false needs backend = \"slurm\": local jobs are run by this process")
+
+    def describe(self) -> str:
+        s = self.slurm
+        where = f"partition {s.partition}" if s.partition else "default partition"
+        return (f"slurm ({s.backend} backend): one job per cell, at most {s.max_parallel} at a time, {where}, "
+                f"{s.gpus} GPU / {s.cpus} CPU / {s.mem_gb:g} GB / {s.time_min} min per job")
+
+    def _submitit(self) -> Any:
+        import submitit
+
+        s = self.slurm
+        ex = submitit.AutoExecutor(folder=self.folder, cluster=s.backend,
+                                   slurm_max_num_timeout=s.max_requeue, local_max_num_timeout=s.max_requeue)
+        params: dict[str, Any] = {
+            "name": "mtlbench", "timeout_min": s.time_min, "mem_gb": s.mem_gb, "cpus_per_task": s.cpus,
+            "gpus_per_node": s.gpus, "slurm_array_parallelism": s.max_parallel,
+            "slurm_setup": list(s.setup) or None, "local_setup": list(s.setup) or None,
+            "slurm_additional_parameters": dict(s.additional) or None,
+        }
+        for key in ("partition", "account", "qos", "constraint"):
+            params[f"slurm_{key}"] = getattr(s, key) or None
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        return ex
+
+    def prepare(self, job: CellJob) -> CellJob:
+        return replace(job, device="auto", threads=self.options.threads or self.slurm.cpus, progress=False)
+
+    def run(self, jobs: list[CellJob], report: Callable[[Outcome], None]) -> None:
+        jobs = [self.prepare(j) for j in jobs]
+        ex, fn, s = self._submitit(), CellJobFunction(), self.slurm
+        pending: deque[CellJob] = deque(jobs)
+        running: list[tuple[CellJob, Any]] = []
+        if s.backend == "slurm":  # one array: SLURM keeps at most max_parallel of it running
+            running = list(zip(jobs, ex.map_array(fn, jobs)))
+            pending.clear()
+            array = running[0][1].job_id.split("_")[0] if running else "-"
+            self.echo(f"submitted job array {array}: {len(jobs)} jobs; submitit files in {self.folder}")
+            if not s.wait:
+                return
+        while pending or running:
+            while pending and len(running) < s.max_parallel:
+                job = pending.popleft()
+                running.append((job, ex.submit(fn, job)))
+            finished = [(job, sj) for job, sj in running if sj.done()]
+            for item in finished:
+                running.remove(item)
+                report(self._outcome(*item))
+            if not finished:
+                time.sleep(POLL_S[s.backend])
+
+    def _outcome(self, job: CellJob, submitted: Any) -> Outcome:
+        import submitit
+
+        try:
+            return submitted.result()
+        except submitit.core.utils.UncompletedJobError as e:
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            reason = f"{self.slurm.backend} job {submitted.job_id} ended without reporting: {lines[0] if lines else e}"
+            outcome = record_failure(job, reason, lock_job=submitted.job_id)
+            if outcome.status != "failed":
+                return Outcome(job.key, "failed", f"{reason}; no result written ({outcome.message})")
+            return outcome

@@ -1,0 +1,54 @@
+"""The results folder of a run: where each cell's file lives and whether it is done, failed,
+pending or stale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mtlbench.core.cell import Cell
+from mtlbench.core.errors import ResultError
+from mtlbench.core.files import atomic_write_json, read_result
+
+
+@dataclass
+class CellState:
+    cell: Cell
+    path: Path
+    state: str  # done | failed | pending | stale
+    reason: str = ""
+
+
+class ResultStore:
+    """The results folder of a run: where each cell's file lives and whether it is done."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, cell: Cell) -> Path:
+        return self.root / cell.relpath
+
+    def state(self, cell: Cell) -> CellState:
+        path = self.path(cell)
+        if not path.exists():
+            return CellState(cell, path, "pending")
+        try:
+            data = read_result(path)
+        except ResultError as e:
+            return CellState(cell, path, "stale", str(e))
+        for kind, now in (("task", cell.task_version), ("method", cell.method_version),
+                          ("mitigation", cell.mitigation_version)):
+            stored = data.get(f"{kind}_version")
+            if str(stored) != now:
+                return CellState(cell, path, "stale", f"{kind} version {stored} in the result, {now} now")
+        if data.get("config_hash") != cell.config_hash:
+            return CellState(cell, path, "stale", "config changed since this result was written")
+        if data.get("status") == "ok":
+            return CellState(cell, path, "done")
+        return CellState(cell, path, "failed", str(data.get("reason", "unknown")))
+
+    def write(self, cell: Cell, result: dict[str, Any]) -> Path:
+        path = self.path(cell)
+        atomic_write_json(path, result)
+        return path

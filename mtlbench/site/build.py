@@ -1,0 +1,190 @@
+"""The static leaderboard: pages rendered with jinja2 (autoescaped) from result files.
+
+Reads result files only (through :mod:`mtlbench.site.data`); needs no torch. Pages use relative
+links, inline CSS, inline SVG and one small inline script allowed by its hash in each page's
+Content-Security-Policy, so the site works from ``file://`` or any static host and loads
+nothing remote.
+
+A page type is one function ``SiteData -> Iterable[Page]`` plus one template; add it to
+``PAGE_TYPES``. A page with a ``title`` is listed on the index under "More pages".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jinja2
+
+import mtlbench
+from mtlbench.site.pages import Page, group_pages, index_page, method_pages, reproduction_pages, run_pages
+from mtlbench.site.plots import PlotCache
+from mtlbench.site.data import SiteData, load_site_data
+
+TEMPLATES = Path(__file__).parent / "templates"
+MANIFEST = ".mtlbench-site.json"  # the files the last build wrote (stale ones are removed)
+PLOT_CACHE = ".plot-cache"  # SVGs of earlier builds, reused while their inputs are unchanged
+
+PageType = Callable[[SiteData], Iterable[Page]]
+PAGE_TYPES: list[PageType] = [group_pages, method_pages, run_pages, reproduction_pages]
+
+
+@dataclass
+class SiteReport:
+    out: Path
+    pages: list[Path]
+    n_runs: int
+    n_failed: int
+    problems: list[str]
+    timings: dict[str, float]  # seconds per build step: reading, each page type, index and downloads
+    plots_drawn: int = 0
+    plots_reused: int = 0  # taken from the plot cache of an earlier build
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pm(mean: Any, std: Any, digits: int = 2) -> str:
+    """``mean ± std`` at ``digits`` decimals (a mean that rounds to zero shows no minus sign)."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if float(text) == 0:
+        text = text.lstrip("-")
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return text
+    return f"{text} ± {std:.{digits}f}"
+
+
+def thousands(value: Any) -> str:
+    """An integer count with thousands separators, ``–`` when missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return f"{int(value):,}"
+
+
+def sort_value(value: Any) -> str:
+    """The ``data-v`` a table cell sorts by: the full-precision number, empty when missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return ""
+    return repr(float(value))
+
+
+def script_hash(script: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    script = (TEMPLATES / "table.js").read_text(encoding="utf-8")
+    env.filters["fmt"] = fmt
+    env.filters["v"] = sort_value
+    env.filters["thousands"] = thousands
+    env.filters["num"] = lambda v: "–" if v is None or v != v else f"{v:.4g}"  # 4 significant digits; NaN as a dash
+    env.globals.update(pm=pm, script=script, script_hash=script_hash(script), version=mtlbench.__version__)
+    return env
+
+
+def build_site(result_dirs: list[Path], out: Path, published: Path | None = None, workers: int = 1) -> SiteReport:
+    """Render every page of every page type, the index and the downloads into ``out``; with
+    ``published`` (a folder of published tables) also the reproduction page. ``workers`` > 1
+    draws the plots that are not in the plot cache in that many processes."""
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = now - clock
+        clock = now
+
+    data = load_site_data(result_dirs)
+    lap("read and aggregate results")
+    out = Path(out)
+    data.plots = PlotCache(out / PLOT_CACHE, workers)
+    data.published = published
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    common = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "sources": [str(d) for d in result_dirs]}
+    written: list[Path] = []
+    listed: list[Page] = []
+    for page_type in PAGE_TYPES:
+        for page in page_type(data):
+            written.append(render(env, page, out, common))
+            if page.title:
+                listed.append(page)
+        lap(page_type.__name__.replace("_", " "))
+    written.extend(write_downloads(data, out))
+    written.insert(0, render(env, index_page(data, listed), out, common))
+    remove_stale(out, written)
+    data.plots.prune()
+    lap("index and downloads")
+    return SiteReport(out, [p for p in written if p.suffix == ".html"], len(data.runs), len(data.failed),
+                      data.loaded.problems, timings, data.plots.misses, data.plots.hits)
+
+
+def render(env: jinja2.Environment, page: Page, out: Path, common: dict[str, Any]) -> Path:
+    if page.text is not None:
+        return write_file(out / page.path, page.text)
+    root = "../" * page.path.count("/")
+    html = env.get_template(page.template).render(root=root, **common, **page.context)
+    return write_file(out / page.path, html)
+
+
+def write_file(path: Path, text: str) -> Path:
+    """Write via a temporary file and rename: a reader never sees half a page. No fsync: the
+    site is rebuilt from the result files, and thousands of fsyncs would dominate the build."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_downloads(data: SiteData, out: Path) -> list[Path]:
+    """The aggregated table as ``summary.csv`` and ``summary.json``, the runs as ``runs.csv``."""
+    if data.table.empty:
+        return []
+    table = data.table.drop(columns=[c for c in ("path",) if c in data.table])
+    records = json.loads(table.to_json(orient="records"))  # NaN -> null
+    return [
+        write_file(out / "summary.csv", table.to_csv(index=False)),
+        write_file(out / "summary.json", json.dumps({"schema": "mtlbench.summary/1", "rows": records}, indent=1) + "\n"),
+        write_file(out / "runs.csv", data.runs.to_csv(index=False)),
+    ]
+
+
+def remove_stale(out: Path, written: list[Path]) -> None:
+    """Delete the files the previous build wrote that this one did not (a removed run's page);
+    never anything else in ``out``."""
+    manifest = out / MANIFEST
+    now = sorted(p.relative_to(out).as_posix() for p in written)
+    try:
+        before = json.loads(manifest.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    keep, root = set(now), out.resolve()
+    for rel in before:
+        if not isinstance(rel, str) or rel in keep:
+            continue
+        path = (out / rel).resolve()
+        if root in path.parents and path.suffix in (".html", ".csv", ".json"):
+            path.unlink(missing_ok=True)
+    write_file(manifest, json.dumps({"files": now}, indent=0) + "\n")

@@ -1,0 +1,142 @@
+"""What the static site is built from: result files read into tables (aggregated, ranked, with
+per-run Δm), the plugins' own descriptions recorded in the results, the few per-run details
+the aggregate plots need, and the site's page addresses. Reads result files only (no torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from mtlbench.report.aggregate import GROUP, ROW, Loaded, load_results, run_delta_m, summarize
+from mtlbench.site.plots import PlotCache
+from mtlbench.report.ranking import rank_table
+
+RUN_KEY = GROUP + ROW + ["seed"]
+
+
+def slug(*parts: Any) -> str:
+    """A file name made of ``parts`` joined by ``--``; characters outside [A-Za-z0-9_.+-] become
+    ``_`` and then a short hash of the original keeps distinct names distinct."""
+    raw = "--".join(str(p) for p in parts)
+    safe = re.sub(r"[^A-Za-z0-9_.+-]", "_", raw).lstrip(".")
+    if safe != raw or not safe:
+        safe = f"{safe[:80]}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def group_page(suite: str, task: str, backbone: str) -> str:
+    return slug(suite, task, backbone) + ".html"
+
+
+def method_page(method_name: Any) -> str:
+    return f"methods/{slug(method_name)}.html"
+
+
+def run_page(suite: str, task: str, backbone: str, method: str, mitigation: str, seed: Any) -> str:
+    return f"runs/{slug(suite, task, backbone, method, mitigation, f'seed{seed}')}.html"
+
+
+@dataclass
+class RunDetail:
+    """The parts of one result the aggregate plots and method pages need (kept small)."""
+
+    options: dict[str, Any]
+    layers: list[str] = field(default_factory=list)
+    layer_p: list[float] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)  # mean training loss over sub-tasks, per epoch
+    val: dict[str, list[float]] = field(default_factory=dict)  # metric key -> value per epoch
+
+
+@dataclass
+class SiteData:
+    """Everything the page functions read. ``table``: one ranked row per suite × task × backbone ×
+    method × mitigation (:func:`mtlbench.report.ranking.rank_table`); ``runs``: one row per ok run with
+    its Δm and page; ``failed``: failed runs; ``details``: per run path, see :class:`RunDetail`."""
+
+    result_dirs: list[Path]
+    loaded: Loaded
+    table: pd.DataFrame
+    runs: pd.DataFrame
+    failed: pd.DataFrame
+    task_info: dict[str, dict[str, Any]]
+    method_info: dict[str, dict[str, Any]]
+    details: dict[str, RunDetail]
+    plots: PlotCache = field(default_factory=lambda: PlotCache(None))  # set by the site build
+    published: Path | None = None  # folder of published tables (the reproduction page)
+    _runs_by_row: dict[tuple, list[tuple[Any, str, str]]] | None = field(default=None, repr=False)
+
+    def runs_by_row(self) -> dict[tuple, list[tuple[Any, str, str]]]:
+        """(suite, task, backbone, method, mitigation) -> [(seed, page, path)] sorted by seed."""
+        if self._runs_by_row is None:
+            self._runs_by_row = {} if self.runs.empty else {
+                key: list(zip(g["seed"], g["page"], g["path"]))
+                for key, g in self.runs.sort_values("seed").groupby(GROUP + ROW, sort=False)}
+        return self._runs_by_row
+
+    def metric_info(self, task: str, version: str) -> dict:
+        return self.loaded.metric_info[(task, str(version))]
+
+    def main_metrics(self, task: str, version: str) -> dict[str, str]:
+        """Sub-task -> its main metric key: as the task declares, else its first metric."""
+        declared = (self.task_info.get(task) or {}).get("main_metrics") or {}
+        info = self.metric_info(task, version)
+        out: dict[str, str] = {}
+        for key, m in info.items():
+            out.setdefault(m.task, key)
+        out.update({t: k for t, k in declared.items() if k in info})
+        return out
+
+
+def load_site_data(result_dirs: Iterable[Path]) -> SiteData:
+    dirs = [Path(d) for d in result_dirs]
+    task_info: dict[str, dict[str, Any]] = {}
+    method_info: dict[str, dict[str, Any]] = {}
+    details: dict[str, RunDetail] = {}
+
+    def visit(path: Path, data: dict[str, Any]) -> None:
+        if isinstance(data.get("task_info"), dict):
+            task_info.setdefault(str(data.get("task")), data["task_info"])
+        if isinstance(data.get("method_info"), dict):
+            method_info.setdefault(str(data.get("method_name")), data["method_info"])
+        details[str(path)] = run_detail(data)
+
+    loaded = load_results(dirs, visit)
+    runs = run_delta_m(loaded)
+    failed = loaded.failed.copy()
+    for frame in (runs, failed):
+        frame["page"] = [run_page(*k) for k in frame[RUN_KEY].itertuples(index=False)] if not frame.empty else []
+    conventions = {t: str(i.get("delta_m_convention", "flat")) for t, i in task_info.items()}
+    table = rank_table(summarize(loaded), runs, conventions)
+    return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details)
+
+
+def run_detail(data: dict[str, Any]) -> RunDetail:
+    cell = data.get("cell") or {}
+    detail = RunDetail(options=cell.get("method_options") or {})
+    layers = ((data.get("conflict") or {}).get("layers") or {})
+    detail.layers = [str(n) for n in layers.get("names") or []]
+    detail.layer_p = [number(v) for v in layers.get("p_pct") or []]
+    models = list((data.get("curves") or {}).values())
+    if models:
+        n = min(len(m) for m in models)
+        detail.epochs = [int(e.get("epoch", i + 1)) for i, e in enumerate(models[0][:n])]
+        for i in range(n):
+            losses = [number(v) for m in models for v in (m[i].get("train_loss") or {}).values()]
+            detail.loss.append(sum(losses) / len(losses) if losses else math.nan)
+            for m in models:
+                for k, v in (m[i].get("val") or {}).items():
+                    detail.val.setdefault(k, []).append(number(v))
+    return detail
+
+
+def number(v: Any) -> float:
+    """``v`` as a float, NaN when it is not a number (result files are data from outside)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan

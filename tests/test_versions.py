@@ -1,0 +1,58 @@
+"""Plugin versions: a method whose version changes makes its old results stale — `status` says
+so, `run` re-runs them, and aggregation never mixes them with results of the new version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mtlbench.cli import main
+from mtlbench.report.aggregate import load_results, summarize
+from tests.conftest import commit_all
+from tests.grid_support import make_grid_project
+
+
+def _bump(project: Path, file: str, name: str, version: str) -> None:
+    path = project / "baselines" / file
+    text = path.read_text()
+    path.write_text(text.replace(f'    name = "{name}"\n', f'    name = "{name}"\n    version = "{version}"\n', 1))
+    commit_all(project)
+
+
+def _run(config: Path, results: Path, *only: str) -> None:
+    args = ["run", "--config", str(config), "--results", str(results), "--no-progress"]
+    for o in only:
+        args += ["--only", o]
+    assert main(args) == 0
+
+
+def test_a_new_method_version_reruns_old_results_and_never_mixes_them(tmp_path, capsys):
+    config = make_grid_project(tmp_path / "p")
+    results = tmp_path / "results"
+    _run(config, results, "method=stl,pcgrad", "seed=0,1")
+    pcgrad = results / "grid" / "multimnist" / "r8" / "pcgrad__none__seed0.json"
+    assert json.loads(pcgrad.read_text())["method_version"] == "1"
+
+    _bump(config.parent, "pcgrad.py", "pcgrad", "2")
+    capsys.readouterr()
+    assert main(["status", "--config", str(config), "--results", str(results), "--only", "method=stl,pcgrad"]) == 0
+    status = capsys.readouterr().out
+    assert "stale (2):" in status and "method version 1 in the result, 2 now" in status
+
+    _run(config, results, "method=stl,pcgrad", "seed=1")  # re-runs only the stale pcgrad cell of seed 1
+    out = capsys.readouterr().out
+    ran = [line.split()[1] for line in out.splitlines() if line.startswith("ok ")]
+    assert ran == ["grid/multimnist/r8/pcgrad/none/seed1"]
+    assert json.loads((pcgrad.parent / "pcgrad__none__seed1.json").read_text())["method_version"] == "2"
+
+    loaded = load_results([results])  # seed 0 of pcgrad is still version 1: left out, reported
+    rows = loaded.runs[loaded.runs["method"] == "pcgrad"]
+    assert list(rows["seed"]) == [1] and set(rows["method_version"]) == {"2"}
+    assert any("pcgrad/none: 1 result(s) of method version 1" in p and str(pcgrad) in p for p in loaded.problems)
+    table = summarize(loaded).set_index("method")
+    assert table.loc["pcgrad", "n_seeds"] == 1 and table.loc["pcgrad", "method_version"] == "2"
+    assert table.loc["stl", "n_seeds"] == 2  # other methods are untouched
+
+    _run(config, results, "method=stl,pcgrad")  # the rest of the stale cells
+    assert json.loads(pcgrad.read_text())["method_version"] == "2"
+    assert load_results([results]).problems == []
