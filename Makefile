@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev site clean
+.PHONY: run test lint setup setup-dev site clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ run: setup
 site: setup
 	$(BIN)/mtlbench leaderboard --results leaderboard/results --out leaderboard/site
 
-test: setup-dev
+test: setup-dev lint
 	$(BIN)/python -m pytest
+
+# style and static checks of the engine and the plugins (part of `make test`)
+lint: setup-dev
+	$(BIN)/ruff check mtlbench baselines tasks
+	$(BIN)/ruff format --check mtlbench baselines tasks
 
 clean:
 	rm -rf $(VENV) results leaderboard/site

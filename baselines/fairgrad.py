@@ -14,7 +14,6 @@ clear error.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mtlbench.api import GradientAggregator, StepInfo

@@ -36,8 +36,15 @@ class FAMO(LossWeighting):
 
     UPDATE_LOSSES = ("same_batch", "next_batch")
 
-    def __init__(self, n_tasks: int, gamma: float = 0.01, w_lr: float = 0.025, max_norm: float = 1.0,
-                 min_losses: list[float] | None = None, update_losses: str = "same_batch") -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        gamma: float = 0.01,
+        w_lr: float = 0.025,
+        max_norm: float = 1.0,
+        min_losses: list[float] | None = None,
+        update_losses: str = "same_batch",
+    ) -> None:
         super().__init__(n_tasks)
         if w_lr <= 0 or gamma < 0 or max_norm < 0:
             raise ValueError(f"need w_lr > 0, gamma >= 0, max_norm >= 0; got {w_lr}, {gamma}, {max_norm}")
@@ -81,6 +88,6 @@ class FAMO(LossWeighting):
         t = int(self.adam_t)
         self.adam_m.mul_(0.9).add_(grad, alpha=0.1)
         self.adam_v.mul_(0.999).addcmul_(grad, grad, value=0.001)
-        m_hat = self.adam_m / (1 - 0.9 ** t)
-        v_hat = self.adam_v / (1 - 0.999 ** t)
+        m_hat = self.adam_m / (1 - 0.9**t)
+        v_hat = self.adam_v / (1 - 0.999**t)
         self.logits -= self.w_lr * m_hat / (v_hat.sqrt() + 1e-8)

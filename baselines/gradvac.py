@@ -26,7 +26,10 @@ from mtlbench.plugin.solvers import gram_matrix
 class GradVac(GradientAggregator):
     name = "gradvac"
     description = "gradient vaccine: raise pairwise cosines toward their moving targets"
-    citation = "Wang et al., Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively Multilingual Models, ICLR 2021"
+    citation = (
+        "Wang et al., Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively Multilingual "
+        "Models, ICLR 2021"
+    )
     reference = "LibMTL weighting/GradVac.py (beta 0.5, whole-model targets by default)"
 
     GRANULARITIES = ("whole", "layer")
@@ -70,8 +73,11 @@ class GradVac(GradientAggregator):
                 target = self.targets[i, j]
                 low = phi < target
                 if bool(low.any()):
-                    w = norm_i * (target * (1 - phi**2).sqrt() - phi * (1 - target**2).sqrt()) / (
-                        norms[:, j] * (1 - target**2).sqrt() + 1e-8)
+                    w = (
+                        norm_i
+                        * (target * (1 - phi**2).sqrt() - phi * (1 - target**2).sqrt())
+                        / (norms[:, j] * (1 - target**2).sqrt() + 1e-8)
+                    )
                     coef[:, i, j] += torch.where(low, w, torch.zeros_like(w))
                 self.targets[i, j] = (1 - self.beta) * target + self.beta * phi
         weights = coef.sum(dim=1).to(grads.dtype)  # (K, T)

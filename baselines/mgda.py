@@ -59,7 +59,7 @@ class MGDA(GradientAggregator):
 
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         a = self.weights(grads, losses)
-        return (a.to(grads.dtype) @ grads)
+        return a.to(grads.dtype) @ grads
 
 
 class MGDAUB(MGDA):

@@ -26,8 +26,15 @@ class MoCo(GradientAggregator):
     citation = "Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach, ICLR 2023"
     reference = "LibMTL weighting/MoCo.py (beta 0.5, beta_sigma 0.5, gamma 0.1, gamma_sigma 0.5, rho 0)"
 
-    def __init__(self, n_tasks: int, beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
-                 gamma_sigma: float = 0.5, rho: float = 0.0) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        beta: float = 0.5,
+        beta_sigma: float = 0.5,
+        gamma: float = 0.1,
+        gamma_sigma: float = 0.5,
+        rho: float = 0.0,
+    ) -> None:
         super().__init__(n_tasks)
         self.beta, self.beta_sigma, self.gamma, self.gamma_sigma, self.rho = beta, beta_sigma, gamma, gamma_sigma, rho
         self.register_buffer("tracked", torch.empty(0))  # y, (T, P), sized at the first step

@@ -10,7 +10,8 @@ g_i' -= (g_i' . g_j / ||g_j||^2) g_j; the update is sum_i g_i' (a sum, not a mea
 projection uses the *original* g_j. Differences: LibMTL adds 1e-8 to ||g_j||^2, we instead skip
 a zero g_j (it conflicts with nothing); the shuffle uses the method's seeded generator, so runs
 are reproducible; inner products are taken from the Gram matrix (equal to the reference's
-vector arithmetic up to rounding, O(T^2 P) instead of O(T^3 P)). For T = 2 the order does not matter and the update has a non-negative inner
+vector arithmetic up to rounding, O(T^2 P) instead of O(T^3 P)). For T = 2 the order does not matter
+and the update has a non-negative inner
 product with both task gradients.
 """
 

@@ -48,7 +48,9 @@ class UPGrad(GradientAggregator):
 class DualProj(UPGrad):
     name = "dualproj"
     description = "the mean gradient projected onto the dual cone of the task gradients"
-    citation = ("Lopez-Paz & Ranzato, Gradient Episodic Memory for Continual Learning, NeurIPS 2017 "
-                "(dual-cone projection); Quinton & Rey, arXiv 2406.16232, 2024")
+    citation = (
+        "Lopez-Paz & Ranzato, Gradient Episodic Memory for Continual Learning, NeurIPS 2017 "
+        "(dual-cone projection); Quinton & Rey, arXiv 2406.16232, 2024"
+    )
     reference = "torchjd 0.18 aggregation.DualProj (quadprog projector, norm_eps 1e-4, reg_eps 1e-4)"
     torchjd_class = "DualProj"

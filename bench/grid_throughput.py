@@ -90,7 +90,8 @@ def checkpoint_cost(bench, repeat: int = 5) -> dict:
     from mtlbench.api import Protocol
     from mtlbench.backbones.build import BackboneSpec
     from mtlbench.train.checkpoint import CellCheckpoints
-    from mtlbench.train.cell import FitOutput, build_model, make_optimizer
+    from mtlbench.train.cell import build_model
+    from mtlbench.train.trainer import FitOutput, make_optimizer
 
     cell = bench.cells()[0]
     task = bench.plugins.tasks[cell.task](**cell.task_options)

@@ -39,7 +39,7 @@ from mtlbench.train.conflict import ConflictRecorder  # noqa: E402
 from mtlbench.train.gradients import STRATEGIES, clip_grad_norm, default_strategy, task_gradients  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
-from mtlbench.train.cell import _backward, _forward, _losses_after_step  # noqa: E402
+from mtlbench.train.trainer import backward_update as _backward, forward_for_method as _forward, losses_after_step as _losses_after_step  # noqa: E402
 
 INPUT = (1, 36, 36)
 

@@ -14,32 +14,57 @@ from mtlbench.core.errors import MtlbenchError
 def _config_args(p: argparse.ArgumentParser, results: bool = True) -> None:
     p.add_argument("--config", default="benchmark.toml", help="benchmark file (default: ./benchmark.toml)")
     p.add_argument("--suite", action="append", help="suite to use (repeatable; default: the file's default_suite)")
-    p.add_argument("--only", action="append", metavar="KEY=VALUE[,VALUE]",
-                   help="keep cells whose KEY (suite, task, backbone, method, mitigation, seed) matches (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="KEY=VALUE[,VALUE]",
+        help="keep cells whose KEY (suite, task, backbone, method, mitigation, seed) matches (repeatable)",
+    )
     if results:
         p.add_argument("--results", help="results folder (default: results/ next to the config)")
 
 
 # CLI flag -> key of [executor] (slurm keys prefixed "slurm."); they override benchmark.toml.
 EXECUTOR_FLAGS = {
-    "executor": "kind", "device": "devices", "runs_per_device": "runs_per_device", "threads": "threads",
-    "deterministic": "deterministic", "checkpoint": "checkpoint", "slurm_backend": "slurm.backend",
-    "partition": "slurm.partition", "gpus": "slurm.gpus", "cpus": "slurm.cpus", "mem_gb": "slurm.mem_gb",
-    "time_min": "slurm.time_min", "max_parallel": "slurm.max_parallel", "wait": "slurm.wait",
+    "executor": "kind",
+    "device": "devices",
+    "runs_per_device": "runs_per_device",
+    "threads": "threads",
+    "deterministic": "deterministic",
+    "checkpoint": "checkpoint",
+    "slurm_backend": "slurm.backend",
+    "partition": "slurm.partition",
+    "gpus": "slurm.gpus",
+    "cpus": "slurm.cpus",
+    "mem_gb": "slurm.mem_gb",
+    "time_min": "slurm.time_min",
+    "max_parallel": "slurm.max_parallel",
+    "wait": "slurm.wait",
 }
 
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("executor (overrides [executor] in benchmark.toml; see docs/running.md)")
     g.add_argument("--executor", choices=["local", "slurm"], help="where cells run (default: local)")
-    g.add_argument("--device", metavar="DEVICES",
-                   help="auto (every visible GPU, else CPU), cpu, cuda, or a list such as cuda:0,cuda:1")
+    g.add_argument(
+        "--device", metavar="DEVICES", help="auto (every visible GPU, else CPU), cpu, cuda, or a list such as cuda:0,cuda:1"
+    )
     g.add_argument("--runs-per-device", type=int, metavar="K", help="cells sharing each device at a time (default: 1)")
-    g.add_argument("--threads", type=int, metavar="N", help="torch threads per run (default: torch's own in-process, cores / runs in a pool)")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic CUDA kernels (default: on; CPU runs always are)")
-    g.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=None,
-                   help="checkpoint every epoch so a killed cell resumes (default: on)")
+    g.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads per run (default: torch's own in-process, cores / runs in a pool)"
+    )
+    g.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic CUDA kernels (default: on; CPU runs always are)",
+    )
+    g.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="checkpoint every epoch so a killed cell resumes (default: on)",
+    )
     g.add_argument("--slurm-backend", choices=["slurm", "local"], help="slurm: sbatch; local: submitit's LocalExecutor")
     g.add_argument("--partition", help="SLURM partition")
     g.add_argument("--gpus", type=int, help="GPUs per SLURM job")
@@ -47,8 +72,12 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mem-gb", type=float, help="memory per SLURM job, GB")
     g.add_argument("--time-min", type=int, help="time limit per SLURM job, minutes")
     g.add_argument("--max-parallel", type=int, help="at most this many SLURM jobs at a time")
-    g.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
-                   help="wait for the SLURM jobs and report them (default: on); --no-wait submits and returns")
+    g.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wait for the SLURM jobs and report them (default: on); --no-wait submits and returns",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,21 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="path of the dataset in its standard format")
     p.add_argument("--config", default="benchmark.toml", help="benchmark file whose tasks/ folder to use")
     p.add_argument("--data", help="folder of prepared datasets (default: $MTLBENCH_DATA or ~/.cache/mtlbench)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="a task option the store depends on, e.g. image_size=128 (repeatable; see `mtlbench list tasks`)")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a task option the store depends on, e.g. image_size=128 (repeatable; see `mtlbench list tasks`)",
+    )
 
     p = sub.add_parser("leaderboard", help="aggregate result files and render the static site")
     p.add_argument("--results", action="append", help="result folder(s) to read (repeatable; default: results/)")
     p.add_argument("--out", default="leaderboard/site", help="output folder (default: leaderboard/site)")
-    p.add_argument("--published", default="leaderboard/published",
-                   help="folder of published tables for the reproduction page (default: leaderboard/published; skipped if absent)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes that draw the plots (default 0: one per available CPU)")
+    p.add_argument(
+        "--published",
+        default="leaderboard/published",
+        help="folder of published tables for the reproduction page (default: leaderboard/published; skipped if absent)",
+    )
+    p.add_argument("--workers", type=int, default=0, help="processes that draw the plots (default 0: one per available CPU)")
 
     p = sub.add_parser("validate", help="check result files (a submission) and explain every problem")
     p.add_argument("paths", nargs="+", help="result files or folders")
-    p.add_argument("--config", default="benchmark.toml",
-                   help="benchmark file whose tasks/ and baselines/ declare the known names (default: ./benchmark.toml)")
+    p.add_argument(
+        "--config",
+        default="benchmark.toml",
+        help="benchmark file whose tasks/ and baselines/ declare the known names (default: ./benchmark.toml)",
+    )
 
     p = sub.add_parser("list", help="list tasks, backbones, methods or mitigations")
     p.add_argument("what", choices=["tasks", "backbones", "methods", "mitigations"])
@@ -126,8 +164,8 @@ def _load(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from mtlbench.datasets.splits import data_root
     from mtlbench.grid.executor import with_overrides
-    from mtlbench.run.store import ResultStore
     from mtlbench.run.runner import plan, run_cells
+    from mtlbench.run.store import ResultStore
 
     bench, cells = _load(args)
     results = _results_dir(args, bench.path)
@@ -142,17 +180,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{len(cells)} cells ({len(todo)} would run) -> {results}")
         print(f"{'suite':<10} {'task':<12} {'backbone':<14} {'method':<12} {'mitigation':<10} {'seed':>4}  {'hash':<16}  action")
         for c in cells:
-            print(f"{c.suite:<10} {c.task:<12} {c.backbone:<14} {c.method:<12} {c.mitigation:<10} {c.seed:>4}  {c.config_hash}  {action[id(c)]}")
+            print(
+                f"{c.suite:<10} {c.task:<12} {c.backbone:<14} {c.method:<12} {c.mitigation:<10} {c.seed:>4}  "
+                f"{c.config_hash}  {action[id(c)]}"
+            )
         for name in args.suite or [bench.default_suite]:
             for note in bench.suites[name].skipped:
                 print(f"not expanded: {note}")
         return 0
     data_dir = Path(args.data) if args.data else data_root()
-    summary = run_cells(bench, cells, results, data_dir=data_dir, options=options,
-                        retry_failed=args.retry_failed, progress=not args.no_progress)
+    summary = run_cells(
+        bench, cells, results, data_dir=data_dir, options=options, retry_failed=args.retry_failed, progress=not args.no_progress
+    )
     others = f"; {summary.not_run} left to other runners" if summary.not_run else ""
-    print(f"ran {summary.ran} cells in {summary.wall_time_s:.1f} s ({summary.failed} failed); "
-          f"{summary.skipped_done} already done{others}; results in {results}")
+    print(
+        f"ran {summary.ran} cells in {summary.wall_time_s:.1f} s ({summary.failed} failed); "
+        f"{summary.skipped_done} already done{others}; results in {results}"
+    )
     return 1 if summary.failed else 0
 
 
@@ -165,8 +209,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from mtlbench.datasets.splits import data_root
     from mtlbench.core.errors import ConfigError
+    from mtlbench.datasets.splits import data_root
     from mtlbench.grid.plugins import discover
 
     plugins = discover(Path(args.config).parent)
@@ -194,8 +238,9 @@ def parse_options(items: list[str] | None, defaults: dict, task: str) -> dict:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in defaults:
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE with KEY an option of task {task!r}: "
-                              f"{', '.join(defaults) or '(none)'}")
+            raise ConfigError(
+                f"--option {item!r}: expected KEY=VALUE with KEY an option of task {task!r}: {', '.join(defaults) or '(none)'}"
+            )
         try:
             options[key] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
@@ -213,10 +258,18 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--results {d}: no such folder; run `mtlbench run` first or pass the folder holding result files")
     published = Path(args.published)
-    workers = args.workers if args.workers > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = (
+        args.workers
+        if args.workers > 0
+        else len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else (os.cpu_count() or 1)
+    )
     report = build_site(dirs, Path(args.out), published if published.is_dir() else None, workers)
-    print(f"leaderboard: {report.n_runs} runs ({report.n_failed} failed) -> {report.out / 'index.html'} "
-          f"({len(report.pages)} pages, {sum(report.timings.values()):.1f} s)")
+    print(
+        f"leaderboard: {report.n_runs} runs ({report.n_failed} failed) -> {report.out / 'index.html'} "
+        f"({len(report.pages)} pages, {sum(report.timings.values()):.1f} s)"
+    )
     for p in report.problems:
         print(f"warning: {p}", file=sys.stderr)
     return 0
@@ -244,9 +297,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:<6} v{m.version}  {m.description}{roles}\n{'':<7}cite: {m.citation or '-'}\n{'':<7}options: {opts}")
         return 0
     if args.what == "backbones":
-        from mtlbench.grid.config import load_benchmark
-
         from mtlbench.backbones.build import NATIVE_MODELS
+        from mtlbench.grid.config import load_benchmark
 
         bench = load_benchmark(args.config)
         for bid, spec in bench.backbones.items():
@@ -255,7 +307,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("native models (dense feature maps, for segmentation/depth/normal tasks):")
         for name, m in NATIVE_MODELS.items():
             print(f"  {name:<12} {m.description}")
-        print("any timm model name can be declared as [backbones.<id>] model = \"...\" (pooled features)")
+        print('any timm model name can be declared as [backbones.<id>] model = "..." (pooled features)')
         return 0
     plugins = discover(root)
     if args.what == "tasks":
@@ -267,14 +319,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in sorted(plugins.methods.items()):
             opts = ", ".join(f"{k}={v!r}" for k, v in cls.option_defaults().items()) or "-"
             roles = f"  roles: {', '.join(sorted(cls.roles))}" if cls.roles else ""
-            print(f"{name:<{width}}  {cls.kind:<11} v{cls.version}  {cls.description}{roles}\n{pad}cite: {cls.citation}\n"
-                  f"{pad}reference: {cls.reference or '-'}\n{pad}options: {opts}")
+            print(
+                f"{name:<{width}}  {cls.kind:<11} v{cls.version}  {cls.description}{roles}\n{pad}cite: {cls.citation}\n"
+                f"{pad}reference: {cls.reference or '-'}\n{pad}options: {opts}"
+            )
     return 0
 
 
 COMMANDS = {
-    "run": cmd_run, "status": cmd_status, "prepare": cmd_prepare, "leaderboard": cmd_leaderboard,
-    "validate": cmd_validate, "list": cmd_list,
+    "run": cmd_run,
+    "status": cmd_status,
+    "prepare": cmd_prepare,
+    "leaderboard": cmd_leaderboard,
+    "validate": cmd_validate,
+    "list": cmd_list,
 }
 
 

@@ -39,18 +39,52 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedColumn, MappedSplit, MetricSpec, Protocol, Task, arrow_columns
-from mtlbench.datasets.classification import AttributeErrorF1
-from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 from mtlbench.core.errors import DataError
+from mtlbench.datasets.classification import AttributeErrorF1
 from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
+from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 
 ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
-    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
-    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
-    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
-    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
-    "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 SPLITS = {"train": 0, "val": 1, "test": 2}  # list_eval_partition.txt codes
 LAYOUTS = {  # where each file may be, relative to --source
@@ -80,7 +114,9 @@ def read_table(path: Path, columns: int, skip: int) -> tuple[np.ndarray, np.ndar
     except Exception as e:
         raise DataError(f"{path}: cannot be parsed ({type(e).__name__}: {e}); re-download it") from None
     if table.shape[1] != columns:
-        raise DataError(f"{path}: rows of {table.shape[1]} fields, expected {columns} (a file name and {columns - 1} values); re-download it")
+        raise DataError(
+            f"{path}: rows of {table.shape[1]} fields, expected {columns} (a file name and {columns - 1} values); re-download it"
+        )
     try:
         values = table.iloc[:, 1:].to_numpy().astype(np.int8)
     except ValueError as e:
@@ -96,7 +132,9 @@ def read_annotations(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(head[0]) != 1 or not head[0][0].isdigit():
         raise DataError(f"{attr_path}: first line {' '.join(head[0])!r}, expected the image count (202599)")
     if tuple(head[1]) != ATTRIBUTES:
-        raise DataError(f"{attr_path}: second line names {len(head[1])} attributes, expected CelebA's 40 ({', '.join(ATTRIBUTES[:3])}, ...)")
+        raise DataError(
+            f"{attr_path}: second line names {len(head[1])} attributes, expected CelebA's 40 ({', '.join(ATTRIBUTES[:3])}, ...)"
+        )
     names, attrs = read_table(attr_path, 41, skip=2)
     if len(names) != int(head[0][0]):
         raise DataError(f"{attr_path}: {len(names)} image rows, header says {head[0][0]}; the file is truncated, re-download it")
@@ -108,7 +146,10 @@ def read_annotations(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     position = {n: i for i, n in enumerate(names)}
     missing = [n for n in part_names if n not in position]
     if missing:
-        raise DataError(f"{part_path}: {len(missing)} images without attributes in {attr_path.name} (first: {missing[0]}); re-download both files")
+        raise DataError(
+            f"{part_path}: {len(missing)} images without attributes in {attr_path.name} (first: {missing[0]}); "
+            "re-download both files"
+        )
     rows = np.array([position[n] for n in part_names], dtype=np.int64)
     return part_names, (attrs[rows] > 0).astype(np.int8), parts[:, 0]
 
@@ -117,12 +158,15 @@ class CelebA(Task):
     name = "celeba"
     version = "1"
     description = "CelebA: 40 binary face attributes (official partition, images resized to 64x64)"
-    citation = ("Liu, Luo, Wang & Tang, Deep Learning Face Attributes in the Wild, ICCV 2015; "
-                "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018; "
-                "Shi, Li, Zhang, Chen & Wu, Recon, ICLR 2023 (Table 2, Appendix B.5)")
+    citation = (
+        "Liu, Luo, Wang & Tang, Deep Learning Face Attributes in the Wild, ICCV 2015; "
+        "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018; "
+        "Shi, Li, Zhang, Chen & Wu, Recon, ICLR 2023 (Table 2, Appendix B.5)"
+    )
     tasks = ATTRIBUTES
-    metrics = tuple(m for a in ATTRIBUTES for m in (MetricSpec(f"{a}.err", a, False, f"{a} error"),
-                                                    MetricSpec(f"{a}.f1", a, True, f"{a} F1")))
+    metrics = tuple(
+        m for a in ATTRIBUTES for m in (MetricSpec(f"{a}.err", a, False, f"{a} error"), MetricSpec(f"{a}.f1", a, True, f"{a} F1"))
+    )
     main_metrics = {a: f"{a}.err" for a in ATTRIBUTES}
     protocol = Protocol(epochs=15, batch_size=256, optimizer="adam", lr=3e-4, selection="best_val")
 
@@ -136,15 +180,19 @@ class CelebA(Task):
 
     def load(self, data_dir: Path) -> dict[str, MappedSplit]:
         path = self.store_path(data_dir)
-        dd = open_store(path, self.prepare_command(), "PATH holding img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
+        dd = open_store(
+            path, self.prepare_command(), "PATH holding img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt"
+        )
         normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         splits = {}
         for split in SPLITS:
             where = f"{path} [{split}]"
             image = arrow_columns(dd[split], ["image"], where)["image"]
             if image.row_shape != self.input_shape:
-                raise DataError(f"{where}: images of shape {image.row_shape}, expected {self.input_shape}; "
-                                f"run `{self.prepare_command()}` again")
+                raise DataError(
+                    f"{where}: images of shape {image.row_shape}, expected {self.input_shape}; "
+                    f"run `{self.prepare_command()}` again"
+                )
             # 40 small label columns: held in memory (one chunk each), the images stay mapped
             attrs = np.asarray(dd[split].with_format("numpy", columns=["attributes"])[:]["attributes"], dtype=np.int64)
             targets = {a: MappedColumn([np.ascontiguousarray(attrs[:, k])]) for k, a in enumerate(ATTRIBUTES)}
@@ -168,11 +216,13 @@ class CelebA(Task):
         def build(out: Path) -> None:
             import datasets
 
-            features = datasets.Features({
-                "image": datasets.Array3D(self.input_shape, "uint8"),
-                "attributes": datasets.Sequence(datasets.Value("int8"), length=len(ATTRIBUTES)),
-                "file": datasets.Value("string"),
-            })
+            features = datasets.Features(
+                {
+                    "image": datasets.Array3D(self.input_shape, "uint8"),
+                    "attributes": datasets.Sequence(datasets.Value("int8"), length=len(ATTRIBUTES)),
+                    "file": datasets.Value("string"),
+                }
+            )
             rng = np.random.default_rng(BUILD_SEED)
             dd, sizes = {}, {}
             for split, code in SPLITS.items():
@@ -181,13 +231,23 @@ class CelebA(Task):
                     rows = rng.permutation(rows)
                 images = decode_resized([files[i] for i in rows], self.image_size, FIX)
                 dd[split] = datasets.Dataset.from_dict(
-                    {"image": images, "attributes": attrs[rows], "file": names[rows].tolist()}, features=features)
+                    {"image": images, "attributes": attrs[rows], "file": names[rows].tolist()}, features=features
+                )
                 sizes[split] = int(rows.size)
             datasets.DatasetDict(dd).save_to_disk(str(out))
-            (out / "meta.json").write_text(json.dumps({
-                "task": self.name, "version": self.version, "source": str(source.resolve()), "image_size": self.image_size,
-                "images": sizes, "build_seed": BUILD_SEED,
-            }, indent=1))
+            (out / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "task": self.name,
+                        "version": self.version,
+                        "source": str(source.resolve()),
+                        "image_size": self.image_size,
+                        "images": sizes,
+                        "build_seed": BUILD_SEED,
+                    },
+                    indent=1,
+                )
+            )
 
         return build_store_for(self.store_path(data_dir), content, build)
 

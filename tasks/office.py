@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.api import MappedSplit, MetricSpec, MultiInputSplit, Protocol, Task, arrow_columns
-from mtlbench.datasets.classification import Accuracy
-from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 from mtlbench.core.errors import DataError
+from mtlbench.datasets.classification import Accuracy
 from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_image_size, decode_resized
+from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 
 SPLITS = ("train", "val", "test")
 
@@ -95,8 +95,10 @@ class _OfficeTask(Task):
         for folder in folders:
             if (folder / name).is_file():
                 return folder / name
-        raise DataError(f"{source}: split list {name} not found (looked in {', '.join(str(f) for f in folders)}); "
-                        f"LibMTL's examples/office/data_txt/{self.dataset}/ holds them")
+        raise DataError(
+            f"{source}: split list {name} not found (looked in {', '.join(str(f) for f in folders)}); "
+            f"LibMTL's examples/office/data_txt/{self.dataset}/ holds them"
+        )
 
     def prepare(self, source: Path, data_dir: Path) -> Path:
         """Build the store from the images under ``source`` and the split lists."""
@@ -109,17 +111,22 @@ class _OfficeTask(Task):
         for (domain, split), (paths, _) in entries.items():
             missing = [p for p in paths if not (source / p).is_file()]
             if missing:
-                raise DataError(f"{source / missing[0]}: image file not found ({len(missing)} of {len(paths)} images of "
-                                f"{lists[domain, split].name} are missing); {fix}")
+                raise DataError(
+                    f"{source / missing[0]}: image file not found ({len(missing)} of {len(paths)} images of "
+                    f"{lists[domain, split].name} are missing); {fix}"
+                )
         content = content_hash([*lists.values(), *(source / p for paths, _ in entries.values() for p in paths)], source)
 
         def build(out: Path) -> None:
             import datasets
 
-            features = datasets.Features({
-                "image": datasets.Array3D(self.input_shape, "uint8"), "label": datasets.Value("int64"),
-                "file": datasets.Value("string"),
-            })
+            features = datasets.Features(
+                {
+                    "image": datasets.Array3D(self.input_shape, "uint8"),
+                    "label": datasets.Value("int64"),
+                    "file": datasets.Value("string"),
+                }
+            )
             sizes = {}
             for domain in self.tasks:
                 dd = {}
@@ -129,10 +136,18 @@ class _OfficeTask(Task):
                     dd[split] = datasets.Dataset.from_dict({"image": images, "label": labels, "file": paths}, features=features)
                     sizes[f"{domain}.{split}"] = len(paths)
                 datasets.DatasetDict(dd).save_to_disk(str(out / domain))
-            (out / "meta.json").write_text(json.dumps({
-                "task": self.name, "version": self.version, "source": str(source.resolve()),
-                "image_size": self.image_size, "images": sizes,
-            }, indent=1))
+            (out / "meta.json").write_text(
+                json.dumps(
+                    {
+                        "task": self.name,
+                        "version": self.version,
+                        "source": str(source.resolve()),
+                        "image_size": self.image_size,
+                        "images": sizes,
+                    },
+                    indent=1,
+                )
+            )
 
         return build_store_for(self.store_path(data_dir), content, build)
 
@@ -154,8 +169,10 @@ class Office31(_OfficeTask):
     name = "office31"
     version = "1"
     description = "Office-31: 31-way object classification in 3 domains (amazon, dslr, webcam), one task per domain, multi-input"
-    citation = ("Saenko, Kulis, Fritz & Darrell, Adapting Visual Category Models to New Domains, ECCV 2010; "
-                "splits and protocol of LibMTL (Lin & Zhang, JMLR 2023)")
+    citation = (
+        "Saenko, Kulis, Fritz & Darrell, Adapting Visual Category Models to New Domains, ECCV 2010; "
+        "splits and protocol of LibMTL (Lin & Zhang, JMLR 2023)"
+    )
     dataset = "office-31"
     domains = {"amazon": "amazon", "dslr": "dslr", "webcam": "webcam"}
     n_classes = 31
@@ -167,9 +184,14 @@ class Office31(_OfficeTask):
 class OfficeHome(_OfficeTask):
     name = "officehome"
     version = "1"
-    description = "Office-Home: 65-way object classification in 4 domains (art, clipart, product, real_world), one task per domain, multi-input"
-    citation = ("Venkateswara, Eusebio, Chakraborty & Panchanathan, Deep Hashing Network for Unsupervised Domain "
-                "Adaptation, CVPR 2017; splits and protocol of LibMTL (Lin & Zhang, JMLR 2023)")
+    description = (
+        "Office-Home: 65-way object classification in 4 domains (art, clipart, product, real_world), "
+        "one task per domain, multi-input"
+    )
+    citation = (
+        "Venkateswara, Eusebio, Chakraborty & Panchanathan, Deep Hashing Network for Unsupervised Domain "
+        "Adaptation, CVPR 2017; splits and protocol of LibMTL (Lin & Zhang, JMLR 2023)"
+    )
     dataset = "office-home"
     domains = {"art": "Art", "clipart": "Clipart", "product": "Product", "real_world": "Real_World"}
     n_classes = 65

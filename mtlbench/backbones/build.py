@@ -21,9 +21,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from mtlbench.backbones.segnet import SegNet, SegNetMTAN, feature_channels
 from mtlbench.core.errors import ConfigError
 from mtlbench.plugin.model import HardSharingModel, MultiTaskModel
-from mtlbench.backbones.segnet import SegNet, SegNetMTAN, feature_channels
 
 REPRESENTATIONS = {
     "pooled": "a feature vector per image (N, D)",
@@ -51,11 +51,25 @@ class NativeModel:
 
 
 NATIVE_MODELS: dict[str, NativeModel] = {
-    m.name: m for m in (
-        NativeModel("segnet", "SegNet encoder-decoder (VGG16 layout, pooling-index un-pooling), as in MTAN's code; "
-                    "kwargs: widths (5 stage widths, default 64-128-256-512-512)", "dense", SegNet, False, feature_channels),
-        NativeModel("segnet_mtan", "SegNet-MTAN: shared SegNet with per-task attention modules (Liu et al., CVPR 2019); "
-                    "kwargs: widths", "dense", SegNetMTAN, True, feature_channels),
+    m.name: m
+    for m in (
+        NativeModel(
+            "segnet",
+            "SegNet encoder-decoder (VGG16 layout, pooling-index un-pooling), as in MTAN's code; "
+            "kwargs: widths (5 stage widths, default 64-128-256-512-512)",
+            "dense",
+            SegNet,
+            False,
+            feature_channels,
+        ),
+        NativeModel(
+            "segnet_mtan",
+            "SegNet-MTAN: shared SegNet with per-task attention modules (Liu et al., CVPR 2019); kwargs: widths",
+            "dense",
+            SegNetMTAN,
+            True,
+            feature_channels,
+        ),
     )
 }
 
@@ -103,23 +117,35 @@ def check_backbone(spec: BackboneSpec, representation: str) -> None:
     given = representation_of(spec)
     if given != representation:
         fitting = [n for n, m in NATIVE_MODELS.items() if m.representation == representation]
-        hint = (f"use a native dense model: {', '.join(fitting)}" if fitting
-                else "use a timm model (its pooled features feed the heads)")
-        raise ConfigError(f"backbone {spec.id!r} ({spec.model}) gives {REPRESENTATIONS[given]}, but the task needs "
-                          f"{REPRESENTATIONS[representation]}; {hint}")
+        hint = (
+            f"use a native dense model: {', '.join(fitting)}"
+            if fitting
+            else "use a timm model (its pooled features feed the heads)"
+        )
+        raise ConfigError(
+            f"backbone {spec.id!r} ({spec.model}) gives {REPRESENTATIONS[given]}, but the task needs "
+            f"{REPRESENTATIONS[representation]}; {hint}"
+        )
     native = NATIVE_MODELS.get(spec.model)
     if native is None:
         return
     if spec.stem != "default" or spec.pretrained:
-        raise ConfigError(f"backbone {spec.id!r}: native model {spec.model!r} takes neither `stem` nor `pretrained` "
-                          "(it trains from scratch, as in the papers); remove them")
+        raise ConfigError(
+            f"backbone {spec.id!r}: native model {spec.model!r} takes neither `stem` nor `pretrained` "
+            "(it trains from scratch, as in the papers); remove them"
+        )
     unknown = sorted(set(spec.kwargs) - set(native.kwargs()))
     if unknown:
         raise ConfigError(f"backbone {spec.id!r}: {spec.model!r} has no kwargs {unknown}; valid: {', '.join(native.kwargs())}")
 
 
-def build_multitask_model(spec: BackboneSpec, input_shape: tuple[int, int, int], representation: str,
-                          tasks: Sequence[str], make_head: Callable[[str, int], nn.Module]) -> MultiTaskModel:
+def build_multitask_model(
+    spec: BackboneSpec,
+    input_shape: tuple[int, int, int],
+    representation: str,
+    tasks: Sequence[str],
+    make_head: Callable[[str, int], nn.Module],
+) -> MultiTaskModel:
     """The multi-task model for ``tasks``: a trunk plus ``make_head(task, feature_size)`` per
     task (hard sharing), or a native architecture built around those heads."""
     check_backbone(spec, representation)
@@ -184,7 +210,7 @@ def _replace_resnet_stem(trunk: nn.Module, spec: BackboneSpec, in_chans: int) ->
     if not isinstance(conv, nn.Conv2d) or not hasattr(trunk, "maxpool"):
         raise ConfigError(
             f"backbone {spec.id!r}: stem={spec.stem!r} applies to timm ResNets with a plain conv1 stem; "
-            f"{spec.model!r} has none. Use stem = \"default\"."
+            f'{spec.model!r} has none. Use stem = "default".'
         )
     stride = 1 if spec.stem == "3x3" else 2
     trunk.conv1 = nn.Conv2d(in_chans, conv.out_channels, kernel_size=3, stride=stride, padding=1, bias=False)

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlbench.plugin.model import MultiTaskModel, module_layers
+from mtlbench.plugin.model import MultiTaskModel, init_weights, module_layers
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 512)
 STAGES = 5
-DIVISOR = 2 ** STAGES  # five 2x2 poolings
+DIVISOR = 2**STAGES  # five 2x2 poolings
 
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -47,21 +47,13 @@ def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
 def attention_block(in_ch: int, mid_ch: int, out_ch: int) -> nn.Sequential:
     """MTAN's attention module: 1x1 conv-BN-ReLU, 1x1 conv-BN-sigmoid."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, mid_ch, kernel_size=1), nn.BatchNorm2d(mid_ch), nn.ReLU(inplace=True),
-        nn.Conv2d(mid_ch, out_ch, kernel_size=1), nn.BatchNorm2d(out_ch), nn.Sigmoid(),
+        nn.Conv2d(in_ch, mid_ch, kernel_size=1),
+        nn.BatchNorm2d(mid_ch),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid_ch, out_ch, kernel_size=1),
+        nn.BatchNorm2d(out_ch),
+        nn.Sigmoid(),
     )
-
-
-def init_weights(module: nn.Module) -> None:
-    """MTAN's initialisation: Xavier-normal conv/linear weights, zero biases, BatchNorm weight 1, bias 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def unpool(x: Tensor, indices: Tensor, size: torch.Size) -> Tensor:
@@ -178,12 +170,9 @@ class TaskAttention(nn.Module):
     def __init__(self, widths: Sequence[int]) -> None:
         super().__init__()
         w = widths
-        self.encoder = nn.ModuleList(
-            attention_block(w[0] if k == 0 else 2 * w[k], w[k], w[k]) for k in range(STAGES)
-        )
+        self.encoder = nn.ModuleList(attention_block(w[0] if k == 0 else 2 * w[k], w[k], w[k]) for k in range(STAGES))
         self.decoder = nn.ModuleList(
-            attention_block(2 * w[0] if k == 0 else w[k] + w[k - 1], w[max(k - 1, 0)], w[max(k - 1, 0)])
-            for k in range(STAGES)
+            attention_block(2 * w[0] if k == 0 else w[k] + w[k - 1], w[max(k - 1, 0)], w[max(k - 1, 0)]) for k in range(STAGES)
         )
 
 
@@ -197,13 +186,13 @@ class SegNetMTAN(MultiTaskModel):
         super().__init__()
         w = check_widths(widths)
         if w[3] != w[4]:
-            raise ValueError(f"SegNet-MTAN needs widths[3] == widths[4] (MTAN concatenates the two deepest stages); got {list(w)}")
+            raise ValueError(
+                f"SegNet-MTAN needs widths[3] == widths[4] (MTAN concatenates the two deepest stages); got {list(w)}"
+            )
         self.segnet = SegNet(in_chans, w)
         # shared conv blocks that carry each task's attended features from stage to stage
         self.encoder_link = nn.ModuleList(conv_block(w[k], w[min(k + 1, STAGES - 1)]) for k in range(STAGES))
-        self.decoder_link = nn.ModuleList(
-            conv_block(w[k], w[k] if k in (0, STAGES - 1) else w[k - 1]) for k in range(STAGES)
-        )
+        self.decoder_link = nn.ModuleList(conv_block(w[k], w[k] if k in (0, STAGES - 1) else w[k - 1]) for k in range(STAGES))
         self.attention = nn.ModuleDict({t: TaskAttention(w) for t in heads})
         for part in (self.encoder_link, self.decoder_link, self.attention):
             init_weights(part)

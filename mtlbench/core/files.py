@@ -58,8 +58,7 @@ def read_result(path: Path) -> dict[str, Any]:
     if missing:
         raise ResultError(f"{path}: missing field(s) {', '.join(missing)}")
     if data["schema"] != RESULT_SCHEMA:
-        raise SchemaMismatch(f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}",
-                             str(data["schema"]))
+        raise SchemaMismatch(f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}", str(data["schema"]))
     return data
 
 
@@ -73,7 +72,9 @@ def check_hash(path: Path, data: dict[str, Any]) -> None:
     except TypeError as e:
         raise ResultError(f"{path}: field `cell` does not describe a cell ({e})") from None
     if config_hash(identity) != data["config_hash"]:
-        raise ResultError(f"{path}: config_hash {data['config_hash']} does not match the stored config (hash {config_hash(identity)})")
+        raise ResultError(
+            f"{path}: config_hash {data['config_hash']} does not match the stored config (hash {config_hash(identity)})"
+        )
 
 
 def iter_result_files(dirs: list[Path]) -> Iterator[Path]:
@@ -82,8 +83,7 @@ def iter_result_files(dirs: list[Path]) -> Iterator[Path]:
         if d.is_file():
             yield d
         elif d.is_dir():
-            yield from sorted(p for p in d.rglob("*.json")
-                              if not any(part.startswith(".") for part in p.relative_to(d).parts))
+            yield from sorted(p for p in d.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(d).parts))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -110,14 +110,21 @@ class Registry(Generic[P]):
         if problems:
             raise PluginError(f"{source}: {self.kind} {cls.__name__}: " + "; ".join(problems))
         if name in self.classes and self.classes[name] is not cls:
-            raise PluginError(f"{source}: {self.kind} name {name!r} is already defined in {self.sources[name]}; "
-                              "rename one of them")
+            raise PluginError(
+                f"{source}: {self.kind} name {name!r} is already defined in {self.sources[name]}; rename one of them"
+            )
         self.classes[name] = cls
         self.sources[name] = source
 
 
-def discover(kind: str, base: type[P], *, packages: Sequence[str] = (), folders: Sequence[Path] = (),
-             accept: Callable[[type], bool] | None = None) -> Registry[P]:
+def discover(
+    kind: str,
+    base: type[P],
+    *,
+    packages: Sequence[str] = (),
+    folders: Sequence[Path] = (),
+    accept: Callable[[type], bool] | None = None,
+) -> Registry[P]:
     """Every subclass of ``base`` that sets ``name`` in its own class body, in the modules of
     the importable ``packages`` (the built-in plugins) and in the ``*.py`` files of ``folders``
     (a project's plugins; files starting with ``_`` are skipped)."""
@@ -135,8 +142,13 @@ def discover(kind: str, base: type[P], *, packages: Sequence[str] = (), folders:
             modules += [(import_file(path), path) for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith("_")]
     for module, path in modules:
         for obj in vars(module).values():
-            if (isinstance(obj, type) and issubclass(obj, base) and "name" in obj.__dict__
-                    and obj.__module__ == module.__name__ and (accept is None or accept(obj))):
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, base)
+                and "name" in obj.__dict__
+                and obj.__module__ == module.__name__
+                and (accept is None or accept(obj))
+            ):
                 registry.add(obj, path)
     return registry
 
@@ -147,7 +159,7 @@ def _declaration_errors(cls: type[Plugin]) -> list[str]:
     if not isinstance(name, str) or not name or not NAME_RE.match(name):
         out.append(f"name must be a non-empty string of letters, digits, '_', '-', '.'; got {name!r}")
     if not isinstance(cls.version, str) or not VERSION_RE.match(cls.version):
-        out.append(f"version must be a string of numbers joined by dots such as \"1\" or \"2.1\"; got {cls.version!r}")
+        out.append(f'version must be a string of numbers joined by dots such as "1" or "2.1"; got {cls.version!r}')
     unknown = sorted(set(cls.roles) - set(cls.ROLES))
     if unknown:
         valid = ", ".join(f"{r!r} ({what})" for r, what in cls.ROLES.items()) or "(none)"

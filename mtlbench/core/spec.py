@@ -50,3 +50,12 @@ class Protocol:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Cosine histograms of the conflict statistics (bin edges from 1 down to -1): Recon's tables'
+# bins, or 0.02-wide bins.
+RECON_EDGES = (1.0, 0.0, -0.01, -0.02, -0.03, -1.0)
+HISTOGRAMS = {
+    "recon": RECON_EDGES,
+    "0.02": tuple(round(1.0 - 0.02 * k, 2) for k in range(101)),
+}

@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlbench.core.errors import DataError
+from mtlbench.core.spec import MetricSpec, Protocol
 from mtlbench.datasets import metrics as M
 from mtlbench.datasets import mtan_npy
-from mtlbench.core.spec import MetricSpec, Protocol
-from mtlbench.datasets.splits import Split
+from mtlbench.datasets.splits import MappedSplit, Split
+from mtlbench.plugin.model import init_weights
 from mtlbench.plugin.task import Task
-from mtlbench.datasets.splits import MappedSplit
-from mtlbench.core.errors import DataError
-from mtlbench.backbones.segnet import init_weights
 
 SCALES = (1.0, 1.2, 1.5)
 VAL_SEED = 0
@@ -65,13 +64,21 @@ NORMAL_METRICS = (
 MAIN_METRICS = {"segmentation": "segmentation.miou", "depth": "depth.abs_err", "normal": "normal.mean"}
 
 
-
-
 def mtan_protocol(batch_size: int, eval_batch_size: int) -> Protocol:
     """The NYUv2 / CityScapes protocol of Nash-MTL and FAMO (after MTAN and CAGrad): Adam lr 1e-4
     halved at epoch 100, 200 epochs, test metrics averaged over the last 10 epochs."""
-    return Protocol(epochs=200, batch_size=batch_size, optimizer="adam", lr=1e-4, scheduler="step", step_size=100,
-                    gamma=0.5, selection="last_mean", last_n=10, eval_batch_size=eval_batch_size)
+    return Protocol(
+        epochs=200,
+        batch_size=batch_size,
+        optimizer="adam",
+        lr=1e-4,
+        scheduler="step",
+        step_size=100,
+        gamma=0.5,
+        selection="last_mean",
+        last_n=10,
+        eval_batch_size=eval_batch_size,
+    )
 
 
 # ---------------------------------------------------------------- heads and losses
@@ -115,8 +122,9 @@ LOSSES = {"segmentation": segmentation_loss, "depth": depth_loss, "normal": norm
 # ---------------------------------------------------------------- augmentation
 
 
-def random_scale_crop_flip(x: Tensor, targets: Mapping[str, Tensor], generator: torch.Generator,
-                           scales: Sequence[float] = SCALES) -> tuple[Tensor, dict[str, Tensor]]:
+def random_scale_crop_flip(
+    x: Tensor, targets: Mapping[str, Tensor], generator: torch.Generator, scales: Sequence[float] = SCALES
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The papers' augmentation of one batch (see the module docstring), one draw per image.
 
     ``targets`` may hold ``segmentation`` (N, H, W), ``depth`` (N, 1, H, W), ``normal`` (N, 3, H, W).
@@ -130,8 +138,9 @@ def random_scale_crop_flip(x: Tensor, targets: Mapping[str, Tensor], generator: 
         j = int(torch.randint(width - w + 1, (1,), generator=generator))
         flip = bool(torch.rand(1, generator=generator) < 0.5)
 
-        def crop(t: Tensor, mode: str) -> Tensor:
-            t = t[None, ..., i:i + h, j:j + w]
+        def crop(t: Tensor, mode: str, box: tuple[int, int, int, int] = (i, j, h, w), flip: bool = flip) -> Tensor:
+            top, left, h, w = box
+            t = t[None, ..., top : top + h, left : left + w]
             if (h, w) != (height, width):
                 kwargs = {"align_corners": True} if mode == "bilinear" else {}
                 t = F.interpolate(t, size=(height, width), mode=mode, **kwargs)
@@ -249,8 +258,10 @@ class DenseTask(Task):
         train, test = split(columns["train"]), split(columns["test"])
         n_val = max(1, round(self.val_fraction * len(train)))
         if n_val >= len(train):
-            raise DataError(f"{self.store_path(data_dir)}: {len(train)} training images cannot give a validation "
-                            f"share of {self.val_fraction}; lower val_fraction")
+            raise DataError(
+                f"{self.store_path(data_dir)}: {len(train)} training images cannot give a validation "
+                f"share of {self.val_fraction}; lower val_fraction"
+            )
         order = np.random.default_rng(VAL_SEED).permutation(len(train))
         return {"train": train.select(order[n_val:]), "val": train.select(order[:n_val]), "test": test}
 

@@ -87,8 +87,9 @@ def depth_errors(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     pred, target = pred[:, 0].double(), target[:, 0].double()
     count = mask.sum(dim=(1, 2))
     abs_err = torch.where(mask, (pred - target).abs(), torch.zeros_like(pred))
-    rel_err = torch.where(mask, (pred - target).abs() / torch.where(mask, target.abs(), torch.ones_like(target)),
-                          torch.zeros_like(pred))
+    rel_err = torch.where(
+        mask, (pred - target).abs() / torch.where(mask, target.abs(), torch.ones_like(target)), torch.zeros_like(pred)
+    )
     denom = count.double()
     return abs_err.sum(dim=(1, 2)) / denom, rel_err.sum(dim=(1, 2)) / denom, count
 
@@ -123,5 +124,13 @@ def _row_medians(rows: Tensor) -> Tensor:
     """NaN-ignoring median of each row, NumPy's definition; in chunks under torch's size limit
     for quantiles (2**24 elements)."""
     per_chunk = max(1, (1 << 24) // max(rows.shape[1], 1))
-    return torch.cat([torch.nanquantile(rows[i:i + per_chunk], 0.5, dim=1, interpolation="linear")
-                      for i in range(0, rows.shape[0], per_chunk)]) if rows.shape[0] else rows.new_zeros(0)
+    return (
+        torch.cat(
+            [
+                torch.nanquantile(rows[i : i + per_chunk], 0.5, dim=1, interpolation="linear")
+                for i in range(0, rows.shape[0], per_chunk)
+            ]
+        )
+        if rows.shape[0]
+        else rows.new_zeros(0)
+    )

@@ -22,8 +22,10 @@ from mtlbench.core.errors import DataError
 CANVAS = 36
 DIGIT = 28
 IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
 
 
@@ -33,7 +35,7 @@ def overlay(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     a = np.zeros((n, CANVAS, CANVAS), dtype=np.uint8)
     b = np.zeros((n, CANVAS, CANVAS), dtype=np.uint8)
     a[:, :DIGIT, :DIGIT] = left
-    b[:, CANVAS - DIGIT:, CANVAS - DIGIT:] = right
+    b[:, CANVAS - DIGIT :, CANVAS - DIGIT :] = right
     return np.maximum(a, b)
 
 
@@ -55,7 +57,10 @@ def read_idx(path: Path, name: str = "MNIST") -> np.ndarray:
     else:
         raise DataError(f"{path}: magic number {magic}, expected 2051 (images) or 2049 (labels): not an {name} idx file")
     if len(data) - offset != expected:
-        raise DataError(f"{path}: holds {len(data) - offset} bytes of data, header says {expected} {shape}; the file is truncated, re-download it")
+        raise DataError(
+            f"{path}: holds {len(data) - offset} bytes of data, header says {expected} {shape}; "
+            "the file is truncated, re-download it"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -67,13 +72,16 @@ def _find(source: Path, stem: str, folders: Sequence[str]) -> Path | None:
     return None
 
 
-def read_mnist_format(source: Path, name: str = "MNIST",
-                      folders: Sequence[str] = (".", "raw", "MNIST/raw")) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_mnist_format(
+    source: Path, name: str = "MNIST", folders: Sequence[str] = (".", "raw", "MNIST/raw")
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read an MNIST-format set from idx files (looked up in ``folders`` under ``source``) or a
     HuggingFace copy; return ``{"train"/"test": (uint8 images (N, 28, 28), int64 labels)}``."""
     source = Path(source)
     if not source.exists():
-        raise DataError(f"{source}: no such file or folder; pass the folder holding {name}'s idx files (or a HuggingFace {name} copy)")
+        raise DataError(
+            f"{source}: no such file or folder; pass the folder holding {name}'s idx files (or a HuggingFace {name} copy)"
+        )
     found = {k: _find(source, v, folders) for k, v in IDX_FILES.items()}
     if all(found.values()):
         out = {}

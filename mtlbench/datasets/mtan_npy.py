@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mtlbench.core.errors import DataError
 from mtlbench.datasets.splits import MappedColumn, arrow_columns, build_store_for, content_hash
 from mtlbench.datasets.splits import open_store as open_hf_store
-from mtlbench.core.errors import DataError
 
 STORE_FORMAT = "1"
 SOURCE_SPLITS = {"train": "train", "test": "val"}  # store split <- source folder
@@ -76,16 +76,20 @@ class Scan:
 
 
 def _fix(layout: Layout, source: Path) -> str:
-    return (f"fix or re-download the copy, then run `mtlbench prepare {layout.task} --source {source}` again "
-            f"(MTAN's preprocessed copy: train/ and val/ holding {layout.example()} with 0.npy, 1.npy, ...)")
+    return (
+        f"fix or re-download the copy, then run `mtlbench prepare {layout.task} --source {source}` again "
+        f"(MTAN's preprocessed copy: train/ and val/ holding {layout.example()} with 0.npy, 1.npy, ...)"
+    )
 
 
 def scan(source: Path, layout: Layout) -> Scan:
     """Check every file of the layout (names, shapes, dtypes, label values) and hash them all."""
     source = Path(source)
     if not source.is_dir():
-        raise DataError(f"{source}: no such folder; pass the folder holding MTAN's preprocessed {layout.task} "
-                        f"(train/ and val/, each with {layout.example()})")
+        raise DataError(
+            f"{source}: no such folder; pass the folder holding MTAN's preprocessed {layout.task} "
+            f"(train/ and val/, each with {layout.example()})"
+        )
     found = Scan()
     for split, folder in SOURCE_SPLITS.items():
         found.files[split] = {}
@@ -100,17 +104,21 @@ def scan(source: Path, layout: Layout) -> Scan:
             n = n_images if n_images is not None else indices[-1] + 1
             missing = sorted(set(range(n)) - set(indices))
             if missing:
-                raise DataError(f"{directory / f'{missing[0]}.npy'}: missing ({len(missing)} of {n} files missing in {directory}); "
-                                + _fix(layout, source))
+                raise DataError(
+                    f"{directory / f'{missing[0]}.npy'}: missing ({len(missing)} of {n} files missing in {directory}); "
+                    + _fix(layout, source)
+                )
             if len(indices) != n:
                 extra = [i for i in indices if i >= n]
-                raise DataError(f"{directory / f'{extra[0]}.npy'}: unexpected file: {directory.parent / layout.modalities[0].folder} "
-                                f"holds {n} images; {_fix(layout, source)}")
+                raise DataError(
+                    f"{directory / f'{extra[0]}.npy'}: unexpected file: {directory.parent / layout.modalities[0].folder} "
+                    f"holds {n} images; {_fix(layout, source)}"
+                )
             n_images = n
             found.files[split][m.column] = [directory / f"{i}.npy" for i in range(n)]
     first = found.files["train"][layout.modalities[0].column][0]
     found.size = _header(first, layout, source)[0][:2]
-    for split, mods in found.files.items():
+    for mods in found.files.values():
         for m in layout.modalities:
             for path in mods[m.column]:
                 _check_file(path, m, found.size, layout, source)
@@ -135,14 +143,17 @@ def _check_file(path: Path, m: Modality, size: tuple[int, int], layout: Layout, 
     kinds = "float or integer" if m.channels == 0 else "float"
     ok_dtype = np.issubdtype(dtype, np.floating) or (m.channels == 0 and np.issubdtype(dtype, np.integer))
     if shape != expected or not ok_dtype:
-        raise DataError(f"{path}: expected {m.what} of shape {expected} ({kinds}), found shape {shape} dtype {dtype}; "
-                        + _fix(layout, source))
+        raise DataError(
+            f"{path}: expected {m.what} of shape {expected} ({kinds}), found shape {shape} dtype {dtype}; " + _fix(layout, source)
+        )
     if m.channels == 0:
         values = np.unique(np.load(path, allow_pickle=False))
         bad = values[~np.isfinite(values) | (values != np.round(values)) | (values < -1) | (values >= layout.n_classes)]
         if bad.size:
-            raise DataError(f"{path}: label values {bad[:5].tolist()} outside -1 (ignore) .. {layout.n_classes - 1}: "
-                            f"not the {layout.n_classes}-class labels of {layout.task}; " + _fix(layout, source))
+            raise DataError(
+                f"{path}: label values {bad[:5].tolist()} outside -1 (ignore) .. {layout.n_classes - 1}: "
+                f"not the {layout.n_classes}-class labels of {layout.task}; " + _fix(layout, source)
+            )
 
 
 def prepare(source: Path, target: Path, layout: Layout) -> Path:
@@ -152,9 +163,16 @@ def prepare(source: Path, target: Path, layout: Layout) -> Path:
 
     def build(out: Path) -> None:
         _write(out, found, layout)
-        meta = {"task": layout.task, "store_format": STORE_FORMAT, "source": str(source), "content_hash": found.content,
-                "counts": found.counts(), "image_size": list(found.size), "n_classes": layout.n_classes,
-                "source_splits": SOURCE_SPLITS}
+        meta = {
+            "task": layout.task,
+            "store_format": STORE_FORMAT,
+            "source": str(source),
+            "content_hash": found.content,
+            "counts": found.counts(),
+            "image_size": list(found.size),
+            "n_classes": layout.n_classes,
+            "source_splits": SOURCE_SPLITS,
+        }
         (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     return build_store_for(Path(target), found.content, build)
@@ -166,15 +184,20 @@ def _write(out: Path, found: Scan, layout: Layout) -> None:
     h, w = found.size
     features = {"source_index": datasets.Value("int64")}
     for m in layout.modalities:
-        features[m.column] = (datasets.Array2D((h, w), "int8") if m.channels == 0
-                              else datasets.Array3D((m.channels, h, w), "float32"))
+        features[m.column] = (
+            datasets.Array2D((h, w), "int8") if m.channels == 0 else datasets.Array3D((m.channels, h, w), "float32")
+        )
     features = datasets.Features(features)
     cache = out / ".build-cache"
     splits = {}
     for split, files in found.files.items():
         splits[split] = datasets.Dataset.from_generator(
-            _rows, features=features, cache_dir=str(cache), gen_kwargs={"files": files, "layout": layout},
-            fingerprint=f"{found.content}-{split}", writer_batch_size=16,
+            _rows,
+            features=features,
+            cache_dir=str(cache),
+            gen_kwargs={"files": files, "layout": layout},
+            fingerprint=f"{found.content}-{split}",
+            writer_batch_size=16,
         )
     datasets.DatasetDict(splits).save_to_disk(str(out))
     shutil.rmtree(cache, ignore_errors=True)
@@ -195,8 +218,11 @@ def _rows(files: dict[str, list[Path]], layout: Layout):
 
 def open_store(path: Path, layout: Layout) -> dict[str, dict[str, MappedColumn]]:
     """The store's splits as memory-mapped columns; a clear error when it was never prepared."""
-    dd = open_hf_store(path, f"mtlbench prepare {layout.task} --source PATH",
-                       f"PATH: MTAN's preprocessed copy, train/ and val/ each with {layout.example()}")
+    dd = open_hf_store(
+        path,
+        f"mtlbench prepare {layout.task} --source PATH",
+        f"PATH: MTAN's preprocessed copy, train/ and val/ each with {layout.example()}",
+    )
     columns = [m.column for m in layout.modalities]
     out = {}
     for split in SOURCE_SPLITS:

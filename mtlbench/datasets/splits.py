@@ -52,13 +52,14 @@ class Split:
         """The first ``n`` rows (the store is already shuffled with a fixed seed)."""
         return Split(self.x[:n], {k: v[:n] for k, v in self.targets.items()})
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         stop = n - (n % batch_size) if drop_last else n
         for start in range(0, stop, batch_size):
-            yield self.batch(order[start:start + batch_size])
+            yield self.batch(order[start : start + batch_size])
 
 
 def build_store(target: Path, build: Callable[[Path], None]) -> Path:
@@ -132,9 +133,14 @@ class MappedSplit(Split):
     labels to int64).
     """
 
-    def __init__(self, x: MappedColumn, targets: Mapping[str, MappedColumn], rows: np.ndarray | None = None,
-                 dtypes: Mapping[str, torch.dtype] | None = None,
-                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        x: MappedColumn,
+        targets: Mapping[str, MappedColumn],
+        rows: np.ndarray | None = None,
+        dtypes: Mapping[str, torch.dtype] | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         n = len(x)
         for name, t in targets.items():
             if len(t) != n:
@@ -182,19 +188,27 @@ def arrow_columns(dataset: Any, names: Iterable[str], where: str) -> dict[str, M
     out = {}
     for name in names:
         if name not in dataset.column_names:
-            raise DataError(f"{where}: column {name!r} missing (has {dataset.column_names}); delete the store and prepare it again")
+            raise DataError(
+                f"{where}: column {name!r} missing (has {dataset.column_names}); delete the store and prepare it again"
+            )
         shape = tuple(getattr(dataset.features[name], "shape", ()))
         chunks = []
         for chunk in table.column(name).chunks:
             values = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-            while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+            while (
+                pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type)
+            ):
                 values = values.flatten()
             try:
                 array = values.to_numpy(zero_copy_only=True)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise DataError(f"{where}: column {name!r} cannot be memory-mapped ({e}); delete the store and prepare it again") from None
+                raise DataError(
+                    f"{where}: column {name!r} cannot be memory-mapped ({e}); delete the store and prepare it again"
+                ) from None
             if array.size != len(chunk) * int(np.prod(shape, dtype=np.int64)):
-                raise DataError(f"{where}: column {name!r} is ragged (expected rows of shape {shape}); delete the store and prepare it again")
+                raise DataError(
+                    f"{where}: column {name!r} is ragged (expected rows of shape {shape}); delete the store and prepare it again"
+                )
             chunks.append(array.reshape(len(chunk), *shape))
         if not chunks:
             chunks.append(np.empty((0, *shape)))
@@ -283,8 +297,9 @@ class MultiInputSplit:
     def subset(self, n: int) -> "MultiInputSplit":
         return MultiInputSplit({t: p.subset(n) for t, p in self.parts.items()})
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]]:
         if generator is None:
             for task, part in self.parts.items():
                 for x, y in part.batches(batch_size):
@@ -308,7 +323,7 @@ def _index_stream(n: int, batch_size: int, generator: torch.Generator) -> Iterat
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start:start + batch_size]
+            yield order[start : start + batch_size]
 
 
 def open_store(path: Path, command: str, contents: str, part: str = "") -> Any:

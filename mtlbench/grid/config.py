@@ -29,16 +29,16 @@ Every problem is reported as one ConfigError naming the file, the key and the va
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtlbench.core.spec import Protocol
-from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, Cell, config_hash  # noqa: F401
+import tomllib
+
 from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
-from mtlbench.train.conflict import HISTOGRAMS
+from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, Cell, config_hash  # noqa: F401
 from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
+from mtlbench.core.spec import HISTOGRAMS, Protocol
 from mtlbench.grid.executor import ExecutorOptions, parse_executor
 from mtlbench.grid.plugins import Plugins, discover
 
@@ -97,9 +97,7 @@ def parse_filters(items: list[str] | None) -> dict[str, set[str]]:
 def load_benchmark(path: str | Path) -> Benchmark:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(
-            f"{path}: config file not found. Run from the project folder or pass --config PATH/benchmark.toml"
-        )
+        raise ConfigError(f"{path}: config file not found. Run from the project folder or pass --config PATH/benchmark.toml")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -143,10 +141,16 @@ class _Parser:
             _unknown(self, key, spec, BACKBONE_KEYS)
             model = spec.get("model")
             if not isinstance(model, str) or not model:
-                raise self.err(f"{key}.model", "required: a timm model name such as \"resnet18\" or a native one (\"segnet\", \"segnet_mtan\")")
+                raise self.err(
+                    f"{key}.model", 'required: a timm model name such as "resnet18" or a native one ("segnet", "segnet_mtan")'
+                )
             if not known_model(model):
                 hint = suggest_models(model)
-                raise self.err(f"{key}.model", f"unknown model {model!r} (neither native nor timm)" + (f"; close matches: {', '.join(hint)}" if hint else ""))
+                raise self.err(
+                    f"{key}.model",
+                    f"unknown model {model!r} (neither native nor timm)"
+                    + (f"; close matches: {', '.join(hint)}" if hint else ""),
+                )
             kwargs = spec.get("kwargs", {})
             if not isinstance(kwargs, dict):
                 raise self.err(f"{key}.kwargs", f"expected a table of keyword arguments, got {type(kwargs).__name__}")
@@ -182,7 +186,10 @@ class _Parser:
         bb_ids = self.str_list(f"{key}.backbones", raw["backbones"])
         for i, bid in enumerate(bb_ids):
             if bid not in backbones:
-                raise self.err(f"{key}.backbones[{i}]", f"unknown backbone {bid!r}; defined [backbones.*]: {', '.join(sorted(backbones)) or '(none)'}")
+                raise self.err(
+                    f"{key}.backbones[{i}]",
+                    f"unknown backbone {bid!r}; defined [backbones.*]: {', '.join(sorted(backbones)) or '(none)'}",
+                )
         for task_name, (task_cls, _, _) in tasks.items():
             for i, bid in enumerate(bb_ids):
                 try:
@@ -191,8 +198,9 @@ class _Parser:
                     raise self.err(f"{key}.backbones[{i}]", f"task {task_name!r}: {e}") from None
         methods = self.entries(f"{key}.methods", raw["methods"], self.plugins.methods, "method")
         unmitigated = self.plugins.mitigations.with_role("unmitigated")
-        mitigations = self.entries(f"{key}.mitigations", raw.get("mitigations", unmitigated[:1]),
-                                   self.plugins.mitigations, "mitigation")
+        mitigations = self.entries(
+            f"{key}.mitigations", raw.get("mitigations", unmitigated[:1]), self.plugins.mitigations, "mitigation"
+        )
         seeds = raw["seeds"]
         if not isinstance(seeds, list) or not seeds:
             raise self.err(f"{key}.seeds", "expected a non-empty list of integers, e.g. [0, 1, 2]")
@@ -205,14 +213,16 @@ class _Parser:
 
         for task_name, (task_cls, task_options, _) in tasks.items():
             n_tasks = len(task_cls(**task_options).tasks)
-            for i, (m_label, m_name, m_opts) in enumerate(methods):
+            for i, (_, m_name, m_opts) in enumerate(methods):
                 try:  # methods validate their option values in __init__
                     self.plugins.methods[m_name](n_tasks=n_tasks, **m_opts)
                 except MissingDependencyError:
                     pass  # an optional solver is missing: the file stays usable, the method's cells fail with the pip command
                 except (ValueError, TypeError) as e:
-                    raise self.err(f"{key}.methods[{i}]", f"method {m_name!r} rejects its options for task {task_name!r}: {e}") from None
-        for i, (g_label, g_name, g_opts) in enumerate(mitigations):
+                    raise self.err(
+                        f"{key}.methods[{i}]", f"method {m_name!r} rejects its options for task {task_name!r}: {e}"
+                    ) from None
+        for i, (_, g_name, g_opts) in enumerate(mitigations):
             try:  # mitigations validate their option values in __init__
                 mitigation = self.plugins.mitigations[g_name](**g_opts)
             except (ValueError, TypeError) as e:
@@ -229,19 +239,32 @@ class _Parser:
                     for g_label, g_name, g_opts in mitigations:
                         method_cls, mitigation_cls = self.plugins.methods[m_name], self.plugins.mitigations[g_name]
                         if method_cls.kind == "single_task" and "unmitigated" not in mitigation_cls.roles:
-                            skipped.append(f"{task_name}/{bid}/{m_label}/{g_label}: single-task baselines share nothing to mitigate")
+                            skipped.append(
+                                f"{task_name}/{bid}/{m_label}/{g_label}: single-task baselines share nothing to mitigate"
+                            )
                             continue
                         for seed in seeds:
-                            cells.append(Cell(
-                                suite=name, task=task_name, task_version=str(task_cls.version),
-                                task_options=task_options, protocol=protocol,
-                                backbone=bid, backbone_spec=backbones[bid].to_dict(),
-                                method=m_label, method_name=m_name, method_version=str(method_cls.version),
-                                method_options=m_opts,
-                                mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
-                                mitigation_options=g_opts,
-                                seed=seed, conflict=conflict,
-                            ))
+                            cells.append(
+                                Cell(
+                                    suite=name,
+                                    task=task_name,
+                                    task_version=str(task_cls.version),
+                                    task_options=task_options,
+                                    protocol=protocol,
+                                    backbone=bid,
+                                    backbone_spec=backbones[bid].to_dict(),
+                                    method=m_label,
+                                    method_name=m_name,
+                                    method_version=str(method_cls.version),
+                                    method_options=m_opts,
+                                    mitigation=g_label,
+                                    mitigation_name=g_name,
+                                    mitigation_version=str(mitigation_cls.version),
+                                    mitigation_options=g_opts,
+                                    seed=seed,
+                                    conflict=conflict,
+                                )
+                            )
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise self.err(f"{key}.description", "expected a string")
@@ -284,7 +307,11 @@ class _Parser:
         return out
 
     def check_protocol(self, key: str, p: dict[str, Any]) -> None:
-        for field_name, choices in (("optimizer", Protocol.OPTIMIZERS), ("scheduler", Protocol.SCHEDULERS), ("selection", Protocol.SELECTIONS)):
+        for field_name, choices in (
+            ("optimizer", Protocol.OPTIMIZERS),
+            ("scheduler", Protocol.SCHEDULERS),
+            ("selection", Protocol.SELECTIONS),
+        ):
             if p[field_name] not in choices:
                 raise self.err(f"{key}.{field_name}", f"unknown value {p[field_name]!r}; valid: {', '.join(choices)}")
         for positive in ("epochs", "batch_size", "eval_batch_size", "last_n"):
@@ -295,11 +322,11 @@ class _Parser:
         if p["selection"] == "last_mean" and p["last_n"] > p["epochs"]:
             raise self.err(f"{key}.last_n", f"last_n={p['last_n']} exceeds epochs={p['epochs']}")
         if p["scheduler"] == "step" and p["step_size"] < 1:
-            raise self.err(f"{key}.step_size", "scheduler = \"step\" needs step_size >= 1 (epochs between decays)")
+            raise self.err(f"{key}.step_size", 'scheduler = "step" needs step_size >= 1 (epochs between decays)')
 
     def entries(self, key: str, raw: Any, registry: dict, what: str) -> list[tuple[str, str, dict]]:
         if not isinstance(raw, list) or not raw:
-            raise self.err(key, f"expected a non-empty list of {what} names, e.g. [\"{next(iter(registry), 'x')}\"]")
+            raise self.err(key, f'expected a non-empty list of {what} names, e.g. ["{next(iter(registry), "x")}"]')
         out, labels = [], set()
         for i, item in enumerate(raw):
             ikey = f"{key}[{i}]"
@@ -315,7 +342,9 @@ class _Parser:
                 if not isinstance(options, dict):
                     raise self.err(f"{ikey}.options", "expected a table of options")
             else:
-                raise self.err(ikey, f"expected a {what} name or a table {{ name = ..., label = ..., options = {{...}} }}, got {item!r}")
+                raise self.err(
+                    ikey, f"expected a {what} name or a table {{ name = ..., label = ..., options = {{...}} }}, got {item!r}"
+                )
             if name not in registry:
                 raise self.err(ikey, f"unknown {what} {name!r}; valid: {_names(registry)}")
             if not isinstance(label, str) or not LABEL_RE.match(label):
@@ -327,20 +356,25 @@ class _Parser:
             resolved = dict(defaults)
             for k, v in options.items():
                 if k not in defaults:
-                    raise self.err(f"{ikey}.options.{k}", f"unknown option of {what} {name!r}; valid: {', '.join(defaults) or '(none)'}")
+                    raise self.err(
+                        f"{ikey}.options.{k}", f"unknown option of {what} {name!r}; valid: {', '.join(defaults) or '(none)'}"
+                    )
                 resolved[k] = self.typed(f"{ikey}.options.{k}", v, defaults[k])
             out.append((label, name, resolved))
         return out
 
     def conflict(self, key: str, raw: Any) -> dict[str, Any]:
         if not isinstance(raw, dict):
-            raise self.err(key, "expected a table such as { every = 10, histogram = \"recon\" }")
+            raise self.err(key, 'expected a table such as { every = 10, histogram = "recon" }')
         _unknown(self, key, raw, set(CONFLICT_DEFAULTS) | {"s"})
         out = {**CONFLICT_DEFAULTS, **raw}
         if "s" in out:  # S-conflict thresholds (Recon): per-layer counts of pairs with cos < S
             values = out["s"]
-            if (not isinstance(values, list) or not values
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -1 < v <= 0 for v in values)):
+            if (
+                not isinstance(values, list)
+                or not values
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -1 < v <= 0 for v in values)
+            ):
                 raise self.err(f"{key}.s", f"expected a non-empty list of thresholds with -1 < S <= 0, got {values!r}")
             out["s"] = [float(v) for v in values]
         if not isinstance(out["every"], int) or isinstance(out["every"], bool) or out["every"] < 0:

@@ -110,8 +110,9 @@ def with_overrides(options: ExecutorOptions, overrides: dict[str, Any], where: s
     return result
 
 
-def _typed_table(raw: dict[str, Any], defaults: Any, key: str, where: str, nested: set[str] = frozenset(),
-                 keep_missing: bool = True) -> dict[str, Any]:
+def _typed_table(
+    raw: dict[str, Any], defaults: Any, key: str, where: str, nested: set[str] = frozenset(), keep_missing: bool = True
+) -> dict[str, Any]:
     valid = {f.name for f in fields(defaults)} - set(nested)
     out = {}
     for k, v in raw.items():
@@ -163,10 +164,10 @@ def _check(o: ExecutorOptions, where: str) -> None:
     if o.kind not in KINDS:
         raise err("executor.kind", f"unknown executor {o.kind!r}; valid: {', '.join(KINDS)}")
     if not o.devices:
-        raise err("executor.devices", "expected \"auto\", \"cpu\", \"cuda\" or a list such as [\"cuda:0\", \"cuda:1\"]")
+        raise err("executor.devices", 'expected "auto", "cpu", "cuda" or a list such as ["cuda:0", "cuda:1"]')
     for d in o.devices:
         if d in DEVICE_WORDS and len(o.devices) > 1:
-            raise err("executor.devices", f"{d!r} stands alone; list devices as [\"cuda:0\", \"cuda:1\"]")
+            raise err("executor.devices", f'{d!r} stands alone; list devices as ["cuda:0", "cuda:1"]')
         if d not in DEVICE_WORDS and not _is_indexed_device(d):
             raise err("executor.devices", f"unknown device {d!r}; valid: auto, cpu, cuda, cuda:N")
     for name, value, low in (("runs_per_device", o.runs_per_device, 1), ("threads", o.threads, 0)):

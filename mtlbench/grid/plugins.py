@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtlbench.core.registry import Registry, discover as discover_kind
+from mtlbench.core.registry import Registry
+from mtlbench.core.registry import discover as discover_kind
 from mtlbench.plugin.method import Method
 from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.task import Task

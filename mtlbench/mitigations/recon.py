@@ -77,8 +77,11 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def branchable_layers(trunk: nn.Module) -> set[str]:
     """Names of the trunk's layers that can be turned task-specific (leaf modules with parameters)."""
-    return {name for name, m in trunk.named_modules()
-            if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))}
+    return {
+        name
+        for name, m in trunk.named_modules()
+        if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))
+    }
 
 
 class BranchedModel(MultiTaskModel):
@@ -127,8 +130,9 @@ class BranchedModel(MultiTaskModel):
 def rank_layers(names: list[str], sizes: list[int], scores: list[int], branchable: set[str]) -> list[dict[str, Any]]:
     """Layers by S-conflict score, highest first (ties keep network order)."""
     order = sorted(range(len(names)), key=lambda i: (-scores[i], i))
-    return [{"layer": names[i], "score": int(scores[i]), "params": int(sizes[i]), "branchable": names[i] in branchable}
-            for i in order]
+    return [
+        {"layer": names[i], "score": int(scores[i]), "params": int(sizes[i]), "branchable": names[i] in branchable} for i in order
+    ]
 
 
 def select_layers(ranking: list[dict[str, Any]], k: int, budget: float, shared_params: int) -> list[str]:
@@ -154,14 +158,27 @@ class Recon(Mitigation):
     citation = "Shi et al., Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, ICLR 2023"
     reference = "github.com/moukamisama/Recon (S-conflict scores over the search phase, top-K layers)"
 
-    def __init__(self, s: float = -0.1, k: int = 25, budget: float = 0.0, search_fraction: float = 0.25,
-                 search_steps: int = 0, search_every: int = 1, search_method: str = "ew", search_seed: int = 0) -> None:
+    def __init__(
+        self,
+        s: float = -0.1,
+        k: int = 25,
+        budget: float = 0.0,
+        search_fraction: float = 0.25,
+        search_steps: int = 0,
+        search_every: int = 1,
+        search_method: str = "ew",
+        search_seed: int = 0,
+    ) -> None:
         if not -1.0 < s <= 0.0:
             raise ValueError(f"recon: s={s} must satisfy -1 < s <= 0")
         if k < 0 or not 0.0 <= budget < 1.0 or (k == 0 and budget == 0.0):
-            raise ValueError(f"recon: give k >= 1 layers or a budget in (0, 1) (a fraction of shared parameters); got k={k}, budget={budget}")
+            raise ValueError(
+                f"recon: give k >= 1 layers or a budget in (0, 1) (a fraction of shared parameters); got k={k}, budget={budget}"
+            )
         if not 0.0 < search_fraction <= 1.0 or search_steps < 0 or search_every < 1:
-            raise ValueError("recon: search_fraction must be in (0, 1], search_steps >= 0 (0: use the fraction), search_every >= 1")
+            raise ValueError(
+                "recon: search_fraction must be in (0, 1], search_steps >= 0 (0: use the fraction), search_every >= 1"
+            )
         self.s, self.k, self.budget = float(s), int(k), float(budget)
         self.search_fraction, self.search_steps, self.search_every = float(search_fraction), int(search_steps), int(search_every)
         self.search_method, self.search_seed = search_method, int(search_seed)
@@ -176,8 +193,16 @@ class Recon(Mitigation):
 
     def search_summary(self, ctx: MitigationContext) -> tuple[dict[str, Any], dict[str, Any], bool]:
         steps = self.search_steps or max(1, round(self.search_fraction * ctx.total_steps))
-        key = {"schema": "mtlbench.recon-search/1", **ctx.search_identity, "method": self.search_method,
-               "steps": steps, "every": self.search_every, "s": self.s, "seed": self.search_seed}
+        key = {
+            "schema": "mtlbench.recon-search/1",
+            "version": self.version,
+            **ctx.search_identity,
+            "method": self.search_method,
+            "steps": steps,
+            "every": self.search_every,
+            "s": self.s,
+            "seed": self.search_seed,
+        }
         digest = config_hash(key)
         path = ctx.cache_dir / "recon" / f"{digest}.json" if ctx.cache_dir is not None else None
         if path is not None and path.exists():
@@ -208,10 +233,18 @@ class Recon(Mitigation):
         branched_params = sum(r["params"] for r in ranking if r["layer"] in chosen)
         n_tasks = len(ctx.tasks)
         self._report = {
-            "s": self.s, "k": self.k, "budget": self.budget,
-            "search": {"method": self.search_method, "steps": key["steps"], "every": self.search_every,
-                       "seed": self.search_seed, "hash": key["hash"], "cached": cached,
-                       "samples": summary.get("n_samples")},
+            "s": self.s,
+            "k": self.k,
+            "budget": self.budget,
+            "search": {
+                "method": self.search_method,
+                "steps": key["steps"],
+                "every": self.search_every,
+                "seed": self.search_seed,
+                "hash": key["hash"],
+                "cached": cached,
+                "samples": summary.get("n_samples"),
+            },
             "ranking": ranking,
             "chosen": chosen,
             "branched_params": branched_params,

@@ -58,8 +58,10 @@ def neuron_mask(weight: Tensor, keep: int, selection: str, generator: torch.Gene
 class SparseTraining(Mitigation):
     name = "st"
     description = "train only a fixed magnitude-selected subset of the shared encoder (ST, PSN masks)"
-    citation = ("Zhang et al., Proactive Gradient Conflict Mitigation in Multi-Task Learning: "
-                "A Sparse Training Perspective, arXiv 2411.18615, 2024")
+    citation = (
+        "Zhang et al., Proactive Gradient Conflict Mitigation in Multi-Task Learning: "
+        "A Sparse Training Perspective, arXiv 2411.18615, 2024"
+    )
     reference = "the paper's description (no public code): PSN masks per output unit, chosen once before training"
 
     def __init__(self, fraction: float = 0.3, k: int = 0, selection: str = "psn", train_bias_and_norm: bool = True) -> None:
@@ -107,11 +109,15 @@ class SparseTraining(Mitigation):
         in_weights = sum(p.numel() for p in weights)
         kept_weights = sum(int(m.sum()) for p, m in zip(shared, masks) if id(p) in neuron_weights)
         self._report = {
-            "selection": self.selection, "fraction": self.fraction, "k": self.k,
+            "selection": self.selection,
+            "fraction": self.fraction,
+            "k": self.k,
             "train_bias_and_norm": self.train_bias_and_norm,
-            "shared_params": total, "trainable_params": trainable,
+            "shared_params": total,
+            "trainable_params": trainable,
             "trainable_pct": 100.0 * trainable / total if total else 0.0,
-            "neuron_weights": in_weights, "neuron_weights_kept_pct": 100.0 * kept_weights / in_weights if in_weights else 0.0,
+            "neuron_weights": in_weights,
+            "neuron_weights_kept_pct": 100.0 * kept_weights / in_weights if in_weights else 0.0,
             "masked_tensors": sum(1 for m in masks if not bool(m.all())),
         }
         return model

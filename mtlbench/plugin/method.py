@@ -11,8 +11,6 @@ from torch import Tensor, nn
 
 from mtlbench.core.registry import Plugin, keyword_defaults
 
-
-
 METHOD_KINDS = ("weighting", "gradient", "single_task")
 GRADIENT_TARGETS = ("parameters", "representation")
 # What the engine may use a method for; declared on the class (``roles = frozenset({...})``).
@@ -74,14 +72,14 @@ class Method(nn.Module, Plugin):
     def after_step(self, losses: Tensor, info: StepInfo) -> None:
         """Called after the optimiser step with the losses of the same batch (see class doc)."""
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         for name, buf in self._buffers.items():  # lazily sized buffers take the saved shape
             saved = state_dict.get(prefix + name)
             if buf is not None and buf.numel() == 0 and saved is not None and saved.shape != buf.shape:
                 self._buffers[name] = torch.empty_like(saved, device=buf.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
@@ -92,8 +90,10 @@ class Method(nn.Module, Plugin):
     @classmethod
     def plugin_errors(cls) -> list[str]:
         if getattr(cls, "kind", None) not in METHOD_KINDS:
-            return [f"must subclass LossWeighting, GradientAggregator or SingleTask (kind is "
-                    f"{getattr(cls, 'kind', None)!r}; valid kinds: {', '.join(METHOD_KINDS)})"]
+            return [
+                f"must subclass LossWeighting, GradientAggregator or SingleTask (kind is "
+                f"{getattr(cls, 'kind', None)!r}; valid kinds: {', '.join(METHOD_KINDS)})"
+            ]
         if cls.kind == "gradient" and getattr(cls, "gradients", None) not in GRADIENT_TARGETS:
             return [f"gradients = {getattr(cls, 'gradients', None)!r}; valid: {', '.join(GRADIENT_TARGETS)}"]
         return []
@@ -135,4 +135,3 @@ class SingleTask(Method):
     """Marker kind: train one independent model per sub-task (the Δm baseline)."""
 
     kind: ClassVar[str] = "single_task"
-

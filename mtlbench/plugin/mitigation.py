@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
+from typing import Protocol as TypingProtocol
 
 import torch
 from torch import Tensor
@@ -21,20 +22,28 @@ from mtlbench.core.registry import Plugin
 from mtlbench.plugin.model import MultiTaskModel
 
 
+class SearchPhase(TypingProtocol):
+    """Training before training, offered to a mitigation by the cell's trainer: train a fresh
+    copy of the cell's unmodified model (same task, backbone, protocol and data) with the
+    method named ``method`` for ``steps`` steps, sampling per-layer conflict statistics every
+    ``every`` steps (with S-conflict counts for each threshold in ``s_values``), from ``seed``;
+    return the conflict summary (None when nothing was sampled)."""
+
+    def __call__(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> dict[str, Any] | None: ...
+
+
 @dataclass
 class MitigationContext:
-    """What a mitigation may use while preparing a cell's model.
+    """What a mitigation may use while preparing a cell's model (its work before training).
 
-    ``search(method, method_options, steps, every, s_values, seed)`` trains a fresh copy of the
-    cell's base model for ``steps`` steps and returns its conflict summary (Recon's search
-    phase). ``search_identity`` is everything about the cell that determines that search except
-    the mitigation's own options (used as a cache key). ``cache_dir`` (may be None) holds
-    results of work shared between cells."""
+    ``search`` is a :class:`SearchPhase` (Recon's search). ``search_identity`` is everything
+    about the cell that determines such a search except the mitigation's own options (a cache
+    key). ``cache_dir`` (may be None) holds results of work shared between cells."""
 
     tasks: Sequence[str]
     total_steps: int
     seed: int
-    search: Callable[..., dict[str, Any] | None]
+    search: SearchPhase
     search_identity: dict[str, Any]
     cache_dir: Path | None = None
     notes: list[str] = field(default_factory=list)

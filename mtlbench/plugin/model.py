@@ -79,3 +79,16 @@ def module_layers(module: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
         if params:
             layers.append((name or "<root>", params))
     return layers
+
+
+def init_weights(module: nn.Module) -> None:
+    """MTAN's initialisation (SegNet and the dense heads): Xavier-normal conv/linear weights, zero
+    biases, BatchNorm weight 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -74,8 +74,9 @@ class NoSolutionError(ValueError):
     """A method's defining equation has no solution for this gradient matrix."""
 
 
-def power_balance_weights(gram: Tensor, power: float = 1.0, tol: float = 1e-10, accept: float = 1e-6,
-                          max_iter: int = 100) -> Tensor:
+def power_balance_weights(
+    gram: Tensor, power: float = 1.0, tol: float = 1e-10, accept: float = 1e-6, max_iter: int = 100
+) -> Tensor:
     """The w > 0 with (K w)_i = w_i^(-power) for every task i (K = G G^T).
 
     Nash-MTL's bargaining solution is ``power = 1`` (K alpha = 1/alpha); FairGrad's alpha-fair
@@ -89,8 +90,9 @@ def power_balance_weights(gram: Tensor, power: float = 1.0, tol: float = 1e-10, 
     k = gram.to(torch.float64)
     diag = k.diagonal()
     if bool((diag <= 0).any()):
-        raise NoSolutionError(f"task(s) {torch.nonzero(diag <= 0).flatten().tolist()} have a zero gradient: "
-                              "K w = w^-p has no solution")
+        raise NoSolutionError(
+            f"task(s) {torch.nonzero(diag <= 0).flatten().tolist()} have a zero gradient: K w = w^-p has no solution"
+        )
 
     def objective(w: Tensor) -> float:
         h = w.log() if power == 1 else w.pow(1 - power) / (1 - power)
@@ -143,9 +145,15 @@ def cagrad_weights(gram: Tensor, c: float) -> Tensor:
         q = max(float(w @ k @ w), 1e-300)
         return float(w @ kb) + phi * np.sqrt(q), kb + phi * (k @ w) / np.sqrt(q)
 
-    res = minimize(fun, b.copy(), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * t,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
-                   options={"ftol": 1e-15, "maxiter": 500})
+    res = minimize(
+        fun,
+        b.copy(),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * t,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"ftol": 1e-15, "maxiter": 500},
+    )
     w = np.clip(res.x, 0.0, None)
     return torch.from_numpy(w / w.sum()).to(gram.device)
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol as TypingProtocol, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
+from typing import Protocol as TypingProtocol
 
 import torch
 from torch import Tensor, nn

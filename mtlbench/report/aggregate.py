@@ -30,8 +30,12 @@ GROUP = ["suite", "task", "backbone"]
 ROW = ["method", "mitigation"]
 CONVENTIONS = ("flat", "task")
 # a run's roles, read from the plugin declarations recorded in its result file
-ROLE_COLUMNS = {"is_baseline": ("method_info", "baseline"), "is_reference": ("method_info", "reference"),
-                "is_front": ("method_info", "front"), "unmitigated": ("mitigation_info", "unmitigated")}
+ROLE_COLUMNS = {
+    "is_baseline": ("method_info", "baseline"),
+    "is_reference": ("method_info", "reference"),
+    "is_front": ("method_info", "front"),
+    "unmitigated": ("mitigation_info", "unmitigated"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,9 @@ def delta_m_rows(values: np.ndarray, base: np.ndarray, info: Mapping[str, Metric
     return {"flat": 100.0 * terms.mean(axis=1), "task": 100.0 * np.mean(per_task, axis=0)}
 
 
-def delta_m(values: Mapping[str, float], base: Mapping[str, float], info: Mapping[str, MetricInfo],
-            convention: str = "flat") -> float:
+def delta_m(
+    values: Mapping[str, float], base: Mapping[str, float], info: Mapping[str, MetricInfo], convention: str = "flat"
+) -> float:
     """Δm in percent (lower is better) of ``values`` against ``base``; see the module docstring.
     NaN when a baseline value is 0 (e.g. an F1 of 0): the relative change is undefined."""
     if convention not in CONVENTIONS:
@@ -99,9 +104,24 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], N
                 problems.append(f"{path}: another result for the same cell with a different config hash was read first; skipped")
             continue
         seen[key] = data["config_hash"]
-        base = {k: data.get(k) for k in ("suite", "task", "task_version", "backbone", "method", "method_name",
-                                          "method_version", "method_kind", "mitigation", "mitigation_name",
-                                          "mitigation_version", "seed", "config_hash")}
+        base = {
+            k: data.get(k)
+            for k in (
+                "suite",
+                "task",
+                "task_version",
+                "backbone",
+                "method",
+                "method_name",
+                "method_version",
+                "method_kind",
+                "mitigation",
+                "mitigation_name",
+                "mitigation_version",
+                "seed",
+                "config_hash",
+            )
+        }
         base.update(roles_of(data))
         base["path"] = str(path)
         if data["status"] != "ok":
@@ -110,8 +130,9 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], N
             try:
                 row, info = _run_row(data, base)
             except (KeyError, TypeError, AttributeError, ValueError) as e:
-                problems.append(f"{path}: malformed ok result ({type(e).__name__}: {e}); skipped. "
-                                "`mtlbench validate` explains every problem")
+                problems.append(
+                    f"{path}: malformed ok result ({type(e).__name__}: {e}); skipped. `mtlbench validate` explains every problem"
+                )
                 continue
             infos.setdefault((data["task"], str(data["task_version"])), info)
             rows.append(row)
@@ -120,7 +141,9 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], N
     if other_schemas:
         raise ResultError(
             f"results of different schemas would be mixed: this mtlbench reads {RESULT_SCHEMA}, but "
-            + "; ".join(f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items()))
+            + "; ".join(
+                f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items())
+            )
             + ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
             "mtlbench version that wrote them."
         )
@@ -156,9 +179,11 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     newest = version.groupby([runs[k] for k in GROUP + ROW]).transform("max")
     stale = runs[version != newest]
     for key, group in stale.groupby(GROUP + ROW + ["method_version", "mitigation_version"], sort=True):
-        problems.append(f"{'/'.join(map(str, key[:5]))}: {len(group)} result(s) of method version {key[5]}, "
-                        f"mitigation version {key[6]} left out: newer versions of the same row exist "
-                        f"(e.g. {group['path'].iloc[0]} is stale; re-run it)")
+        problems.append(
+            f"{'/'.join(map(str, key[:5]))}: {len(group)} result(s) of method version {key[5]}, "
+            f"mitigation version {key[6]} left out: newer versions of the same row exist "
+            f"(e.g. {group['path'].iloc[0]} is stale; re-run it)"
+        )
     return runs[version == newest].reset_index(drop=True)
 
 
@@ -188,8 +213,15 @@ def _run_row(data: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any]
 
 MITIGATION_DELTAS = ("dm_flat", "dm_task", "p_pct")
 # per-row descriptions carried into the summary table (the same in every seed of a row)
-DESCRIPTIVE = ["task_version", "method_name", "method_version", "method_kind", "mitigation_name", "mitigation_version",
-               *ROLE_COLUMNS]
+DESCRIPTIVE = [
+    "task_version",
+    "method_name",
+    "method_version",
+    "method_kind",
+    "mitigation_name",
+    "mitigation_version",
+    *ROLE_COLUMNS,
+]
 COST = ("p_pct", "mean_cos", "step_time_ms", "peak_memory_mb", "params", "wall_time_s")
 
 
@@ -244,8 +276,9 @@ def summarize(loaded: Loaded) -> pd.DataFrame:
     table = table[order + list(stats)]
     # "base -> +mitigation" deltas, as the Recon and ST papers tabulate them
     # the same method's unmitigated row (under the mitigation's own name when several labels are unmitigated)
-    base = table.loc[table["unmitigated"]].sort_values("mitigation", key=lambda s: s != table.loc[s.index, "mitigation_name"],
-                                                      kind="stable")
+    base = table.loc[table["unmitigated"]].sort_values(
+        "mitigation", key=lambda s: s != table.loc[s.index, "mitigation_name"], kind="stable"
+    )
     base = base.drop_duplicates(GROUP + ["method"])[GROUP + ["method", *MITIGATION_DELTAS]]
     same_method = table[GROUP + ["method"]].merge(base, on=GROUP + ["method"], how="left")
     for col in MITIGATION_DELTAS:

@@ -20,21 +20,34 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import tomllib
 
-from mtlbench.report.aggregate import CONVENTIONS, MetricInfo, delta_m
 from mtlbench.core.errors import ConfigError
+from mtlbench.report.aggregate import CONVENTIONS, MetricInfo, delta_m
 
 DM_SIGNS = ("drop", "improvement")
 DM_CHECKS = ("recompute", "inconsistent", "not_recomputable")
-TABLE_KEYS = {"paper", "url", "table", "dataset", "backbone", "convention", "dm_sign", "baseline", "reproduce",
-              "notes", "metrics", "rows", "dm_over"}
+TABLE_KEYS = {
+    "paper",
+    "url",
+    "table",
+    "dataset",
+    "backbone",
+    "convention",
+    "dm_sign",
+    "baseline",
+    "reproduce",
+    "notes",
+    "metrics",
+    "rows",
+    "dm_over",
+}
 METRIC_KEYS = {"key", "of", "task", "higher_is_better", "label", "scale"}
 ROW_KEYS = {"method", "ours", "mitigation", "values", "dm", "dm_check", "note"}
 
@@ -119,10 +132,17 @@ def read_table(path: Path) -> PublishedTable:
     metrics = []
     for i, m in enumerate(raw.get("metrics", [])):
         _unknown(err, f"metrics[{i}]", m, METRIC_KEYS)
-        if not isinstance(m.get("key"), str) or not isinstance(m.get("task"), str) or not isinstance(m.get("higher_is_better"), bool):
+        if (
+            not isinstance(m.get("key"), str)
+            or not isinstance(m.get("task"), str)
+            or not isinstance(m.get("higher_is_better"), bool)
+        ):
             raise err(f"metrics[{i}]", "needs key (string), task (string) and higher_is_better (true/false)")
-        metrics.append(PublishedMetric(m["key"], m["task"], m["higher_is_better"], m.get("label", m["key"]),
-                                       float(m.get("scale", 1.0)), m.get("of")))
+        metrics.append(
+            PublishedMetric(
+                m["key"], m["task"], m["higher_is_better"], m.get("label", m["key"]), float(m.get("scale", 1.0)), m.get("of")
+            )
+        )
     keys = [m.key for m in metrics]
     rows = []
     for i, r in enumerate(raw.get("rows", [])):
@@ -132,24 +152,44 @@ def read_table(path: Path) -> PublishedTable:
             raise err(f"rows[{i}]", f"needs method (string) and values: {len(keys)} strings, one per metric (or none)")
         for v in [*values, *([r["dm"]] if "dm" in r else [])]:
             if not isinstance(v, str) or _decimals(v) is None:
-                raise err(f"rows[{i}]", f"value {v!r}: write numbers as printed, in quotes (e.g. \"98.37\")")
+                raise err(f"rows[{i}]", f'value {v!r}: write numbers as printed, in quotes (e.g. "98.37")')
         check = r.get("dm_check", "recompute")
         if check not in DM_CHECKS:
             raise err(f"rows[{i}].dm_check", f"{check!r}; valid: {', '.join(DM_CHECKS)}")
         if check != "recompute" and not r.get("note"):
             raise err(f"rows[{i}].note", f"dm_check = {check!r} needs a note saying why")
-        rows.append(PublishedRow(r["method"], dict(zip(keys, values)), r.get("dm"), check, r.get("note", ""),
-                                 r.get("ours"), r.get("mitigation", "none")))
+        rows.append(
+            PublishedRow(
+                r["method"],
+                dict(zip(keys, values)),
+                r.get("dm"),
+                check,
+                r.get("note", ""),
+                r.get("ours"),
+                r.get("mitigation", "none"),
+            )
+        )
     methods = [r.method for r in rows]
     if raw["baseline"] not in methods:
         raise err("baseline", f"{raw['baseline']!r} is not one of the rows ({', '.join(methods)})")
     if len(set(methods)) != len(methods):
         raise err("rows", "two rows share a method name")
     return PublishedTable(
-        id=path.stem, path=path, paper=raw["paper"], url=raw.get("url", ""), table=raw["table"], dataset=raw["dataset"],
-        backbone=raw["backbone"], convention=raw["convention"], dm_sign=raw["dm_sign"], baseline=raw["baseline"],
-        metrics=metrics, rows=rows, reproduce=dict(raw.get("reproduce", {})),
-        dm_over=list(raw.get("dm_over", keys)), notes=raw.get("notes", ""),
+        id=path.stem,
+        path=path,
+        paper=raw["paper"],
+        url=raw.get("url", ""),
+        table=raw["table"],
+        dataset=raw["dataset"],
+        backbone=raw["backbone"],
+        convention=raw["convention"],
+        dm_sign=raw["dm_sign"],
+        baseline=raw["baseline"],
+        metrics=metrics,
+        rows=rows,
+        reproduce=dict(raw.get("reproduce", {})),
+        dm_over=list(raw.get("dm_over", keys)),
+        notes=raw.get("notes", ""),
     )
 
 
@@ -174,8 +214,9 @@ def recompute_dm(table: PublishedTable, row: PublishedRow) -> float:
     """Δm of ``row`` against the table's baseline from the printed values, in the paper's
     convention and sign."""
     base = table.baseline_row.values
-    value = delta_m({k: float(v) for k, v in row.values.items()}, {k: float(v) for k, v in base.items()},
-                    table.info(), table.convention)
+    value = delta_m(
+        {k: float(v) for k, v in row.values.items()}, {k: float(v) for k, v in base.items()}, table.info(), table.convention
+    )
     return -value if table.dm_sign == "improvement" else value
 
 
@@ -223,16 +264,20 @@ def check_table(table: PublishedTable) -> list[RowCheck]:
         if row.dm_check == "not_recomputable" or not row.values:
             out.append(RowCheck(table.id, row.method, float(row.dm), None, None, row.dm_check, row.note))
             continue
-        out.append(RowCheck(table.id, row.method, float(row.dm), recompute_dm(table, row), dm_tolerance(table, row),
-                            row.dm_check, row.note))
+        out.append(
+            RowCheck(
+                table.id, row.method, float(row.dm), recompute_dm(table, row), dm_tolerance(table, row), row.dm_check, row.note
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- the reproduction view
 
 
-def reproduction_table(tables: list[PublishedTable], summary: pd.DataFrame,
-                       metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]]) -> pd.DataFrame:
+def reproduction_table(
+    tables: list[PublishedTable], summary: pd.DataFrame, metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]]
+) -> pd.DataFrame:
     """Published values beside ours, one row per (table, published method, metric), with the
     difference ours − published in the paper's units. Our values are the seed means of the suite,
     task and backbone the table names (``reproduce``); our Δm is computed against our own
@@ -246,22 +291,51 @@ def reproduction_table(tables: list[PublishedTable], summary: pd.DataFrame,
         base = next((r for r in ours.values() if r.get("is_baseline") and r.get("unmitigated")), None)
         for row in table.rows:
             match = ours.get((row.ours, row.mitigation)) if row.ours else None
-            common = {"table": table.id, "paper": table.paper, "table_name": table.table, "dataset": table.dataset,
-                      "method": row.method, "ours_method": row.ours or "", "ours_mitigation": row.mitigation if row.ours else "",
-                      "n_seeds": int(match["n_seeds"]) if match is not None else 0}
+            common = {
+                "table": table.id,
+                "paper": table.paper,
+                "table_name": table.table,
+                "dataset": table.dataset,
+                "method": row.method,
+                "ours_method": row.ours or "",
+                "ours_mitigation": row.mitigation if row.ours else "",
+                "n_seeds": int(match["n_seeds"]) if match is not None else 0,
+            }
             for m in table.metrics:
                 published = float(row.values[m.key]) if row.values else math.nan
                 value = _our_value(m, match) * m.scale if match is not None else math.nan
-                records.append({**common, "metric": m.label, "published": published, "ours": value,
-                                "difference": value - published})
+                records.append(
+                    {**common, "metric": m.label, "published": published, "ours": value, "difference": value - published}
+                )
             if row.dm is not None or row.method == table.baseline:
                 published = float(row.dm) if row.dm is not None else 0.0
                 value = _our_dm(table, match, base, metric_info)
-                records.append({**common, "metric": f"Δm % ({table.convention}, {'↑' if table.dm_sign == 'improvement' else '↓'})",
-                                "published": published, "ours": value, "difference": value - published})
-    return pd.DataFrame.from_records(records, columns=[
-        "table", "paper", "table_name", "dataset", "method", "ours_method", "ours_mitigation", "n_seeds", "metric",
-        "published", "ours", "difference"])
+                records.append(
+                    {
+                        **common,
+                        "metric": f"Δm % ({table.convention}, {'↑' if table.dm_sign == 'improvement' else '↓'})",
+                        "published": published,
+                        "ours": value,
+                        "difference": value - published,
+                    }
+                )
+    return pd.DataFrame.from_records(
+        records,
+        columns=[
+            "table",
+            "paper",
+            "table_name",
+            "dataset",
+            "method",
+            "ours_method",
+            "ours_mitigation",
+            "n_seeds",
+            "metric",
+            "published",
+            "ours",
+            "difference",
+        ],
+    )
 
 
 def _our_rows(table: PublishedTable, summary: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
@@ -275,8 +349,11 @@ def _our_rows(table: PublishedTable, summary: pd.DataFrame) -> dict[tuple[str, s
 
 
 def _our_metric_keys(pattern: str, row: dict[str, Any]) -> list[str]:
-    return [c[len("test:"):] for c in row if c.startswith("test:") and not c.endswith(":std")
-            and fnmatch.fnmatchcase(c[len("test:"):], pattern)]
+    return [
+        c[len("test:") :]
+        for c in row
+        if c.startswith("test:") and not c.endswith(":std") and fnmatch.fnmatchcase(c[len("test:") :], pattern)
+    ]
 
 
 def _our_value(metric: PublishedMetric, row: dict[str, Any]) -> float:
@@ -285,8 +362,12 @@ def _our_value(metric: PublishedMetric, row: dict[str, Any]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def _our_dm(table: PublishedTable, row: dict[str, Any] | None, base: dict[str, Any] | None,
-           metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]]) -> float:
+def _our_dm(
+    table: PublishedTable,
+    row: dict[str, Any] | None,
+    base: dict[str, Any] | None,
+    metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]],
+) -> float:
     if row is None or base is None:
         return math.nan
     ours = metric_info.get((row["task"], str(row["task_version"])), {})

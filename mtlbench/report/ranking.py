@@ -42,8 +42,7 @@ def significance(p: float, mean: float, ref_mean: float, alpha: float = ALPHA) -
     return "better" if mean < ref_mean else "worse"
 
 
-def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str, str],
-               alpha: float = ALPHA) -> pd.DataFrame:
+def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str, str], alpha: float = ALPHA) -> pd.DataFrame:
     """Add to ``table`` (from :func:`~mtlbench.report.aggregate.summarize`) the declared Δm and its rank,
     and the Welch test against the reference row computed from the per-run Δm in ``runs``
     (from :func:`~mtlbench.report.aggregate.run_delta_m`). ``conventions`` maps a task to ``flat`` or
@@ -84,8 +83,7 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
         b = per_row[group + ref][f"dm_{c}"].dropna().to_numpy()
         p = welch_p(a, b)
         pvalues.append(p)
-        marks.append(significance(p, float(np.mean(a)) if len(a) else math.nan,
-                                  float(np.mean(b)) if len(b) else math.nan, alpha))
+        marks.append(significance(p, float(np.mean(a)) if len(a) else math.nan, float(np.mean(b)) if len(b) else math.nan, alpha))
     out["vs_ew"], out["vs_ew_p"] = marks, pvalues
     return out.sort_values(GROUP + ["rank", "method", "mitigation"]).reset_index(drop=True)
 

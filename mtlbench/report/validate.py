@@ -69,8 +69,10 @@ def known_from_project(root: Path) -> Known:
 
     root = Path(root)
     if not (root / "tasks").is_dir() and not (root / "baselines").is_dir():
-        raise ConfigError(f"{root.resolve()}: no tasks/ or baselines/ folder, so task and method names cannot be "
-                          "checked; run from the project root or pass --config path/to/benchmark.toml")
+        raise ConfigError(
+            f"{root.resolve()}: no tasks/ or baselines/ folder, so task and method names cannot be "
+            "checked; run from the project root or pass --config path/to/benchmark.toml"
+        )
     plugins = discover(root)
     return Known(
         tasks={n: (str(c.version), {m.key: (m.task, m.higher_is_better) for m in c.metrics}) for n, c in plugins.tasks.items()},
@@ -120,18 +122,25 @@ ALWAYS: dict[str, tuple[Check, str]] = {
     "provenance.start_time": (_iso, "an ISO 8601 time"),
     "provenance.end_time": (_iso, "an ISO 8601 time"),
     **{f"provenance.{k}": (lambda v: isinstance(v, str) and v != "", "a non-empty string") for k in PROVENANCE},
-    "provenance.git.commit": (lambda v: isinstance(v, str) and bool(COMMIT_RE.match(v)),
-                              "the 40-hex git commit of the code that ran (run from a git checkout of mtlbench)"),
+    "provenance.git.commit": (
+        lambda v: isinstance(v, str) and bool(COMMIT_RE.match(v)),
+        "the 40-hex git commit of the code that ran (run from a git checkout of mtlbench)",
+    ),
 }
 # checked in ok results
 OK: dict[str, tuple[Check, str]] = {
-    "tasks": (lambda v: isinstance(v, list) and v != [] and all(isinstance(t, str) for t in v), "a non-empty list of sub-task names"),
+    "tasks": (
+        lambda v: isinstance(v, list) and v != [] and all(isinstance(t, str) for t in v),
+        "a non-empty list of sub-task names",
+    ),
     "metric_info": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
     "metrics.val": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
     "metrics.test": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
     "selection.rule": (lambda v: v in ("best_val", "last_mean"), "'best_val' or 'last_mean'"),
-    "curves": (lambda v: isinstance(v, dict) and v != {} and all(isinstance(c, list) and c for c in v.values()),
-               "per model a non-empty list of epoch records"),
+    "curves": (
+        lambda v: isinstance(v, dict) and v != {} and all(isinstance(c, list) and c for c in v.values()),
+        "per model a non-empty list of epoch records",
+    ),
     "cost.wall_time_s": (lambda v: is_number(v) and v > 0, "a number > 0"),
     "cost.step_time_ms": (lambda v: is_number(v) and v > 0, "a number > 0"),
     "cost.peak_memory_mb": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
@@ -156,14 +165,22 @@ def check_metrics(path: Path, data: dict[str, Any]) -> list[Problem]:
     tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
     for key, m in info.items():
         if not isinstance(m, dict) or not isinstance(m.get("higher_is_better"), bool) or m.get("task") not in tasks:
-            out.append(Problem(path, f"metric_info.{key}", f"{m!r:.80}, expected {{task: one of {tasks}, higher_is_better: true/false}}"))
+            out.append(
+                Problem(path, f"metric_info.{key}", f"{m!r:.80}, expected {{task: one of {tasks}, higher_is_better: true/false}}")
+            )
     for split in ("val", "test"):
         values = _get(data, f"metrics.{split}")[1]
         if not isinstance(values, dict):
             continue
         for key, v in values.items():
             if not is_number(v):
-                out.append(Problem(path, f"metrics.{split}.{key}", f"{v!r}, expected a finite number (an ok result holds no NaN, Inf or null)"))
+                out.append(
+                    Problem(
+                        path,
+                        f"metrics.{split}.{key}",
+                        f"{v!r}, expected a finite number (an ok result holds no NaN, Inf or null)",
+                    )
+                )
         if set(values) != set(info):
             out.append(Problem(path, f"metrics.{split}", f"keys {sorted(values)} differ from metric_info's {sorted(info)}"))
     return out
@@ -175,17 +192,23 @@ def check_conflict(path: Path, data: dict[str, Any]) -> list[Problem]:
         return [] if data.get("method_kind") == "single_task" else [Problem(path, "conflict", "missing for a multi-task run")]
     if not isinstance(c, dict):
         return [Problem(path, "conflict", f"{c!r:.80}, expected an object or null")]
-    out = check_fields(path, {"conflict": c}, {
-        "conflict.n_samples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-        "conflict.p_pct": (lambda v: v is None or (is_number(v) and 0 <= v <= 100), "a number in [0, 100]"),
-        "conflict.mean_cos": (lambda v: v is None or (is_number(v) and -1 <= v <= 1), "a number in [-1, 1]"),
-    })
+    out = check_fields(
+        path,
+        {"conflict": c},
+        {
+            "conflict.n_samples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+            "conflict.p_pct": (lambda v: v is None or (is_number(v) and 0 <= v <= 100), "a number in [0, 100]"),
+            "conflict.mean_cos": (lambda v: v is None or (is_number(v) and -1 <= v <= 1), "a number in [-1, 1]"),
+        },
+    )
     layers = c.get("layers")
     if isinstance(layers, dict):
         names = layers.get("names") or []
-        for key, ok, expected in (("params", lambda v: is_int(v) and v >= 0, "integers >= 0"),
-                                  ("mean_cos", lambda v: v is None or (is_number(v) and -1 <= v <= 1), "numbers in [-1, 1]"),
-                                  ("p_pct", lambda v: v is None or (is_number(v) and 0 <= v <= 100), "numbers in [0, 100]")):
+        for key, ok, expected in (
+            ("params", lambda v: is_int(v) and v >= 0, "integers >= 0"),
+            ("mean_cos", lambda v: v is None or (is_number(v) and -1 <= v <= 1), "numbers in [-1, 1]"),
+            ("p_pct", lambda v: v is None or (is_number(v) and 0 <= v <= 100), "numbers in [0, 100]"),
+        ):
             values = layers.get(key)
             if not isinstance(values, list) or len(values) != len(names) or not all(ok(v) for v in values):
                 out.append(Problem(path, f"conflict.layers.{key}", f"expected {len(names)} {expected}, one per layer"))
@@ -194,8 +217,13 @@ def check_conflict(path: Path, data: dict[str, Any]) -> list[Problem]:
         counts = hist.get("counts")
         want = c["n_samples"] * len(c["pairs"])
         if not isinstance(counts, list) or not all(is_int(n) and n >= 0 for n in counts) or sum(counts) != want:
-            out.append(Problem(path, "conflict.histogram.counts", f"{counts!r:.80}, expected counts >= 0 summing to "
-                               f"n_samples × pairs = {want}"))
+            out.append(
+                Problem(
+                    path,
+                    "conflict.histogram.counts",
+                    f"{counts!r:.80}, expected counts >= 0 summing to n_samples × pairs = {want}",
+                )
+            )
     return out
 
 
@@ -212,12 +240,24 @@ def check_identity(path: Path, data: dict[str, Any]) -> list[Problem]:
             out.append(Problem(path, k, f"{data.get(k)!r} but cell.{k} = {cell.get(k)!r}"))
     for k in ("suite", "task", "backbone", "method", "mitigation"):
         if not isinstance(data.get(k), str) or not LABEL_RE.match(data[k]):
-            out.append(Problem(path, k, f"{data.get(k)!r:.80} is not a valid label (letters, digits, '_', '.', '+', '-'; "
-                               "starting with a letter or digit)"))
+            out.append(
+                Problem(
+                    path,
+                    k,
+                    f"{data.get(k)!r:.80} is not a valid label (letters, digits, '_', '.', '+', '-'; "
+                    "starting with a letter or digit)",
+                )
+            )
     expected = f"{data.get('method')}__{data.get('mitigation')}__seed{data.get('seed')}.json"
     if path.name != expected:
-        out.append(Problem(path, "file name", f"expected {expected} (as `mtlbench run` names it), in "
-                           f"<results>/{data.get('suite')}/{data.get('task')}/{data.get('backbone')}/"))
+        out.append(
+            Problem(
+                path,
+                "file name",
+                f"expected {expected} (as `mtlbench run` names it), in "
+                f"<results>/{data.get('suite')}/{data.get('task')}/{data.get('backbone')}/",
+            )
+        )
     return out
 
 
@@ -231,16 +271,30 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
     else:
         version, metrics = known.tasks[task]
         if data.get("task_version") != version:
-            out.append(Problem(path, "task_version", f"{data.get('task_version')!r}, but {task} is version {version!r} "
-                               "now; results of different versions never mix: re-run the cell"))
+            out.append(
+                Problem(
+                    path,
+                    "task_version",
+                    f"{data.get('task_version')!r}, but {task} is version {version!r} "
+                    "now; results of different versions never mix: re-run the cell",
+                )
+            )
         elif data.get("status") == "ok" and isinstance(data.get("metric_info"), dict):
-            stored = {k: (v.get("task"), v.get("higher_is_better")) for k, v in data["metric_info"].items() if isinstance(v, dict)}
+            stored = {
+                k: (v.get("task"), v.get("higher_is_better")) for k, v in data["metric_info"].items() if isinstance(v, dict)
+            }
             if stored != metrics:
                 out.append(Problem(path, "metric_info", f"{stored} differs from what {task} declares: {metrics}"))
     name = data.get("method_name")
     if name not in known.methods:
-        out.append(Problem(path, "method_name", f"unknown method {name!r}; known: {', '.join(sorted(known.methods))} "
-                           "(a new method needs its file in baselines/ in the same pull request)"))
+        out.append(
+            Problem(
+                path,
+                "method_name",
+                f"unknown method {name!r}; known: {', '.join(sorted(known.methods))} "
+                "(a new method needs its file in baselines/ in the same pull request)",
+            )
+        )
     else:
         kind, options = known.methods[name]
         if data.get("method_kind") != kind:
@@ -250,16 +304,28 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
             out.append(Problem(path, "cell.method_options", f"{extra} are not options of {name} (options: {sorted(options)})"))
     mitigation = cell.get("mitigation_name")
     if mitigation not in known.mitigations:
-        out.append(Problem(path, "cell.mitigation_name", f"unknown mitigation {mitigation!r}; known: {', '.join(sorted(known.mitigations))}"))
+        out.append(
+            Problem(
+                path, "cell.mitigation_name", f"unknown mitigation {mitigation!r}; known: {', '.join(sorted(known.mitigations))}"
+            )
+        )
     for kind, plugin in (("method", name), ("mitigation", mitigation)):
         now = known.versions.get(kind, {}).get(plugin)
         if now is not None and str(data.get(f"{kind}_version")) != now:
-            out.append(Problem(path, f"{kind}_version", f"{data.get(f'{kind}_version')!r}, but {kind} {plugin} is version "
-                               f"{now!r} now; results of different versions never mix: re-run the cell"))
+            out.append(
+                Problem(
+                    path,
+                    f"{kind}_version",
+                    f"{data.get(f'{kind}_version')!r}, but {kind} {plugin} is version "
+                    f"{now!r} now; results of different versions never mix: re-run the cell",
+                )
+            )
     return out
 
 
-def check_same_setting(path: Path, data: dict[str, Any], first: dict[tuple[str, ...], tuple[Path, dict[str, Any]]]) -> list[Problem]:
+def check_same_setting(
+    path: Path, data: dict[str, Any], first: dict[tuple[str, ...], tuple[Path, dict[str, Any]]]
+) -> list[Problem]:
     """The runs of one suite, task and backbone form one table and share one setting (task
     version and options, protocol, backbone, conflict sampling); ``first`` remembers each
     table's first file."""
@@ -270,8 +336,16 @@ def check_same_setting(path: Path, data: dict[str, Any], first: dict[tuple[str, 
         first[table] = (path, setting)
         return []
     other, expected = first[table]
-    return [Problem(path, f"cell.{k}", f"{setting[k]!r:.120} differs from {other} ({expected[k]!r:.120}) in the same "
-                    f"suite, task and backbone; one table compares runs of one setting") for k in SETTING if setting[k] != expected[k]]
+    return [
+        Problem(
+            path,
+            f"cell.{k}",
+            f"{setting[k]!r:.120} differs from {other} ({expected[k]!r:.120}) in the same "
+            f"suite, task and backbone; one table compares runs of one setting",
+        )
+        for k in SETTING
+        if setting[k] != expected[k]
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -294,8 +368,14 @@ def _validate(path: Path, known: Known | None) -> tuple[list[Problem], dict[str,
     if known is not None:
         out += check_known(path, data, known)
     if _get(data, "provenance.git.dirty")[1] is True:
-        out.append(Problem(path, "provenance.git.dirty", "the code had uncommitted changes when this ran; "
-                           "say in the pull request what they were", warning=True))
+        out.append(
+            Problem(
+                path,
+                "provenance.git.dirty",
+                "the code had uncommitted changes when this ran; say in the pull request what they were",
+                warning=True,
+            )
+        )
     return out, data
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
-from mtlbench.run.job import CellJob, Outcome
 from mtlbench.grid.executor import ExecutorOptions
+from mtlbench.run.job import CellJob, Outcome
 
 
 class Executor(Protocol):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from mtlbench.core.cell import Cell
-from mtlbench.run.locks import CellLock, slurm_job_id
 from mtlbench.core.files import remove_temp_files
+from mtlbench.run.locks import CellLock, slurm_job_id
 from mtlbench.run.store import ResultStore
 
 if TYPE_CHECKING:  # torch is imported where a cell runs, not where a grid is planned
@@ -166,9 +166,9 @@ def execute_cell(job: CellJob, data_cache: dict | None = None, lock_job: str | N
 def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
     import torch
 
+    from mtlbench.train.cell import failed_result, train_cell
     from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.train.provenance import now_iso
-    from mtlbench.train.cell import failed_result, train_cell
 
     cell = job.cell
     plugins = plugins_of(job.root)
@@ -178,13 +178,29 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
     checkpoints = CellCheckpoints(job.results, cell, enabled=job.checkpoint)
     info = run_info(job, device)
     started = now_iso()
-    log.info("start %s (config %s) on %s, host %s, pid %d, executor %s%s", cell.short(), cell.config_hash, device,
-             socket.gethostname(), os.getpid(), job.executor,
-             ", resuming from a checkpoint" if checkpoints.exists() else "")
+    log.info(
+        "start %s (config %s) on %s, host %s, pid %d, executor %s%s",
+        cell.short(),
+        cell.config_hash,
+        device,
+        socket.gethostname(),
+        os.getpid(),
+        job.executor,
+        ", resuming from a checkpoint" if checkpoints.exists() else "",
+    )
     try:
-        result = train_cell(cell, plugins, data_dir=job.data_dir, device=device, progress=job.progress,
-                            data_cache=data_cache, cache_dir=Path(job.results) / ".cache", checkpoints=checkpoints,
-                            deterministic=job.deterministic, run_info=info)
+        result = train_cell(
+            cell,
+            plugins,
+            data_dir=job.data_dir,
+            device=device,
+            progress=job.progress,
+            data_cache=data_cache,
+            cache_dir=Path(job.results) / ".cache",
+            checkpoints=checkpoints,
+            deterministic=job.deterministic,
+            run_info=info,
+        )
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in result["metrics"]["test"].items())
         outcome = Outcome(job.key, "ok", metrics, details={"resumed": checkpoints.resumed})
     except Exception as e:  # recorded, the grid goes on
@@ -223,8 +239,8 @@ def record_failure(job: CellJob, reason: str, lock_job: str | None = None) -> Ou
     ``lock_job``: the finished cluster job that ran the cell (its lock is dead wherever it ran)."""
     import torch
 
-    from mtlbench.train.provenance import now_iso
     from mtlbench.train.cell import failed_result
+    from mtlbench.train.provenance import now_iso
 
     with holding(job, lock_job) as refused:
         if refused is not None:
@@ -232,8 +248,14 @@ def record_failure(job: CellJob, reason: str, lock_job: str | None = None) -> Ou
         path = log_path(job.results, job.cell)
         with cell_log(path):
             log.error("%s", reason)
-        result = failed_result(job.cell, plugins_of(job.root), torch.device("cpu"), WorkerDied(reason), now_iso(),
-                               {"executor": job.executor, "recorded_by": "runner"})
+        result = failed_result(
+            job.cell,
+            plugins_of(job.root),
+            torch.device("cpu"),
+            WorkerDied(reason),
+            now_iso(),
+            {"executor": job.executor, "recorded_by": "runner"},
+        )
         result["traceback"] = "last lines of the cell's log:\n" + "".join(path.read_text(encoding="utf-8").splitlines(True)[-20:])
         ResultStore(job.results).write(job.cell, result)
     return Outcome(job.key, "failed", result["reason"])

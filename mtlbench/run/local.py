@@ -23,8 +23,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable
 
 from mtlbench.core.errors import ConfigError
-from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 from mtlbench.grid.executor import ExecutorOptions
+from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 
 
 def visible_gpus() -> int:
@@ -40,12 +40,14 @@ def device_slots(options: ExecutorOptions, n_gpus: int) -> list[str]:
         devices = [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
     elif devices == ["cuda"]:
         if not n_gpus:
-            raise ConfigError("executor.devices = \"cuda\": no CUDA device is visible here; use \"auto\" or \"cpu\"")
+            raise ConfigError('executor.devices = "cuda": no CUDA device is visible here; use "auto" or "cpu"')
         devices = [f"cuda:{i}" for i in range(n_gpus)]
     for d in devices:
         if d.startswith("cuda:") and int(d.split(":")[1]) >= n_gpus:
-            raise ConfigError(f"executor.devices: {d} is not visible here ({n_gpus} CUDA device(s)); "
-                              f"valid: {', '.join(f'cuda:{i}' for i in range(n_gpus)) or 'cpu'}")
+            raise ConfigError(
+                f"executor.devices: {d} is not visible here ({n_gpus} CUDA device(s)); "
+                f"valid: {', '.join(f'cuda:{i}' for i in range(n_gpus)) or 'cpu'}"
+            )
     return [d for _ in range(options.runs_per_device) for d in devices]
 
 
@@ -66,8 +68,12 @@ class LocalExecutor:
         threads = self.options.threads
         if len(self.slots) > 1 and threads == 0:
             threads = max(1, (os.cpu_count() or 1) // len(self.slots))
-        return replace(job, device=self.slots[0] if len(self.slots) == 1 else "auto", threads=threads,
-                       progress=job.progress and len(self.slots) == 1)
+        return replace(
+            job,
+            device=self.slots[0] if len(self.slots) == 1 else "auto",
+            threads=threads,
+            progress=job.progress and len(self.slots) == 1,
+        )
 
     def run(self, jobs: list[CellJob], report: Callable[[Outcome], None]) -> None:
         jobs = [self.prepare(j) for j in jobs]
@@ -107,8 +113,9 @@ class Pool:
     def _start(self) -> _Worker:
         device = self.free_slots.popleft()
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=worker_main, args=(child, device, os.getpid()), daemon=True,
-                                   name=f"mtlbench-worker-{device}")
+        process = self.ctx.Process(
+            target=worker_main, args=(child, device, os.getpid()), daemon=True, name=f"mtlbench-worker-{device}"
+        )
         process.start()
         child.close()
         return _Worker(device, process, parent)
@@ -204,6 +211,7 @@ def _die_with_parent(parent_pid: int) -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+
         def watchdog() -> None:
             while os.getppid() == parent_pid:
                 threading.Event().wait(1.0)

@@ -151,8 +151,9 @@ class CellLock:
                     return False
                 self.broken = f"took over a stale lock ({current.describe()}: {reason})"
             pid = os.getpid()
-            info = LockInfo(self.token, pid, socket.gethostname(), process_identity(pid), self.job,
-                            time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            info = LockInfo(
+                self.token, pid, socket.gethostname(), process_identity(pid), self.job, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            )
             data = asdict(info)
             data.pop("heartbeat")
             atomic_write_text(self.path, json.dumps(data) + "\n")

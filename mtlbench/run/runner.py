@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from mtlbench.grid.config import Benchmark, Cell
+from mtlbench.grid.executor import ExecutorOptions
 from mtlbench.run.executors import make_executor
 from mtlbench.run.job import CellJob, Outcome, clear_leftover_checkpoint, file_state
-from mtlbench.grid.executor import ExecutorOptions
 from mtlbench.run.locks import live_holder
 from mtlbench.run.store import CellState, ResultStore
 
@@ -29,8 +29,9 @@ class RunSummary:
     wall_time_s: float
 
 
-def plan(cells: list[Cell], store: ResultStore, retry_failed: bool = False,
-         lock_stale_s: float = 600.0) -> tuple[list[CellState], list[CellState]]:
+def plan(
+    cells: list[Cell], store: ResultStore, retry_failed: bool = False, lock_stale_s: float = 600.0
+) -> tuple[list[CellState], list[CellState]]:
     """Split cells into (to run, skipped). Done cells are skipped, failed ones unless retried,
     and cells whose lock a live runner holds (state ``running``)."""
     todo, skipped = [], []
@@ -47,18 +48,28 @@ def plan(cells: list[Cell], store: ResultStore, retry_failed: bool = False,
     return todo, skipped
 
 
-def run_cells(bench: Benchmark, cells: list[Cell], results: Path, *, data_dir: Path,
-              options: ExecutorOptions | None = None, retry_failed: bool = False, progress: bool = True,
-              echo: Callable[[str], None] = print) -> RunSummary:
+def run_cells(
+    bench: Benchmark,
+    cells: list[Cell],
+    results: Path,
+    *,
+    data_dir: Path,
+    options: ExecutorOptions | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunSummary:
     options = options or ExecutorOptions()
     executor = make_executor(options, results, echo)  # bad executor options fail before anything runs
     store = ResultStore(results)
     todo, skipped = plan(cells, store, retry_failed, options.lock_stale_s)
     n = Counter(s.state for s in skipped)
-    echo(f"{len(cells)} cells: {n['done']} done, {n['failed']} failed"
-         f"{' (re-run them with --retry-failed)' if n['failed'] else ''}, "
-         + (f"{n['running']} running elsewhere, " if n["running"] else "")
-         + f"{len(todo)} to run -> {results}")
+    echo(
+        f"{len(cells)} cells: {n['done']} done, {n['failed']} failed"
+        f"{' (re-run them with --retry-failed)' if n['failed'] else ''}, "
+        + (f"{n['running']} running elsewhere, " if n["running"] else "")
+        + f"{len(todo)} to run -> {results}"
+    )
     t0 = time.perf_counter()
     tally: Counter = Counter()
     for s in skipped:
@@ -85,16 +96,32 @@ def run_cells(bench: Benchmark, cells: list[Cell], results: Path, *, data_dir: P
         finally:
             if bar is not None:
                 bar.close()
-    return RunSummary(len(cells), n["done"], n["failed"], n["running"], tally["ok"] + tally["failed"],
-                      tally["failed"], tally["busy"] + tally["skipped"], time.perf_counter() - t0)
+    return RunSummary(
+        len(cells),
+        n["done"],
+        n["failed"],
+        n["running"],
+        tally["ok"] + tally["failed"],
+        tally["failed"],
+        tally["busy"] + tally["skipped"],
+        time.perf_counter() - t0,
+    )
 
 
-def _job(bench: Benchmark, s: CellState, results: Path, data_dir: Path, options: ExecutorOptions,
-         progress: bool) -> CellJob:
-    return CellJob(cell=s.cell, root=bench.root, results=Path(results), data_dir=Path(data_dir),
-                   threads=options.threads, deterministic=options.deterministic, checkpoint=options.checkpoint,
-                   lock_stale_s=options.lock_stale_s, progress=progress, executor=options.kind,
-                   planned=file_state(s.path))
+def _job(bench: Benchmark, s: CellState, results: Path, data_dir: Path, options: ExecutorOptions, progress: bool) -> CellJob:
+    return CellJob(
+        cell=s.cell,
+        root=bench.root,
+        results=Path(results),
+        data_dir=Path(data_dir),
+        threads=options.threads,
+        deterministic=options.deterministic,
+        checkpoint=options.checkpoint,
+        lock_stale_s=options.lock_stale_s,
+        progress=progress,
+        executor=options.kind,
+        planned=file_state(s.path),
+    )
 
 
 def describe_outcome(o: Outcome) -> str:

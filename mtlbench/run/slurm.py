@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtlbench.core.errors import ConfigError
-from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 from mtlbench.grid.executor import ExecutorOptions
+from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 from mtlbench.run.locks import release_all
 
 POLL_S = {"local": 0.2, "slurm": 15.0}
@@ -56,27 +56,36 @@ class SlurmExecutor:
         if self.slurm.backend == "slurm" and shutil.which("sbatch") is None:
             raise ConfigError(
                 "executor slurm: `sbatch` is not on this machine's PATH; run from a SLURM login node, or set "
-                "[executor.slurm] backend = \"local\" (--slurm-backend local) to run the same jobs through "
-                "submitit's LocalExecutor")
+                '[executor.slurm] backend = "local" (--slurm-backend local) to run the same jobs through '
+                "submitit's LocalExecutor"
+            )
         if self.slurm.backend == "local" and not self.slurm.wait:
-            raise ConfigError("executor.slurm.wait = false needs backend = \"slurm\": local jobs are run by this process")
+            raise ConfigError('executor.slurm.wait = false needs backend = "slurm": local jobs are run by this process')
 
     def describe(self) -> str:
         s = self.slurm
         where = f"partition {s.partition}" if s.partition else "default partition"
-        return (f"slurm ({s.backend} backend): one job per cell, at most {s.max_parallel} at a time, {where}, "
-                f"{s.gpus} GPU / {s.cpus} CPU / {s.mem_gb:g} GB / {s.time_min} min per job")
+        return (
+            f"slurm ({s.backend} backend): one job per cell, at most {s.max_parallel} at a time, {where}, "
+            f"{s.gpus} GPU / {s.cpus} CPU / {s.mem_gb:g} GB / {s.time_min} min per job"
+        )
 
     def _submitit(self) -> Any:
         import submitit
 
         s = self.slurm
-        ex = submitit.AutoExecutor(folder=self.folder, cluster=s.backend,
-                                   slurm_max_num_timeout=s.max_requeue, local_max_num_timeout=s.max_requeue)
+        ex = submitit.AutoExecutor(
+            folder=self.folder, cluster=s.backend, slurm_max_num_timeout=s.max_requeue, local_max_num_timeout=s.max_requeue
+        )
         params: dict[str, Any] = {
-            "name": "mtlbench", "timeout_min": s.time_min, "mem_gb": s.mem_gb, "cpus_per_task": s.cpus,
-            "gpus_per_node": s.gpus, "slurm_array_parallelism": s.max_parallel,
-            "slurm_setup": list(s.setup) or None, "local_setup": list(s.setup) or None,
+            "name": "mtlbench",
+            "timeout_min": s.time_min,
+            "mem_gb": s.mem_gb,
+            "cpus_per_task": s.cpus,
+            "gpus_per_node": s.gpus,
+            "slurm_array_parallelism": s.max_parallel,
+            "slurm_setup": list(s.setup) or None,
+            "local_setup": list(s.setup) or None,
             "slurm_additional_parameters": dict(s.additional) or None,
         }
         for key in ("partition", "account", "qos", "constraint"):

@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 from mtlbench.core.cell import Cell
-from mtlbench.train.checkpoint import CHECKPOINT_DIR
 from mtlbench.run.job import log_path
 from mtlbench.run.locks import live_holder
 from mtlbench.run.store import CellState, ResultStore
+from mtlbench.train.checkpoint import CHECKPOINT_DIR
 
 STATES = ("done", "failed", "running", "pending", "stale")
 GROUP = ("suite", "task", "backbone", "method", "mitigation")
@@ -38,8 +38,9 @@ def cell_states(cells: list[Cell], results: Path, lock_stale_s: float = 600.0) -
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(v.ljust(w) if i < len(GROUP) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-            for r in rows]
+    return [
+        "  ".join(v.ljust(w) if i < len(GROUP) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip() for r in rows
+    ]
 
 
 def grid_status(cells: list[Cell], results: Path, lock_stale_s: float = 600.0, every_cell: bool = False) -> str:
@@ -47,8 +48,7 @@ def grid_status(cells: list[Cell], results: Path, lock_stale_s: float = 600.0, e
     groups: dict[tuple, Counter] = {}
     for s in states:
         groups.setdefault(tuple(str(getattr(s.cell, k)) for k in GROUP), Counter())[s.state] += 1
-    lines = _table([list(GROUP) + list(STATES)]
-                   + [list(key) + [str(c[st]) for st in STATES] for key, c in groups.items()])
+    lines = _table([list(GROUP) + list(STATES)] + [list(key) + [str(c[st]) for st in STATES] for key, c in groups.items()])
     for state in ("failed", "running", "stale", "pending"):
         listed = [s for s in states if s.state == state and (s.reason or state != "pending")]  # pending: interrupted ones
         if not listed:

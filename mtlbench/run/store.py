@@ -37,8 +37,7 @@ class ResultStore:
             data = read_result(path)
         except ResultError as e:
             return CellState(cell, path, "stale", str(e))
-        for kind, now in (("task", cell.task_version), ("method", cell.method_version),
-                          ("mitigation", cell.mitigation_version)):
+        for kind, now in (("task", cell.task_version), ("method", cell.method_version), ("mitigation", cell.mitigation_version)):
             stored = data.get(f"{kind}_version")
             if str(stored) != now:
                 return CellState(cell, path, "stale", f"{kind} version {stored} in the result, {now} now")

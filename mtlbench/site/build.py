@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterable
 import jinja2
 
 import mtlbench
+from mtlbench.site.data import SiteData, load_site_data
 from mtlbench.site.pages import Page, group_pages, index_page, method_pages, reproduction_pages, run_pages
 from mtlbench.site.plots import PlotCache
-from mtlbench.site.data import SiteData, load_site_data
 
 TEMPLATES = Path(__file__).parent / "templates"
 MANIFEST = ".mtlbench-site.json"  # the files the last build wrote (stale ones are removed)
@@ -90,7 +90,10 @@ def script_hash(script: str) -> str:
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     script = (TEMPLATES / "table.js").read_text(encoding="utf-8")
     env.filters["fmt"] = fmt
@@ -121,8 +124,7 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     data.published = published
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
-    common = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "sources": [str(d) for d in result_dirs]}
+    common = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sources": [str(d) for d in result_dirs]}
     written: list[Path] = []
     listed: list[Page] = []
     for page_type in PAGE_TYPES:
@@ -136,8 +138,16 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     remove_stale(out, written)
     data.plots.prune()
     lap("index and downloads")
-    return SiteReport(out, [p for p in written if p.suffix == ".html"], len(data.runs), len(data.failed),
-                      data.loaded.problems, timings, data.plots.misses, data.plots.hits)
+    return SiteReport(
+        out,
+        [p for p in written if p.suffix == ".html"],
+        len(data.runs),
+        len(data.failed),
+        data.loaded.problems,
+        timings,
+        data.plots.misses,
+        data.plots.hits,
+    )
 
 
 def render(env: jinja2.Environment, page: Page, out: Path, common: dict[str, Any]) -> Path:

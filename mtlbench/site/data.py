@@ -15,8 +15,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from mtlbench.report.aggregate import GROUP, ROW, Loaded, load_results, run_delta_m, summarize
-from mtlbench.site.plots import PlotCache
 from mtlbench.report.ranking import rank_table
+from mtlbench.site.plots import PlotCache
 
 RUN_KEY = GROUP + ROW + ["seed"]
 
@@ -76,9 +76,14 @@ class SiteData:
     def runs_by_row(self) -> dict[tuple, list[tuple[Any, str, str]]]:
         """(suite, task, backbone, method, mitigation) -> [(seed, page, path)] sorted by seed."""
         if self._runs_by_row is None:
-            self._runs_by_row = {} if self.runs.empty else {
-                key: list(zip(g["seed"], g["page"], g["path"]))
-                for key, g in self.runs.sort_values("seed").groupby(GROUP + ROW, sort=False)}
+            self._runs_by_row = (
+                {}
+                if self.runs.empty
+                else {
+                    key: list(zip(g["seed"], g["page"], g["path"]))
+                    for key, g in self.runs.sort_values("seed").groupby(GROUP + ROW, sort=False)
+                }
+            )
         return self._runs_by_row
 
     def metric_info(self, task: str, version: str) -> dict:
@@ -121,7 +126,7 @@ def load_site_data(result_dirs: Iterable[Path]) -> SiteData:
 def run_detail(data: dict[str, Any]) -> RunDetail:
     cell = data.get("cell") or {}
     detail = RunDetail(options=cell.get("method_options") or {})
-    layers = ((data.get("conflict") or {}).get("layers") or {})
+    layers = (data.get("conflict") or {}).get("layers") or {}
     detail.layers = [str(n) for n in layers.get("names") or []]
     detail.layer_p = [number(v) for v in layers.get("p_pct") or []]
     models = list((data.get("curves") or {}).values())

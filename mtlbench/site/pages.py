@@ -13,11 +13,10 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
-from mtlbench.site import plots
-from mtlbench.site import svgcharts
-from mtlbench.report.aggregate import GROUP, ROW
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import read_result
+from mtlbench.report.aggregate import GROUP, ROW
+from mtlbench.site import plots, svgcharts
 from mtlbench.site.data import RunDetail, SiteData, group_page, method_page, number
 
 CONVENTION_NAMES = {"flat": "flat", "task": "per-task"}
@@ -78,13 +77,28 @@ def group_pages(data: SiteData) -> Iterator[Page]:
         records = row_records(data, rows)
         convention = str(rows["dm_convention"].iloc[0])
         has_base = any(is_baseline_row(r) for r in records)
-        pages.append((Page(group_page(suite, task, backbone), "group.html", {
-            "suite": suite, "task": task, "backbone": backbone, "task_version": version,
-            "task_info": data.task_info.get(task) or {}, "rows": records,
-            "metrics": list(info.items()), "has_baseline": has_base,
-            "convention": CONVENTION_NAMES[convention], "other_convention": CONVENTION_NAMES["task" if convention == "flat" else "flat"],
-            "filters": filter_options(records, ["mitigation", "kind"]),
-        }), group_plots(data, records, task, version, convention, "-".join((suite, task, backbone)))))
+        pages.append(
+            (
+                Page(
+                    group_page(suite, task, backbone),
+                    "group.html",
+                    {
+                        "suite": suite,
+                        "task": task,
+                        "backbone": backbone,
+                        "task_version": version,
+                        "task_info": data.task_info.get(task) or {},
+                        "rows": records,
+                        "metrics": list(info.items()),
+                        "has_baseline": has_base,
+                        "convention": CONVENTION_NAMES[convention],
+                        "other_convention": CONVENTION_NAMES["task" if convention == "flat" else "flat"],
+                        "filters": filter_options(records, ["mitigation", "kind"]),
+                    },
+                ),
+                group_plots(data, records, task, version, convention, "-".join((suite, task, backbone))),
+            )
+        )
     svgs = iter(data.plots.draw_many([job for _, specs in pages for _, _, job in specs]))
     for page, specs in pages:
         page.context["plots"] = [Plot(title, caption, next(svgs)) for title, caption, _ in specs]
@@ -101,12 +115,20 @@ def row_label(r: dict[str, Any]) -> str:
 
 
 def _point(r: dict[str, Any], x: str, y: str, y_std: str | None = None) -> plots.Point:
-    return plots.Point(row_label(r), str(r["kind"]), str(r["mitigation"]), r[x], r[y],
-                       r.get(f"{x}:std", math.nan), r.get(y_std or f"{y}:std", math.nan))
+    return plots.Point(
+        row_label(r),
+        str(r["kind"]),
+        str(r["mitigation"]),
+        r[x],
+        r[y],
+        r.get(f"{x}:std", math.nan),
+        r.get(y_std or f"{y}:std", math.nan),
+    )
 
 
-def group_plots(data: SiteData, records: list[dict[str, Any]], task: str, version: str, convention: str,
-                salt: str) -> list[tuple[str, str, plots.PlotJob]]:
+def group_plots(
+    data: SiteData, records: list[dict[str, Any]], task: str, version: str, convention: str, salt: str
+) -> list[tuple[str, str, plots.PlotJob]]:
     """(title, caption, plot to draw) for each plot of a task × backbone page that has data."""
     out = []
     main = data.main_metrics(task, version)
@@ -119,27 +141,62 @@ def group_plots(data: SiteData, records: list[dict[str, Any]], task: str, versio
         fixed = [_point(r, *cols) for r in multi if r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
         stl = next((_point(r, *cols) for r in records if is_baseline_row(r)), None)
         if pts or fixed:
-            job = (plots.pareto_plot, (pts, fixed, stl, info[ka].label or ka, info[kb].label or kb,
-                                       info[ka].higher_is_better, info[kb].higher_is_better, salt + "-pareto"), {})
-            sweep = ("Dashed green: the fixed-weight sweep (method fixed), the reference front. " if fixed else
-                     "No fixed-weight runs (method fixed) here to draw the reference front. ")
-            out.append(("Trade-off between the two tasks",
-                            f"Test {info[ka].label or ka} against {info[kb].label or kb}, mean ± std over seeds. Filled: "
-                            f"not dominated by another method; hollow: dominated. {sweep}Star: the single-task models.", job))
+            job = (
+                plots.pareto_plot,
+                (
+                    pts,
+                    fixed,
+                    stl,
+                    info[ka].label or ka,
+                    info[kb].label or kb,
+                    info[ka].higher_is_better,
+                    info[kb].higher_is_better,
+                    salt + "-pareto",
+                ),
+                {},
+            )
+            sweep = (
+                "Dashed green: the fixed-weight sweep (method fixed), the reference front. "
+                if fixed
+                else "No fixed-weight runs (method fixed) here to draw the reference front. "
+            )
+            out.append(
+                (
+                    "Trade-off between the two tasks",
+                    f"Test {info[ka].label or ka} against {info[kb].label or kb}, mean ± std over seeds. Filled: "
+                    f"not dominated by another method; hollow: dominated. {sweep}Star: the single-task models.",
+                    job,
+                )
+            )
     pts = [_point(r, "p_pct", "dm", "dm_std") for r in multi if _finite(r["p_pct"], r["dm"])]
     if pts:
-        out.append(("Δm against conflict incidence",
-                    f"Δm ({CONVENTION_NAMES[convention]}, lower is better) against p%, mean ± std over seeds.",
-                    (plots.dm_conflict_plot, (pts, CONVENTION_NAMES[convention], salt + "-dm"), {})))
+        out.append(
+            (
+                "Δm against conflict incidence",
+                f"Δm ({CONVENTION_NAMES[convention]}, lower is better) against p%, mean ± std over seeds.",
+                (plots.dm_conflict_plot, (pts, CONVENTION_NAMES[convention], salt + "-dm"), {}),
+            )
+        )
     heat = layer_matrix(data, multi)
     if heat is not None:
-        out.append(("Per-layer conflict", "p% of each shared layer (Recon's layers: every parameterised "
-                    "module of the trunk), mean over seeds.", (plots.layer_heatmap, heat, {"salt": salt + "-layers"})))
+        out.append(
+            (
+                "Per-layer conflict",
+                "p% of each shared layer (Recon's layers: every parameterised module of the trunk), mean over seeds.",
+                (plots.layer_heatmap, heat, {"salt": salt + "-layers"}),
+            )
+        )
     panels = curve_panels(data, records, main, info)
     if panels:
         shown = "" if len(records) <= MAX_CURVES else f" Shown: stl, ew and the best rows by Δm, {MAX_CURVES} in all."
-        out.append(("Training curves", "Per epoch, mean over seeds: training loss (mean over sub-tasks) and the "
-                    f"validation value of each sub-task's main metric.{shown}", (plots.curves_plot, (panels, "epoch", salt + "-curves"), {})))
+        out.append(
+            (
+                "Training curves",
+                "Per epoch, mean over seeds: training loss (mean over sub-tasks) and the "
+                f"validation value of each sub-task's main metric.{shown}",
+                (plots.curves_plot, (panels, "epoch", salt + "-curves"), {}),
+            )
+        )
     return out
 
 
@@ -222,10 +279,18 @@ def method_pages(data: SiteData) -> Iterator[Page]:
         failed = data.failed[data.failed["method_name"] == name].to_dict("records") if not data.failed.empty else []
         info = data.method_info.get(str(name)) or {}
         kinds = sorted({str(r["kind"]) for r in rows} | {str(f.get("method_kind")) for f in failed})
-        yield Page(method_page(name), "method.html", {
-            "name": name, "info": info, "kind": info.get("kind") or ", ".join(kinds), "rows": rows, "failed": failed,
-            "filters": filter_options(rows, ["task", "backbone", "mitigation"]),
-        })
+        yield Page(
+            method_page(name),
+            "method.html",
+            {
+                "name": name,
+                "info": info,
+                "kind": info.get("kind") or ", ".join(kinds),
+                "rows": rows,
+                "failed": failed,
+                "filters": filter_options(rows, ["task", "backbone", "mitigation"]),
+            },
+        )
 
 
 # --------------------------------------------------------------------------- runs
@@ -240,10 +305,17 @@ def run_pages(data: SiteData) -> Iterator[Page]:
             except ResultError:
                 continue
             page = group_page(run["suite"], run["task"], run["backbone"])
-            yield Page(run["page"], "run.html", {
-                **run_context(result), "run": run, "method_page": method_page(run["method_name"]),
-                "group_page": page if page in groups else None, "source": source_name(Path(run["path"]), data.result_dirs),
-            })
+            yield Page(
+                run["page"],
+                "run.html",
+                {
+                    **run_context(result),
+                    "run": run,
+                    "method_page": method_page(run["method_name"]),
+                    "group_page": page if page in groups else None,
+                    "source": source_name(Path(run["path"]), data.result_dirs),
+                },
+            )
 
 
 def source_name(path: Path, dirs: Sequence[Path]) -> str:
@@ -258,15 +330,26 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
     """What the run template shows of one result file, with its charts drawn."""
     info = r.get("metric_info") or {}
     metrics = r.get("metrics") or {}
-    rows = [(k, (info.get(k) or {}).get("label", k), (info.get(k) or {}).get("higher_is_better"),
-             (metrics.get("val") or {}).get(k), (metrics.get("test") or {}).get(k))
-            for k in dict.fromkeys(list(info) + list(metrics.get("test") or {}))]
+    rows = [
+        (
+            k,
+            (info.get(k) or {}).get("label", k),
+            (info.get(k) or {}).get("higher_is_better"),
+            (metrics.get("val") or {}).get(k),
+            (metrics.get("test") or {}).get(k),
+        )
+        for k in dict.fromkeys(list(info) + list(metrics.get("test") or {}))
+    ]
     conflict = r.get("conflict") if isinstance(r.get("conflict"), dict) else None
     return {
-        "r": r, "metric_rows": rows, "conflict": conflict,
-        "layers": _layer_rows(conflict), "charts": run_charts(r, conflict),
+        "r": r,
+        "metric_rows": rows,
+        "conflict": conflict,
+        "layers": _layer_rows(conflict),
+        "charts": run_charts(r, conflict),
         "config_json": json.dumps(r.get("cell"), indent=1, sort_keys=False, default=str),
-        "provenance": flatten(r.get("provenance") or {}), "cost": flatten(r.get("cost") or {}),
+        "provenance": flatten(r.get("provenance") or {}),
+        "cost": flatten(r.get("cost") or {}),
         "selection": flatten(r.get("selection") or {}),
     }
 
@@ -311,13 +394,21 @@ def run_charts(r: dict[str, Any], conflict: dict[str, Any] | None) -> list[str]:
         if len(pairs) <= 6:
             lines = {name: (steps, [c[i] if i < len(c) else None for c in pair_cos]) for i, name in enumerate(pairs)}
         else:
-            lines = {"mean over pairs": (steps, [sum(c) / len(c) if c else None for c in pair_cos]),
-                     "min over pairs": (steps, [min(c) if c else None for c in pair_cos])}
-        charts.append(svgcharts.line_chart(lines, title="cosine between task gradients (cos < 0: conflict)",
-                                           xlabel="training step", hline=0.0))
+            lines = {
+                "mean over pairs": (steps, [sum(c) / len(c) if c else None for c in pair_cos]),
+                "min over pairs": (steps, [min(c) if c else None for c in pair_cos]),
+            }
+        charts.append(
+            svgcharts.line_chart(
+                lines, title="cosine between task gradients (cos < 0: conflict)", xlabel="training step", hline=0.0
+            )
+        )
         if len(pairs) > 1:
-            charts.append(svgcharts.line_chart({"p%": (steps, series.get("p_pct") or [])},
-                                               title="p% conflict at each sampled step", xlabel="training step"))
+            charts.append(
+                svgcharts.line_chart(
+                    {"p%": (steps, series.get("p_pct") or [])}, title="p% conflict at each sampled step", xlabel="training step"
+                )
+            )
     return charts
 
 
@@ -338,15 +429,29 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
     for t in tables:
         rows = view[view["table"] == t.id]
         metrics = list(dict.fromkeys(rows["metric"]))
-        methods = [{"method": m, "ours": g["ours_method"].iloc[0], "mitigation": g["ours_mitigation"].iloc[0],
-                    "n_seeds": int(g["n_seeds"].iloc[0]), "cells": {r["metric"]: r for r in g.to_dict("records")}}
-                   for m, g in rows.groupby("method", sort=False)]
+        methods = [
+            {
+                "method": m,
+                "ours": g["ours_method"].iloc[0],
+                "mitigation": g["ours_mitigation"].iloc[0],
+                "n_seeds": int(g["n_seeds"].iloc[0]),
+                "cells": {r["metric"]: r for r in g.to_dict("records")},
+            }
+            for m, g in rows.groupby("method", sort=False)
+        ]
         checks = check_table(t)
-        sections.append({"t": t, "metrics": metrics, "methods": methods,
-                         "n_checked": sum(c.recomputed is not None for c in checks),
-                         "flagged": [c for c in checks if c.dm_check != "recompute"]})
-    yield Page("reproduction.html", "reproduction.html", {"sections": sections},
-               title="Reproduction: published tables beside our runs")
+        sections.append(
+            {
+                "t": t,
+                "metrics": metrics,
+                "methods": methods,
+                "n_checked": sum(c.recomputed is not None for c in checks),
+                "flagged": [c for c in checks if c.dm_check != "recompute"],
+            }
+        )
+    yield Page(
+        "reproduction.html", "reproduction.html", {"sections": sections}, title="Reproduction: published tables beside our runs"
+    )
     yield Page("reproduction.csv", text=view.to_csv(index=False))
 
 
@@ -356,27 +461,59 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
 def index_page(data: SiteData, listed: Sequence[Page]) -> Page:
     records = row_records(data, data.table)
     groups = []
-    for key, rows in (pd.DataFrame(records).groupby(GROUP, sort=True) if records else []):
+    for key, rows in pd.DataFrame(records).groupby(GROUP, sort=True) if records else []:
         rows = rows.sort_values(["rank", "method"]).to_dict("records")
         best = next((r for r in rows if not r["is_baseline"] and _finite(r["dm"])), None)
-        groups.append({"suite": key[0], "task": key[1], "backbone": key[2], "page": rows[0]["group_page"],
-                       "n_methods": len(rows), "n_runs": int(sum(r["n_seeds"] for r in rows)), "best": best,
-                       "convention": CONVENTION_NAMES[str(rows[0]["dm_convention"])],
-                       "has_baseline": any(is_baseline_row(r) for r in rows)})
+        groups.append(
+            {
+                "suite": key[0],
+                "task": key[1],
+                "backbone": key[2],
+                "page": rows[0]["group_page"],
+                "n_methods": len(rows),
+                "n_runs": int(sum(r["n_seeds"] for r in rows)),
+                "best": best,
+                "convention": CONVENTION_NAMES[str(rows[0]["dm_convention"])],
+                "has_baseline": any(is_baseline_row(r) for r in rows),
+            }
+        )
     methods = []
-    for name, rows in (pd.DataFrame(records).groupby("method_name", sort=True) if records else []):
+    for name, rows in pd.DataFrame(records).groupby("method_name", sort=True) if records else []:
         info = data.method_info.get(str(name)) or {}
-        methods.append({"name": name, "page": method_page(name), "kind": info.get("kind") or rows["kind"].iloc[0],
-                        "description": info.get("description", ""), "n_runs": int(rows["n_seeds"].sum())})
+        methods.append(
+            {
+                "name": name,
+                "page": method_page(name),
+                "kind": info.get("kind") or rows["kind"].iloc[0],
+                "description": info.get("description", ""),
+                "n_runs": int(rows["n_seeds"].sum()),
+            }
+        )
     listed_names = {m["name"] for m in methods}
-    for name, rows in (data.failed.groupby("method_name", sort=True) if not data.failed.empty else []):
+    for name, rows in data.failed.groupby("method_name", sort=True) if not data.failed.empty else []:
         if name not in listed_names:  # a method whose every run failed
             info = data.method_info.get(str(name)) or {}
-            methods.append({"name": name, "page": method_page(name), "kind": info.get("kind") or rows["method_kind"].iloc[0],
-                            "description": info.get("description", ""), "n_runs": 0})
-    return Page("index.html", "index.html", {
-        "groups": groups, "rows": records, "methods": methods, "listed": listed,
-        "filters": filter_options(records, ["task", "backbone", "mitigation", "kind"]),
-        "failed": data.failed.to_dict("records") if not data.failed.empty else [],
-        "problems": data.loaded.problems, "n_runs": len(data.runs), "has_downloads": not data.table.empty,
-    })
+            methods.append(
+                {
+                    "name": name,
+                    "page": method_page(name),
+                    "kind": info.get("kind") or rows["method_kind"].iloc[0],
+                    "description": info.get("description", ""),
+                    "n_runs": 0,
+                }
+            )
+    return Page(
+        "index.html",
+        "index.html",
+        {
+            "groups": groups,
+            "rows": records,
+            "methods": methods,
+            "listed": listed,
+            "filters": filter_options(records, ["task", "backbone", "mitigation", "kind"]),
+            "failed": data.failed.to_dict("records") if not data.failed.empty else [],
+            "problems": data.loaded.problems,
+            "n_runs": len(data.runs),
+            "has_downloads": not data.table.empty,
+        },
+    )

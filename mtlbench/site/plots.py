@@ -134,7 +134,7 @@ def to_svg(fig: Figure, salt: str) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.08, metadata={"Date": None, "Creator": None})
     svg = buf.getvalue()
-    svg = _METADATA.sub("", svg[svg.index("<svg"):])
+    svg = _METADATA.sub("", svg[svg.index("<svg") :])
     svg = _XMLNS.sub("", _GID.sub("", svg))  # namespaces are implied for SVG inside HTML
     return svg.replace("<svg ", '<svg class="plot" ', 1)
 
@@ -173,27 +173,50 @@ def dominated(points: Sequence[Point], x_higher: bool, y_higher: bool) -> list[b
     return out
 
 
-def _draw_points(ax, points: Sequence[Point], markers: Mapping[str, str], filled: Sequence[bool],
-                 labelled: Sequence[bool]) -> None:
+def _draw_points(
+    ax, points: Sequence[Point], markers: Mapping[str, str], filled: Sequence[bool], labelled: Sequence[bool]
+) -> None:
     """All error bars in one artist, one scatter per (kind, mitigation, filled), and the labels
     asked for: few artists, so a plot of many methods still draws fast."""
-    ax.errorbar([p.x for p in points], [p.y for p in points], fmt="none", ecolor="#9aa0ad", alpha=0.6, lw=0.8,
-                xerr=[p.x_std if _finite(p.x_std) else 0.0 for p in points],
-                yerr=[p.y_std if _finite(p.y_std) else 0.0 for p in points])
+    ax.errorbar(
+        [p.x for p in points],
+        [p.y for p in points],
+        fmt="none",
+        ecolor="#9aa0ad",
+        alpha=0.6,
+        lw=0.8,
+        xerr=[p.x_std if _finite(p.x_std) else 0.0 for p in points],
+        yerr=[p.y_std if _finite(p.y_std) else 0.0 for p in points],
+    )
     groups: dict[tuple[str, str, bool], list[Point]] = {}
     for p, f in zip(points, filled):
         groups.setdefault((p.kind, p.mitigation, f), []).append(p)
     for (kind, mitigation, f), pts in groups.items():
         color = KIND_COLORS.get(kind, "#7b3fb5")
-        ax.scatter([p.x for p in pts], [p.y for p in pts], marker=markers[mitigation], s=40, edgecolors=color,
-                   facecolors=color if f else "white", zorder=3)
+        ax.scatter(
+            [p.x for p in pts],
+            [p.y for p in pts],
+            marker=markers[mitigation],
+            s=40,
+            edgecolors=color,
+            facecolors=color if f else "white",
+            zorder=3,
+        )
     for p, show in zip(points, labelled):
         if show:
             ax.annotate(text(p.label), (p.x, p.y), fontsize=7, xytext=(4, 4), textcoords="offset points")
 
 
-def pareto_plot(points: Sequence[Point], fixed: Sequence[Point], stl: Point | None, xlabel: str, ylabel: str,
-                x_higher: bool, y_higher: bool, salt: str) -> str:
+def pareto_plot(
+    points: Sequence[Point],
+    fixed: Sequence[Point],
+    stl: Point | None,
+    xlabel: str,
+    ylabel: str,
+    x_higher: bool,
+    y_higher: bool,
+    salt: str,
+) -> str:
     """Two-task trade-off: each method's mean test metric on task A vs task B. Non-dominated
     methods are filled, dominated ones hollow (with more than MAX_LABELS points only the
     non-dominated ones are labelled); the fixed-weight sweep is drawn as the reference front;
@@ -204,16 +227,16 @@ def pareto_plot(points: Sequence[Point], fixed: Sequence[Point], stl: Point | No
     extra = []
     if fixed:
         front = sorted(fixed, key=lambda p: p.x)
-        (line,) = ax.plot([p.x for p in front], [p.y for p in front], "--", color=FIXED_COLOR, marker=".",
-                          label="fixed-weight sweep")
+        (line,) = ax.plot(
+            [p.x for p in front], [p.y for p in front], "--", color=FIXED_COLOR, marker=".", label="fixed-weight sweep"
+        )
         extra.append(line)
         for p in front[:: max(1, len(front) // MAX_LABELS)]:
             ax.annotate(text(p.label), (p.x, p.y), fontsize=6, color=FIXED_COLOR, xytext=(3, -8), textcoords="offset points")
     front = [not d for d in dominated(points, x_higher, y_higher)]
     _draw_points(ax, points, markers, front, front if len(points) > MAX_LABELS else [True] * len(points))
     if stl is not None:
-        extra.append(ax.scatter([stl.x], [stl.y], marker="*", s=140, color="#1d2330", zorder=4,
-                                label="single-task models"))
+        extra.append(ax.scatter([stl.x], [stl.y], marker="*", s=140, color="#1d2330", zorder=4, label="single-task models"))
     ax.set_xlabel(text(xlabel) + (" ↑" if x_higher else " ↓"))
     ax.set_ylabel(text(ylabel) + (" ↑" if y_higher else " ↓"))
     ax.grid(alpha=0.3)

@@ -33,18 +33,29 @@ def _label(v: float) -> str:
     return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
 
 
-def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, xlabel: str,
-               ylabel: str = "", hline: float | None = None, width: int = 440, height: int = 230) -> str:
+def line_chart(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str = "",
+    hline: float | None = None,
+    width: int = 440,
+    height: int = 230,
+) -> str:
     """One polyline (with point markers) per named series of (x, y); NaN/None points are skipped."""
     left, right, top, bottom = 52, 12, 24, 40
-    clean = {name: [(float(x), float(y)) for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
-             for name, (xs, ys) in series.items()}
+    clean = {
+        name: [(float(x), float(y)) for x, y in zip(xs, ys) if _finite(x) and _finite(y)] for name, (xs, ys) in series.items()
+    }
     points = [p for pts in clean.values() for p in pts]
     legend_h = 16 * ((len(clean) + 2) // 3)
     h_total = height + legend_h
-    out = [f'<svg class="chart" viewBox="0 0 {width} {h_total}" '
-           f'width="{width}" height="{h_total}" role="img" aria-label="{escape(title)}">',
-           f'<text x="{left}" y="15" class="t">{escape(title)}</text>']
+    out = [
+        f'<svg class="chart" viewBox="0 0 {width} {h_total}" '
+        f'width="{width}" height="{h_total}" role="img" aria-label="{escape(title)}">',
+        f'<text x="{left}" y="15" class="t">{escape(title)}</text>',
+    ]
     if not points:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="m">no data</text></svg>')
         return "".join(out)
@@ -61,8 +72,10 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
 
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" class="f"/>')
     for t in yt:
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="g"/>'
-                   f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{_label(t)}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="g"/>'
+            f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{_label(t)}</text>'
+        )
     for t in xt:
         out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{_label(t)}</text>')
     if hline is not None:
@@ -77,8 +90,10 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
         if len(pts) <= 60:
             out.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.2" fill="{color}"/>' for x, y in pts)
         lx, ly = left + (i % 3) * (pw / 3), height + 4 + 16 * (i // 3)
-        out.append(f'<rect x="{lx:.1f}" y="{ly}" width="12" height="3" fill="{color}"/>'
-                   f'<text x="{lx + 16:.1f}" y="{ly + 5}">{escape(name)}</text>')
+        out.append(
+            f'<rect x="{lx:.1f}" y="{ly}" width="12" height="3" fill="{color}"/>'
+            f'<text x="{lx + 16:.1f}" y="{ly + 5}">{escape(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 

@@ -101,12 +101,17 @@ class Checkpoint:
         try:
             saved = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # a file that cannot be read only costs the epochs it held
-            log.warning("%s: checkpoint %s cannot be read (%s: %s); training from the start",
-                        self.name, self.path, type(e).__name__, e)
+            log.warning(
+                "%s: checkpoint %s cannot be read (%s: %s); training from the start", self.name, self.path, type(e).__name__, e
+            )
             return 0, 0, None
         if saved.get("format") != FORMAT or saved.get("tag") != self.tag:
-            log.warning("%s: checkpoint %s belongs to another config (%s); training from the start",
-                        self.name, self.path, saved.get("tag"))
+            log.warning(
+                "%s: checkpoint %s belongs to another config (%s); training from the start",
+                self.name,
+                self.path,
+                saved.get("tag"),
+            )
             return 0, 0, None
         for key, obj in state.items():
             apply(obj, saved["state"][key])
@@ -123,8 +128,13 @@ class Checkpoint:
             log.info("%s: epoch %d: %s", self.name, epoch, _format_epoch(record))
             return
         payload = {
-            "format": FORMAT, "tag": self.tag, "epoch": epoch, "step": step, "best": best,
-            "rng": rng_state(), "state": {key: capture(obj) for key, obj in state.items()},
+            "format": FORMAT,
+            "tag": self.tag,
+            "epoch": epoch,
+            "step": step,
+            "best": best,
+            "rng": rng_state(),
+            "state": {key: capture(obj) for key, obj in state.items()},
         }
         # no fsync: a checkpoint lost to a power cut only costs epochs (restore starts over)
         with atomic_file(self.path, "wb", durable=False) as f:

@@ -19,11 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-RECON_EDGES = (1.0, 0.0, -0.01, -0.02, -0.03, -1.0)
-HISTOGRAMS = {
-    "recon": RECON_EDGES,
-    "0.02": tuple(round(1.0 - 0.02 * k, 2) for k in range(101)),
-}
+from mtlbench.core.spec import HISTOGRAMS, RECON_EDGES  # noqa: F401  (re-exported)
 
 
 def pairwise_cosines(grads: Tensor) -> Tensor:
@@ -90,8 +86,15 @@ def _r(x: float) -> float:
 class ConflictRecorder:
     """Collects conflict statistics from the (T, P) gradient matrices of sampled steps."""
 
-    def __init__(self, tasks: Sequence[str], layer_names: Sequence[str], layer_sizes: Sequence[int],
-                 every: int, edges: Sequence[float] = RECON_EDGES, s_values: Sequence[float] = ()) -> None:
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        layer_names: Sequence[str],
+        layer_sizes: Sequence[int],
+        every: int,
+        edges: Sequence[float] = RECON_EDGES,
+        s_values: Sequence[float] = (),
+    ) -> None:
         self.tasks = list(tasks)
         self.layer_names = list(layer_names)
         self.layer_sizes = [int(s) for s in layer_sizes]
@@ -132,7 +135,7 @@ class ConflictRecorder:
         return {
             "every": self.every,
             "n_samples": n,
-            "pairs": [[a, b] for i, a in enumerate(self.tasks) for b in self.tasks[i + 1:]],
+            "pairs": [[a, b] for i, a in enumerate(self.tasks) for b in self.tasks[i + 1 :]],
             "p_pct": _r(sum(self.p_pct) / n),
             "mean_cos": _r(sum(flat_cos) / len(flat_cos)),
             "histogram": {"edges": list(self.edges), "labels": bin_labels(self.edges), "counts": self.counts},

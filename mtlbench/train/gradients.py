@@ -68,8 +68,9 @@ def task_gradients(
     return matrix, private_grads
 
 
-def _loop(losses: Sequence[Tensor], shared: Sequence[Tensor], private: Sequence[Sequence[Tensor]],
-          retain_graph: bool) -> tuple[Tensor, list[list[Tensor]]]:
+def _loop(
+    losses: Sequence[Tensor], shared: Sequence[Tensor], private: Sequence[Sequence[Tensor]], retain_graph: bool
+) -> tuple[Tensor, list[list[Tensor]]]:
     n = len(losses)
     first = shared[0] if shared else losses[0]
     matrix = torch.empty(n, sum(p.numel() for p in shared), dtype=first.dtype, device=first.device)
@@ -79,7 +80,7 @@ def _loop(losses: Sequence[Tensor], shared: Sequence[Tensor], private: Sequence[
         grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or i < n - 1, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
         torch.cat([g.reshape(-1) for g in grads[: len(shared)]], out=matrix[i])  # no stacking copy
-        private_grads.append(list(grads[len(shared):]))
+        private_grads.append(list(grads[len(shared) :]))
     return matrix, private_grads
 
 
@@ -90,9 +91,15 @@ def _batched(losses: Sequence[Tensor], inputs: list[Tensor], chunk: int, retain_
     parts: list[list[Tensor]] = [[] for _ in inputs]
     for start in range(0, n, chunk):
         last = start + chunk >= n
-        grads = torch.autograd.grad(stacked, inputs, grad_outputs=eye[start:start + chunk],
-                                    retain_graph=retain_graph or not last, is_grads_batched=True,
-                                    allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(
+            stacked,
+            inputs,
+            grad_outputs=eye[start : start + chunk],
+            retain_graph=retain_graph or not last,
+            is_grads_batched=True,
+            allow_unused=True,
+            materialize_grads=True,
+        )
         for k, g in enumerate(grads):
             parts[k].append(g)
     return [torch.cat(p) if len(p) > 1 else p[0] for p in parts]
@@ -112,7 +119,7 @@ def assign_flat_grad(params: Sequence[Tensor], flat: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
     if offset != flat.numel():
         raise ValueError(f"update has {flat.numel()} entries, parameters have {offset}")
@@ -131,7 +138,8 @@ def pullback_rows(output: Tensor, rows: Tensor, params: Sequence[Tensor]) -> Ten
     retained), e.g. to sample conflict statistics for representation-gradient methods."""
     out = []
     for row in rows:
-        grads = torch.autograd.grad(output, list(params), grad_outputs=row.view_as(output), retain_graph=True,
-                                    allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(
+            output, list(params), grad_outputs=row.view_as(output), retain_graph=True, allow_unused=True, materialize_grads=True
+        )
         out.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(out)

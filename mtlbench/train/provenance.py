@@ -16,7 +16,6 @@ import torch
 
 import mtlbench
 
-
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "datasets", "scipy", "submitit")
 
 
@@ -76,15 +75,17 @@ def collect(root: Path, device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update({
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            "device_memory_mb": props.total_memory / 2**20,
-            "device_capability": f"{props.major}.{props.minor}",
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        })
+        info.update(
+            {
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                "device_memory_mb": props.total_memory / 2**20,
+                "device_capability": f"{props.major}.{props.minor}",
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            }
+        )
     return info
 
 

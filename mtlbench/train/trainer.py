@@ -1,0 +1,408 @@
+"""The step loop of one model: seeds, optimiser, the method's update, conflict sampling,
+epoch-wise evaluation and checkpoint selection on the validation split.
+
+:class:`Trainer` holds what one model's training needs and runs it (:meth:`Trainer.fit`);
+orchestrating a whole cell (one model, or one per sub-task for the single-task baseline, and
+the mitigation's work before training) is :mod:`mtlbench.train.cell`'s job.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mtlbench.core.spec import HISTOGRAMS, Protocol
+from mtlbench.datasets.splits import MultiInputSplit, Split
+from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, StepInfo
+from mtlbench.plugin.mitigation import Mitigation
+from mtlbench.plugin.model import MultiTaskModel
+from mtlbench.plugin.task import Task
+from mtlbench.train.checkpoint import Checkpoint
+from mtlbench.train.conflict import ConflictRecorder
+from mtlbench.train.gradients import assign_flat_grad, clip_grad_norm, default_strategy, pullback_rows, task_gradients
+
+AnySplit = Split | MultiInputSplit
+Batch = Tensor | Mapping[str, Tensor]
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or an update became NaN/Inf."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(device: torch.device, enabled: bool = True) -> None:
+    """Deterministic kernels: always on CPU (cheap there; resume is exact); on CUDA when
+    ``enabled`` (deterministic algorithms, cuDNN without autotuning, and cuBLAS's fixed
+    workspace, which must be configured before the process's first cuBLAS call)."""
+    if device.type == "cuda":
+        if enabled:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = not enabled
+        torch.backends.cudnn.deterministic = enabled
+    torch.use_deterministic_algorithms(enabled or device.type != "cuda")
+
+
+@dataclass
+class FitOutput:
+    epochs: list[dict[str, Any]]
+    step_times: list[float] = field(default_factory=list)
+    conflict_time: float = 0.0
+    conflict: dict[str, Any] | None = None
+    task_gradients: dict[str, Any] | None = None  # strategy and chunk size of the per-task gradients
+    params: int = 0
+    params_shared: int = 0
+    selection: dict[str, Any] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(params: list[nn.Parameter], p: Protocol) -> torch.optim.Optimizer:
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    if p.optimizer == "adam":
+        return torch.optim.Adam(params, lr=p.lr, weight_decay=p.weight_decay)
+    return torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, p: Protocol) -> Any:
+    if p.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
+    if p.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
+    return None
+
+
+def to_device(x: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, Mapping) else x.to(device)
+
+
+def for_tasks(split: AnySplit, tasks: Sequence[str]) -> AnySplit:
+    """A multi-input split keeps the inputs of ``tasks`` only; a single-input split is shared."""
+    return split.for_tasks(tasks) if isinstance(split, MultiInputSplit) else split
+
+
+def forward(model: nn.Module, x: Batch) -> dict[str, Tensor]:
+    """The model's outputs for a batch. A multi-input batch (``{task: inputs}``) runs each
+    sub-task's own inputs through the model separately and keeps that sub-task's output."""
+    if isinstance(x, Mapping):
+        return {t: model(inputs)[t] for t, inputs in x.items()}
+    return model(x)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, task: Task, tasks: Sequence[str], split: AnySplit, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    model.eval()
+    ev = task.evaluator(tasks)
+    for x, y in for_tasks(split, tasks).batches(batch_size):
+        ev.update(forward(model, to_device(x, device)), {k: v.to(device) for k, v in y.items() if k in tasks})
+    return {k: float(v) for k, v in ev.compute().items()}
+
+
+def training_split(splits: Mapping[str, AnySplit], tasks: Sequence[str], protocol: Protocol) -> AnySplit:
+    """The part of the training split ``tasks`` train on (``max_train_samples`` applied)."""
+    train = for_tasks(splits["train"], tasks)
+    if protocol.max_train_samples and protocol.max_train_samples < len(train):
+        train = train.subset(protocol.max_train_samples)
+    return train
+
+
+def total_steps(splits: Mapping[str, AnySplit], tasks: Sequence[str], protocol: Protocol) -> int:
+    return (len(training_split(splits, tasks, protocol)) // protocol.batch_size) * protocol.epochs
+
+
+class Trainer:
+    """Trains ``model`` on ``tasks`` with ``method`` (None: plain sum, for one task).
+
+    With a multi-input task each step holds one batch per sub-task; each sub-task's loss comes
+    from its own batch through the shared trunk (see :class:`mtlbench.datasets.splits.MultiInputSplit`).
+    ``mitigation`` (already prepared on ``model``) may mask task gradients and updates.
+    ``conflict``: the sampling settings (``every``, ``histogram``, ``s``).
+    ``checkpoint``: restore the state of an interrupted run before the first epoch, save the
+    state after every epoch (see mtlbench/train/checkpoint.py)."""
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        task: Task,
+        tasks: Sequence[str],
+        method: Method | None,
+        splits: dict[str, AnySplit],
+        protocol: Protocol,
+        conflict: Mapping[str, Any],
+        seed: int,
+        device: torch.device,
+        *,
+        mitigation: Mitigation | None = None,
+        checkpoint: Checkpoint | None = None,
+        desc: str = "",
+        progress: bool = True,
+    ) -> None:
+        self.model, self.task, self.tasks, self.method = model.to(device), task, list(tasks), method
+        self.splits, self.protocol, self.device = splits, protocol, device
+        self.mitigation, self.checkpoint, self.desc, self.progress = mitigation, checkpoint, desc, progress
+        if method is not None:
+            method.to(device)
+        self.train = training_split(splits, tasks, protocol)
+        self.steps_per_epoch = len(self.train) // protocol.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size {protocol.batch_size} exceeds the {len(self.train)} training samples")
+        self.total_steps = self.steps_per_epoch * protocol.epochs
+        layers = model.shared_layers()
+        self.shared = [p for _, ps in layers for p in ps]
+        self.head_params = [model.task_parameters(t) for t in tasks]
+        self.recorder = ConflictRecorder(
+            tasks,
+            [n for n, _ in layers],
+            [sum(p.numel() for p in ps) for _, ps in layers],
+            every=int(conflict.get("every", 0)),
+            edges=HISTOGRAMS[conflict.get("histogram", "recon")],
+            s_values=conflict.get("s", ()),
+        )
+        params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
+        self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
+        self.scheduler = make_scheduler(self.optimizer, protocol)
+        self.data_gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
+        self.method_gen = torch.Generator(device="cpu").manual_seed(seed + 2_000_003)
+        self.strategy = default_strategy(device, len(tasks))
+        self.per_rep = isinstance(method, GradientAggregator) and method.gradients == "representation"
+        self.layer_sizes = () if self.per_rep else tuple(self.recorder.layer_sizes)
+        self.out = FitOutput(epochs=[], params=count_parameters(model), params_shared=sum(p.numel() for p in self.shared))
+        if isinstance(method, GradientAggregator) or self.recorder.every > 0:
+            self.out.task_gradients = {"strategy": self.strategy[0], "chunk_size": self.strategy[1]}
+        self.step = 0
+        self.best: tuple[float, int, dict[str, Any]] | None = None
+
+    def resumable(self) -> dict[str, Any]:
+        """Everything that changes during training, by name (what a checkpoint saves)."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "method": self.method,
+            "recorder": self.recorder,
+            "data_order": self.data_gen,
+            "augment": self.aug_gen,
+            "method_rng": self.method_gen,
+            "out": self.out,
+        }
+
+    def fit(self, max_steps: int | None = None) -> FitOutput:
+        """Train every epoch, evaluate and select. ``max_steps`` stops training after that many
+        steps and skips evaluation (a search phase): the output then holds only the conflict
+        statistics and timings."""
+        start_epoch = 0
+        if self.checkpoint is not None:
+            start_epoch, self.step, self.best = self.checkpoint.restore(self.resumable())
+        bar = _bar(self.total_steps, self.desc, self.progress)
+        if bar is not None and self.step:
+            bar.update(self.step)
+        for epoch in range(start_epoch, self.protocol.epochs):
+            stopped = self.train_epoch(epoch, bar, max_steps)
+            if stopped:
+                break  # search phase: no evaluation
+            self.end_epoch(epoch)
+        if bar is not None:
+            bar.close()
+        self.out.conflict = self.recorder.summary()
+        if max_steps is None or self.step < max_steps:
+            self.select()
+        return self.out
+
+    def train_epoch(self, epoch: int, bar: Any, max_steps: int | None) -> bool:
+        """One epoch of steps; True when ``max_steps`` was reached."""
+        self.model.train()
+        self.loss_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self.n_batches = 0
+        self.t_epoch = time.perf_counter()
+        for x, y in self.train.batches(self.protocol.batch_size, generator=self.data_gen, drop_last=True):
+            losses = self.train_step(x, y, epoch)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{self.protocol.epochs}", loss=f"{float(losses.sum()):.3f}", refresh=False)
+            if max_steps is not None and self.step >= max_steps:
+                return True
+        return False
+
+    def train_step(self, x: Batch, y: dict[str, Tensor], epoch: int) -> Tensor:
+        """One optimiser step on one batch; returns the task losses."""
+        method, mitigation = self.method, self.mitigation
+        x, y = self.task.augment(x, y, self.aug_gen)
+        x = to_device(x, self.device)
+        y = {k: v.to(self.device) for k, v in y.items()}
+        t0 = time.perf_counter()
+        outputs, z, rep = forward_for_method(self.model, x, self.per_rep)
+        losses = torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks])
+        if not torch.isfinite(losses).all():
+            raise NonFiniteError(f"non-finite loss at epoch {epoch} step {self.step}: {losses.tolist()}")
+        info = StepInfo(
+            step=self.step,
+            epoch=epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            generator=self.method_gen,
+            layer_sizes=self.layer_sizes,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        measured = backward_update(
+            method, losses, info, self.shared, self.head_params, self.recorder, self.strategy, z, rep, mitigation
+        )
+        if method is not None:
+            clip_grad_norm(self.shared, method.max_norm)
+        if mitigation is not None:
+            mitigation.before_step()
+        self.optimizer.step()
+        if mitigation is not None:
+            mitigation.after_step(self.optimizer)
+        if method is not None and method.wants_losses_after_step:
+            losses_after_step(self.model, self.task, self.tasks, method, x, y, info)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.out.step_times.append(time.perf_counter() - t0 - measured)
+        self.out.conflict_time += measured
+        self.loss_sums += losses.detach().double().cpu()
+        self.n_batches += 1
+        self.step += 1
+        return losses
+
+    def end_epoch(self, epoch: int) -> None:
+        """Scheduler step, validation, the epoch's record, selection bookkeeping, checkpoint."""
+        p = self.protocol
+        if self.scheduler is not None:
+            self.scheduler.step()
+        val = evaluate(self.model, self.task, self.tasks, self.splits["val"], p.eval_batch_size, self.device)
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": {t: float(self.loss_sums[i] / max(self.n_batches, 1)) for i, t in enumerate(self.tasks)},
+            "train_time_s": time.perf_counter() - self.t_epoch,
+            "val": val,
+        }
+        if p.selection == "best_val":
+            score = self.task.selection_score(val, self.tasks)
+            if self.best is None or score > self.best[0]:  # ties keep the earlier epoch
+                self.best = (score, epoch + 1, copy.deepcopy(self.model.state_dict()))
+        elif epoch >= p.epochs - p.last_n:  # test only on the epochs the rule reports
+            record["test"] = evaluate(self.model, self.task, self.tasks, self.splits["test"], p.eval_batch_size, self.device)
+        self.out.epochs.append(record)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.resumable(), epoch + 1, self.step, self.best)
+
+    def select(self) -> None:
+        """The reported metrics: the test split at the best validation epoch, or the mean of
+        the last ``last_n`` epochs (the test split never selects anything)."""
+        out, p = self.out, self.protocol
+        if self.best is not None:
+            score, epoch_sel, state = self.best
+            self.model.load_state_dict(state)
+            test = evaluate(self.model, self.task, self.tasks, self.splits["test"], p.eval_batch_size, self.device)
+            val = next(e["val"] for e in out.epochs if e["epoch"] == epoch_sel)
+            out.selection = {"rule": "best_val", "epoch": epoch_sel, "val_score": score}
+        else:
+            window = out.epochs[-p.last_n :]
+            val, test = _mean_of(window, "val"), _mean_of(window, "test")
+            out.selection = {"rule": "last_mean", "epochs": [e["epoch"] for e in window]}
+        out.val, out.test = val, test
+
+
+def _mean_of(window: list[dict[str, Any]], split: str) -> dict[str, float]:
+    return {k: statistics.fmean(e[split][k] for e in window) for k in window[0][split]}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def forward_for_method(model: MultiTaskModel, x: Batch, per_rep: bool) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
+    """Task outputs; for representation-gradient methods the graph is cut at the shared
+    representation ``z`` (returned with its detached leaf copy ``rep``)."""
+    if not per_rep:
+        return forward(model, x), None, None
+    if isinstance(x, Mapping):
+        raise ValueError(
+            "representation-gradient methods need one shared representation per batch; a multi-input "
+            "task gives each sub-task its own inputs: use a method that works on parameter gradients"
+        )
+    z = model.encode(x)
+    rep = z.detach().requires_grad_()
+    return model.decode(rep), z, rep
+
+
+def backward_update(
+    method: Method | None,
+    losses: Tensor,
+    info: StepInfo,
+    shared: list[nn.Parameter],
+    head_params: list[list[nn.Parameter]],
+    recorder: ConflictRecorder,
+    strategy: tuple[str, int],
+    z: Tensor | None,
+    rep: Tensor | None,
+    mitigation: Mitigation | None = None,
+) -> float:
+    """Fill the parameters' ``.grad`` with the method's update; return the seconds spent on
+    conflict statistics (excluded from the step time). A mitigation masks the task gradients
+    of the shared parameters before the method and the conflict statistics see them."""
+    step, measured = info.step, 0.0
+    grad_kwargs: dict[str, Any] = {"strategy": strategy[0], "chunk_size": strategy[1]}
+    mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
+    if not isinstance(method, GradientAggregator):
+        if recorder.due(step):
+            tm = time.perf_counter()
+            recorder.record(step, mask(task_gradients(list(losses), shared, retain_graph=True, **grad_kwargs)[0]))
+            measured = time.perf_counter() - tm
+        total = method.loss(losses, info) if isinstance(method, LossWeighting) else losses.sum()
+        if not torch.isfinite(total):
+            raise NonFiniteError(f"non-finite objective from method {getattr(method, 'name', 'sum')!r} at step {step}")
+        total.backward()
+        return measured
+    grads, private = task_gradients(list(losses), shared if rep is None else [rep], head_params, **grad_kwargs)
+    if rep is None:
+        grads = mask(grads)
+    if recorder.due(step):  # conflict statistics are defined on parameter gradients
+        tm = time.perf_counter()
+        recorder.record(step, grads if rep is None else mask(pullback_rows(z, grads, shared)))
+        measured = time.perf_counter() - tm
+    update = method.aggregate(grads, losses.detach(), info)
+    if not torch.isfinite(update).all():
+        raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
+    if rep is None:
+        assign_flat_grad(shared, update)
+    else:
+        z.backward(update.view_as(z))
+    for ps, gs in zip(head_params, private):
+        for p, g in zip(ps, gs):
+            p.grad = g
+    return measured
+
+
+@torch.no_grad()
+def losses_after_step(
+    model: MultiTaskModel, task: Task, tasks: Sequence[str], method: Method, x: Batch, y: dict[str, Tensor], info: StepInfo
+) -> None:
+    """The same batch's task losses after the optimiser step, for methods that ask (FAMO)."""
+    outputs = forward(model, x)
+    method.after_step(torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks]), info)
+
+
+def _bar(total: int, desc: str, progress: bool) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, unit="step", dynamic_ncols=True)
