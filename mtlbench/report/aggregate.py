@@ -25,6 +25,7 @@ from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
 from mtlbench.core.registry import version_key
+from mtlbench.core.result import OkResult, Result, parse_result
 
 GROUP = ["suite", "task", "backbone"]
 ROW = ["method", "mitigation"]
@@ -82,71 +83,46 @@ class Loaded:
     problems: list[str] = field(default_factory=list)
 
 
-def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], None] | None = None) -> Loaded:
+def load_results(dirs: Iterable[Path], visit: Callable[[Path, Result], None] | None = None) -> Loaded:
     """Read every result file under ``dirs`` into one row per ok run (plus a table of failures).
-    ``visit(path, data)``, when given, sees each result that is kept, ok or failed (one read per file)."""
+    Each file is read as the typed result (mtlbench.core.result); one that does not hold is
+    skipped and reported. ``visit(path, result)``, when given, sees each result that is kept,
+    ok or failed (one read per file)."""
     rows, failed, problems = [], [], []
     infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
     seen: dict[tuple, str] = {}
     other_schemas: dict[str, list[Path]] = {}
     for path in iter_result_files(list(dirs)):
         try:
-            data = read_result(path)
+            result, found = parse_result(read_result(path), lenient=True)
         except SchemaMismatch as e:
             other_schemas.setdefault(e.schema, []).append(path)
             continue
         except ResultError as e:
             problems.append(str(e))
             continue
-        key = tuple(data.get(k) for k in ("suite", "task", "backbone", "method", "mitigation", "seed"))
+        if result is None or found:
+            problems.append(
+                f"{path}: malformed result ({found[0] if found else 'unreadable'}); skipped. "
+                "`mtlbench validate` explains every problem"
+            )
+            continue
+        key = (result.suite, result.task, result.backbone, result.method, result.mitigation, result.seed)
         if key in seen:
-            if seen[key] != data["config_hash"]:
+            if seen[key] != result.config_hash:
                 problems.append(f"{path}: another result for the same cell with a different config hash was read first; skipped")
             continue
-        seen[key] = data["config_hash"]
-        base = {
-            k: data.get(k)
-            for k in (
-                "suite",
-                "task",
-                "task_version",
-                "backbone",
-                "method",
-                "method_name",
-                "method_version",
-                "method_kind",
-                "mitigation",
-                "mitigation_name",
-                "mitigation_version",
-                "seed",
-                "config_hash",
-            )
-        }
-        base.update(roles_of(data))
-        base["path"] = str(path)
-        if data["status"] != "ok":
-            failed.append({**base, "reason": data.get("reason")})
-        else:
-            try:
-                row, info = _run_row(data, base)
-            except (KeyError, TypeError, AttributeError, ValueError) as e:
-                problems.append(
-                    f"{path}: malformed ok result ({type(e).__name__}: {e}); skipped. `mtlbench validate` explains every problem"
-                )
-                continue
-            infos.setdefault((data["task"], str(data["task_version"])), info)
+        seen[key] = result.config_hash
+        base = {k: getattr(result, k) for k in IDENTITY} | result.roles() | {"path": str(path)}
+        if isinstance(result, OkResult):
+            row, info = _run_row(result, base)
+            infos.setdefault((result.task, result.task_version), info)
             rows.append(row)
+        else:
+            failed.append({**base, "reason": result.reason})
         if visit is not None:
-            visit(path, data)
-    if other_schemas:
-        raise ResultError(
-            f"results of different schemas would be mixed: this mtlbench reads {RESULT_SCHEMA}, but "
-            + "; ".join(
-                f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items())
-            )
-            + ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
-            "mtlbench version that wrote them."
-        )
+            visit(path, result)
+    _refuse_mixed_schemas(other_schemas)
     runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
     if not runs.empty:
         versions = runs.groupby(["suite", "task"])["task_version"].nunique()
@@ -160,13 +136,33 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, dict[str, Any]], N
     return Loaded(runs, infos, failed_runs, problems)
 
 
-def roles_of(data: dict[str, Any]) -> dict[str, bool]:
-    """The run's roles (``is_baseline`` ...) from the plugin declarations its result records."""
-    out = {}
-    for column, (info, role) in ROLE_COLUMNS.items():
-        roles = (data.get(info) or {}).get("roles") if isinstance(data.get(info), dict) else None
-        out[column] = isinstance(roles, list) and role in roles
-    return out
+IDENTITY = (
+    "suite",
+    "task",
+    "task_version",
+    "backbone",
+    "method",
+    "method_name",
+    "method_version",
+    "method_kind",
+    "mitigation",
+    "mitigation_name",
+    "mitigation_version",
+    "seed",
+    "config_hash",
+)
+
+
+def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:
+    if other_schemas:
+        raise ResultError(
+            f"results of different schemas would be mixed: this mtlbench reads {RESULT_SCHEMA}, but "
+            + "; ".join(
+                f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items())
+            )
+            + ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
+            "mtlbench version that wrote them."
+        )
 
 
 def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
@@ -187,28 +183,22 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     return runs[version == newest].reset_index(drop=True)
 
 
-def _number(value: Any, field: str) -> float:
-    """A stored number (null -> NaN); anything else is a malformed result."""
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{field} = {value!r:.60} is not a number")
-    return float(value)
-
-
-def _run_row(data: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricInfo]]:
+def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricInfo]]:
     """One ok result as a table row, and its metric declarations."""
-    info = {k: MetricInfo(v["task"], bool(v["higher_is_better"]), v.get("label", k)) for k, v in data["metric_info"].items()}
-    cost = data.get("cost") or {}
-    conflict = data.get("conflict") or {}
-    row = {**base, "device": (data.get("provenance") or {}).get("device", "")}
-    for k in ("p_pct", "mean_cos"):
-        row[k] = _number(conflict.get(k), f"conflict.{k}")
+    info = {k: MetricInfo(m.task, m.higher_is_better, m.label or k) for k, m in result.metric_info.items()}
+    conflict, cost = result.conflict, result.cost
+    row = {**base, "device": result.provenance.device}
+    row["p_pct"] = _nan(conflict.p_pct if conflict is not None else None)
+    row["mean_cos"] = _nan(conflict.mean_cos if conflict is not None else None)
     for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
-        row[k] = _number(cost.get(k), f"cost.{k}")
-    for k, v in data["metrics"]["test"].items():
-        row[f"test:{k}"] = _number(v, f"metrics.test.{k}")
+        row[k] = float(getattr(cost, k))
+    for k, v in result.metrics.test.items():
+        row[f"test:{k}"] = float(v)
     return row, info
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 MITIGATION_DELTAS = ("dm_flat", "dm_task", "p_pct")

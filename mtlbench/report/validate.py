@@ -1,8 +1,9 @@
 """`mtlbench validate`: check result files (a submission) and explain every problem.
 
-Each file is checked for: valid JSON of the current schema; the type and range of every field
-the leaderboard reads (finite metrics in ``ok`` results, p% in [0, 100], cosines in [-1, 1],
-positive costs ...); the config hash against the config stored beside it; the copies of the
+Each file is checked for: valid JSON of the current schema; the result file's typed definition
+(:mod:`mtlbench.core.result`: the type and range of every field, finite metrics in ``ok``
+results, p% in [0, 100], cosines in [-1, 1], positive costs ..., and the agreement of its
+parts); the config hash against the config stored beside it; the copies of the
 cell's fields; the file name the runner gives it; the required provenance; labels that are safe
 names; duplicates (the same cell twice); one setting (protocol, backbone ...) per suite, task and
 backbone; and, against the project's plugins, unknown task,
@@ -13,20 +14,18 @@ uncommitted changes) do not reject a file.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from mtlbench.core.cell import LABEL_RE
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import check_hash, iter_result_files, read_result
+from mtlbench.core.result import parse_result
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CELL_KEY = ("suite", "task", "backbone", "method", "mitigation", "seed")
-PROVENANCE = ("mtlbench", "python", "torch", "device")
 SETTING = ("task_version", "task_options", "protocol", "backbone_spec", "conflict")  # shared by one table
 
 
@@ -82,7 +81,29 @@ def known_from_project(root: Path) -> Known:
     )
 
 
-# --------------------------------------------------------------------------- value checks
+# --------------------------------------------------------------------------- one file
+
+
+COMMIT_FIELD = "provenance.git.commit"
+
+
+def check_schema(path: Path, data: dict[str, Any]) -> list[Problem]:
+    """The result file's typed definition (mtlbench.core.result) and the agreement of its parts,
+    plus what a submission needs beyond a readable result: the commit of the code that ran."""
+    _, problems = parse_result(data)
+    out = [Problem(path, p.field, p.message) for p in problems]
+    if data.get("status") == "failed" and not (isinstance(data.get("reason"), str) and data["reason"]):
+        out.append(Problem(path, "reason", "a failed result needs the reason it failed"))
+    commit = _get(data, COMMIT_FIELD)[1]
+    if not (isinstance(commit, str) and COMMIT_RE.match(commit)):
+        out.append(
+            Problem(
+                path,
+                COMMIT_FIELD,
+                f"{commit!r:.80}, expected the 40-hex git commit of the code that ran (run from a git checkout of mtlbench)",
+            )
+        )
+    return out
 
 
 def _get(data: Any, dotted: str) -> tuple[bool, Any]:
@@ -91,140 +112,6 @@ def _get(data: Any, dotted: str) -> tuple[bool, Any]:
             return False, None
         data = data[part]
     return True, data
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _iso(v: Any) -> bool:
-    try:
-        datetime.fromisoformat(v)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-Check = Callable[[Any], bool]
-# field -> (check, what was expected); checked in every file
-ALWAYS: dict[str, tuple[Check, str]] = {
-    "task_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "method_name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "method_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "mitigation_version": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "seed": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-    "status": (lambda v: v in ("ok", "failed"), "'ok' or 'failed'"),
-    "provenance.git.dirty": (lambda v: isinstance(v, bool), "true or false"),
-    "provenance.start_time": (_iso, "an ISO 8601 time"),
-    "provenance.end_time": (_iso, "an ISO 8601 time"),
-    **{f"provenance.{k}": (lambda v: isinstance(v, str) and v != "", "a non-empty string") for k in PROVENANCE},
-    "provenance.git.commit": (
-        lambda v: isinstance(v, str) and bool(COMMIT_RE.match(v)),
-        "the 40-hex git commit of the code that ran (run from a git checkout of mtlbench)",
-    ),
-}
-# checked in ok results
-OK: dict[str, tuple[Check, str]] = {
-    "tasks": (
-        lambda v: isinstance(v, list) and v != [] and all(isinstance(t, str) for t in v),
-        "a non-empty list of sub-task names",
-    ),
-    "metric_info": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
-    "metrics.val": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
-    "metrics.test": (lambda v: isinstance(v, dict) and v != {}, "a non-empty object"),
-    "selection.rule": (lambda v: v in ("best_val", "last_mean"), "'best_val' or 'last_mean'"),
-    "curves": (
-        lambda v: isinstance(v, dict) and v != {} and all(isinstance(c, list) and c for c in v.values()),
-        "per model a non-empty list of epoch records",
-    ),
-    "cost.wall_time_s": (lambda v: is_number(v) and v > 0, "a number > 0"),
-    "cost.step_time_ms": (lambda v: is_number(v) and v > 0, "a number > 0"),
-    "cost.peak_memory_mb": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
-    "cost.params": (lambda v: is_int(v) and v > 0, "an integer > 0"),
-}
-
-
-def check_fields(path: Path, data: dict[str, Any], checks: dict[str, tuple[Check, str]]) -> list[Problem]:
-    out = []
-    for name, (check, expected) in checks.items():
-        present, value = _get(data, name)
-        if not present:
-            out.append(Problem(path, name, f"missing; expected {expected}"))
-        elif not check(value):
-            out.append(Problem(path, name, f"{value!r:.80}, expected {expected}"))
-    return out
-
-
-def check_metrics(path: Path, data: dict[str, Any]) -> list[Problem]:
-    out = []
-    info = data.get("metric_info") if isinstance(data.get("metric_info"), dict) else {}
-    tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []
-    for key, m in info.items():
-        if not isinstance(m, dict) or not isinstance(m.get("higher_is_better"), bool) or m.get("task") not in tasks:
-            out.append(
-                Problem(path, f"metric_info.{key}", f"{m!r:.80}, expected {{task: one of {tasks}, higher_is_better: true/false}}")
-            )
-    for split in ("val", "test"):
-        values = _get(data, f"metrics.{split}")[1]
-        if not isinstance(values, dict):
-            continue
-        for key, v in values.items():
-            if not is_number(v):
-                out.append(
-                    Problem(
-                        path,
-                        f"metrics.{split}.{key}",
-                        f"{v!r}, expected a finite number (an ok result holds no NaN, Inf or null)",
-                    )
-                )
-        if set(values) != set(info):
-            out.append(Problem(path, f"metrics.{split}", f"keys {sorted(values)} differ from metric_info's {sorted(info)}"))
-    return out
-
-
-def check_conflict(path: Path, data: dict[str, Any]) -> list[Problem]:
-    c = data.get("conflict")
-    if c is None:
-        return [] if data.get("method_kind") == "single_task" else [Problem(path, "conflict", "missing for a multi-task run")]
-    if not isinstance(c, dict):
-        return [Problem(path, "conflict", f"{c!r:.80}, expected an object or null")]
-    out = check_fields(
-        path,
-        {"conflict": c},
-        {
-            "conflict.n_samples": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-            "conflict.p_pct": (lambda v: v is None or (is_number(v) and 0 <= v <= 100), "a number in [0, 100]"),
-            "conflict.mean_cos": (lambda v: v is None or (is_number(v) and -1 <= v <= 1), "a number in [-1, 1]"),
-        },
-    )
-    layers = c.get("layers")
-    if isinstance(layers, dict):
-        names = layers.get("names") or []
-        for key, ok, expected in (
-            ("params", lambda v: is_int(v) and v >= 0, "integers >= 0"),
-            ("mean_cos", lambda v: v is None or (is_number(v) and -1 <= v <= 1), "numbers in [-1, 1]"),
-            ("p_pct", lambda v: v is None or (is_number(v) and 0 <= v <= 100), "numbers in [0, 100]"),
-        ):
-            values = layers.get(key)
-            if not isinstance(values, list) or len(values) != len(names) or not all(ok(v) for v in values):
-                out.append(Problem(path, f"conflict.layers.{key}", f"expected {len(names)} {expected}, one per layer"))
-    hist = c.get("histogram")
-    if isinstance(hist, dict) and is_int(c.get("n_samples")) and isinstance(c.get("pairs"), list):
-        counts = hist.get("counts")
-        want = c["n_samples"] * len(c["pairs"])
-        if not isinstance(counts, list) or not all(is_int(n) and n >= 0 for n in counts) or sum(counts) != want:
-            out.append(
-                Problem(
-                    path,
-                    "conflict.histogram.counts",
-                    f"{counts!r:.80}, expected counts >= 0 summing to n_samples × pairs = {want}",
-                )
-            )
-    return out
 
 
 def check_identity(path: Path, data: dict[str, Any]) -> list[Problem]:
@@ -360,11 +247,7 @@ def _validate(path: Path, known: Known | None) -> tuple[list[Problem], dict[str,
         data = read_result(path)
     except ResultError as e:
         return [Problem(path, "file", str(e).split(": ", 1)[-1])], None
-    out = check_identity(path, data) + check_fields(path, data, ALWAYS)
-    if data.get("status") == "failed" and not (isinstance(data.get("reason"), str) and data["reason"]):
-        out.append(Problem(path, "reason", "a failed result needs the reason it failed"))
-    if data.get("status") == "ok":
-        out += check_fields(path, data, OK) + check_metrics(path, data) + check_conflict(path, data)
+    out = check_identity(path, data) + check_schema(path, data)
     if known is not None:
         out += check_known(path, data, known)
     if _get(data, "provenance.git.dirty")[1] is True:

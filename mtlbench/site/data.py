@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from mtlbench.core.result import OkResult, Result
 from mtlbench.report.aggregate import GROUP, ROW, Loaded, load_results, run_delta_m, summarize
 from mtlbench.report.ranking import rank_table
 from mtlbench.site.plots import PlotCache
@@ -106,12 +107,12 @@ def load_site_data(result_dirs: Iterable[Path]) -> SiteData:
     method_info: dict[str, dict[str, Any]] = {}
     details: dict[str, RunDetail] = {}
 
-    def visit(path: Path, data: dict[str, Any]) -> None:
-        if isinstance(data.get("task_info"), dict):
-            task_info.setdefault(str(data.get("task")), data["task_info"])
-        if isinstance(data.get("method_info"), dict):
-            method_info.setdefault(str(data.get("method_name")), data["method_info"])
-        details[str(path)] = run_detail(data)
+    def visit(path: Path, result: Result) -> None:
+        if result.task_info is not None and result.task not in task_info:
+            task_info[result.task] = result.task_info.model_dump()
+        if result.method_info is not None and result.method_name not in method_info:
+            method_info[result.method_name] = result.method_info.model_dump()
+        details[str(path)] = run_detail(result)
 
     loaded = load_results(dirs, visit)
     runs = run_delta_m(loaded)
@@ -123,21 +124,23 @@ def load_site_data(result_dirs: Iterable[Path]) -> SiteData:
     return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details)
 
 
-def run_detail(data: dict[str, Any]) -> RunDetail:
-    cell = data.get("cell") or {}
-    detail = RunDetail(options=cell.get("method_options") or {})
-    layers = (data.get("conflict") or {}).get("layers") or {}
-    detail.layers = [str(n) for n in layers.get("names") or []]
-    detail.layer_p = [number(v) for v in layers.get("p_pct") or []]
-    models = list((data.get("curves") or {}).values())
+def run_detail(result: Result) -> RunDetail:
+    detail = RunDetail(options=result.cell.get("method_options") or {})
+    if not isinstance(result, OkResult):
+        return detail
+    layers = result.conflict.layers if result.conflict is not None else None
+    if layers is not None:
+        detail.layers = list(layers.names)
+        detail.layer_p = [number(v) for v in layers.p_pct]
+    models = list(result.curves.values())
     if models:
         n = min(len(m) for m in models)
-        detail.epochs = [int(e.get("epoch", i + 1)) for i, e in enumerate(models[0][:n])]
+        detail.epochs = [e.epoch for e in models[0][:n]]
         for i in range(n):
-            losses = [number(v) for m in models for v in (m[i].get("train_loss") or {}).values()]
+            losses = [number(v) for m in models for v in m[i].train_loss.values()]
             detail.loss.append(sum(losses) / len(losses) if losses else math.nan)
             for m in models:
-                for k, v in (m[i].get("val") or {}).items():
+                for k, v in m[i].val.items():
                     detail.val.setdefault(k, []).append(number(v))
     return detail
 

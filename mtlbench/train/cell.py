@@ -210,4 +210,4 @@ def train_cell(
         deterministic=deterministic,
         resumed_after_epoch=checkpoints.resumed if checkpoints is not None else {},
     )
-    return ok_result(cell, plugins, run.task, fits, report, memory=memory, t_start=t_start, provenance=info)
+    return ok_result(cell, plugins, run.task, fits, report, memory=memory, t_start=t_start, provenance=info).to_json()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtlbench.core.cell import RESULT_SCHEMA, Cell
+from mtlbench.core.result import FailedResult, OkResult
 from mtlbench.plugin.task import Task
 from mtlbench.train.provenance import PeakMemory, collect, now_iso
 from mtlbench.train.trainer import FitOutput
@@ -30,9 +31,10 @@ def ok_result(
     memory: PeakMemory,
     t_start: float,
     provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """The record of a finished cell (status ok). ``fits``: one output per trained model
-    (``joint``, or one per sub-task for the single-task baseline)."""
+) -> OkResult:
+    """The record of a finished cell (status ok), checked against the result file's definition.
+    ``fits``: one output per trained model (``joint``, or one per sub-task for the single-task
+    baseline)."""
     selection: dict[str, Any] = {}
     val: dict[str, float] = {}
     test: dict[str, float] = {}
@@ -41,22 +43,24 @@ def ok_result(
         val.update(f.val)
         test.update(f.test)
     joint = fits.get("joint")
-    return {
-        **result_header(cell, plugins),
-        "status": "ok",
-        "reason": None,
-        "tasks": list(task.tasks),
-        "metric_info": {
-            m.key: {"task": m.task, "higher_is_better": m.higher_is_better, "label": m.label or m.key} for m in task.metrics
-        },
-        "metrics": {"val": val, "test": test},
-        "selection": {"rule": cell.protocol["selection"], "per_model": selection},
-        "curves": {name: f.epochs for name, f in fits.items()},
-        "conflict": joint.conflict if joint is not None else None,
-        "mitigation_report": mitigation_report,
-        "cost": cost(fits, memory, t_start),
-        "provenance": provenance,
-    }
+    return OkResult.model_validate(
+        {
+            **result_header(cell, plugins),
+            "status": "ok",
+            "reason": None,
+            "tasks": list(task.tasks),
+            "metric_info": {
+                m.key: {"task": m.task, "higher_is_better": m.higher_is_better, "label": m.label or m.key} for m in task.metrics
+            },
+            "metrics": {"val": val, "test": test},
+            "selection": {"rule": cell.protocol["selection"], "per_model": selection},
+            "curves": {name: f.epochs for name, f in fits.items()},
+            "conflict": joint.conflict if joint is not None else None,
+            "mitigation_report": mitigation_report,
+            "cost": cost(fits, memory, t_start),
+            "provenance": provenance,
+        }
+    )
 
 
 def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> dict[str, Any]:
@@ -156,13 +160,15 @@ def _jsonable(value: Any) -> Any:
 
 def failed_result(
     cell: Cell, plugins: Plugins, device: torch.device, error: BaseException, started: str, run_info: dict[str, Any] | None = None
-) -> dict[str, Any]:
+) -> FailedResult:
     tb = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-6))
-    return {
-        **result_header(cell, plugins),
-        "status": "failed",
-        "reason": f"{type(error).__name__}: {error}"[:500],
-        "traceback": tb[-4000:],
-        "metrics": {},
-        "provenance": provenance(cell, plugins, device, started, run_info),
-    }
+    return FailedResult.model_validate(
+        {
+            **result_header(cell, plugins),
+            "status": "failed",
+            "reason": f"{type(error).__name__}: {error}"[:500],
+            "traceback": tb[-4000:],
+            "metrics": {},
+            "provenance": provenance(cell, plugins, device, started, run_info),
+        }
+    )

@@ -1,0 +1,396 @@
+"""The result file: one typed definition (pydantic), used by the writer (the trainer's record),
+by ``mtlbench validate``, by aggregation and by the site. Torch-free.
+
+A result is :class:`OkResult` or :class:`FailedResult` (by ``status``); :func:`parse_result`
+picks the model and turns every validation error into a :class:`FieldProblem` naming the
+field (a dotted path such as ``metrics.test.left.acc``), the value and what was expected —
+the texts of :data:`EXPECTED`. Parts that are free-form by design (``provenance`` beyond its
+required fields, ``mitigation_report``, per-epoch records beyond theirs) keep extra keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mtlbench.core.cell import RESULT_SCHEMA
+
+
+def _json_number(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise PydanticCustomError("number", "is not a number")
+    return v
+
+
+def _iso_time(v: str) -> str:
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        raise PydanticCustomError("iso_time", "is not an ISO 8601 time") from None
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_json_number)]  # a JSON number (NaN/Inf allowed: stored as null)
+Finite = Annotated[float, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
+Int = Annotated[int, Strict()]
+Text = Annotated[str, Strict(), Field(min_length=1)]
+Pct = Annotated[Finite, Field(ge=0, le=100)]
+Cosine = Annotated[Finite, Field(ge=-1, le=1)]
+IsoTime = Annotated[str, Strict(), AfterValidator(_iso_time)]
+
+
+class Record(BaseModel):
+    """A part of a result with a fixed set of keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Open(BaseModel):
+    """A part of a result that may carry further keys (kept as they are)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class MetricDecl(Record):
+    task: Text
+    higher_is_better: Annotated[bool, Strict()]
+    label: str = ""
+
+
+class PluginInfo(Open):
+    version: str = ""
+    description: str = ""
+    citation: str = ""
+    reference: str = ""
+    roles: list[str] = []
+
+
+class MethodInfo(PluginInfo):
+    kind: str = ""
+    option_defaults: dict[str, Any] = {}
+
+
+class TaskInfo(PluginInfo):
+    delta_m_convention: Literal["flat", "task"] = "flat"
+    main_metrics: dict[str, str] = {}
+
+
+class Git(Open):
+    commit: str | None = None
+    dirty: Annotated[bool, Strict()]
+
+
+class Provenance(Open):
+    mtlbench: Text
+    python: Text
+    torch: Text
+    device: Text
+    git: Git
+    start_time: IsoTime
+    end_time: IsoTime
+    threads: Int | None = None
+    device_name: str = ""
+
+
+class Metrics(Record):
+    val: dict[str, Finite] = {}
+    test: dict[str, Finite] = {}
+
+
+class Selection(Record):
+    rule: Literal["best_val", "last_mean"]
+    per_model: dict[str, dict[str, Any]] = {}
+
+
+class Epoch(Open):
+    epoch: Int
+    train_loss: dict[str, Number] = {}
+    val: dict[str, Number] = {}
+    test: dict[str, Number] | None = None
+
+
+class Histogram(Open):
+    edges: list[Number] = []
+    labels: list[str] = []
+    counts: list[Annotated[Int, Field(ge=0)]]
+
+
+class Layers(Open):
+    names: list[str]
+    params: list[Annotated[Int, Field(ge=0)]]
+    mean_cos: list[Cosine | None]
+    p_pct: list[Pct | None]
+    s_conflict: dict[str, list[Int]] = {}
+
+
+class Conflict(Open):
+    every: Int = 0
+    n_samples: Annotated[Int, Field(ge=0)]
+    pairs: list[list[str]] = []
+    p_pct: Pct | None = None
+    mean_cos: Cosine | None = None
+    histogram: Histogram | None = None
+    series: dict[str, Any] = {}
+    layers: Layers | None = None
+
+
+class Cost(Open):
+    wall_time_s: Annotated[Finite, Field(gt=0)]
+    train_steps: Int = 0
+    step_time_ms: Annotated[Finite, Field(gt=0)]
+    step_time_ms_median: Number | None = None
+    conflict_time_s: Number = 0.0
+    task_gradients: dict[str, Any] | None = None
+    peak_memory_mb: Annotated[Finite, Field(ge=0)]
+    peak_memory_kind: str = ""
+    params: Annotated[Int, Field(gt=0)]
+    params_shared: Int = 0
+
+
+class ResultBase(Record):
+    """What every result file holds, ok or failed.
+
+    Read with ``context={"lenient": True}`` (aggregation, the site), top-level keys this
+    definition does not know are ignored; ``validate`` reads strictly and names them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unknown(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and (info.context or {}).get("lenient"):
+            return {k: v for k, v in data.items() if k in cls.model_fields or k == "schema"}
+        return data
+
+    schema_: Literal["mtlbench.result/2"] = Field(RESULT_SCHEMA, alias="schema")
+    config_hash: Text
+    cell: dict[str, Any]
+    suite: Text
+    task: Text
+    task_version: Text
+    backbone: Text
+    method: Text
+    method_name: Text
+    method_version: Text
+    method_kind: str | None = None
+    mitigation: Text
+    mitigation_name: Text
+    mitigation_version: Text
+    seed: Annotated[Int, Field(ge=0)]
+    method_info: MethodInfo | None = None
+    mitigation_info: PluginInfo | None = None
+    task_info: TaskInfo | None = None
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    metrics: Metrics = Metrics()
+    provenance: Provenance
+
+    def roles(self) -> dict[str, bool]:
+        """The run's roles, from the plugin declarations it records."""
+        method = set(self.method_info.roles) if self.method_info is not None else set()
+        mitigation = set(self.mitigation_info.roles) if self.mitigation_info is not None else set()
+        return {
+            "is_baseline": "baseline" in method,
+            "is_reference": "reference" in method,
+            "is_front": "front" in method,
+            "unmitigated": "unmitigated" in mitigation,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=False)
+
+
+class FailedResult(ResultBase):
+    status: Literal["failed"]
+    reason: str | None = None  # `validate` requires one; readers show "no reason recorded"
+    traceback: str = ""
+
+
+class OkResult(ResultBase):
+    status: Literal["ok"]
+    tasks: Annotated[list[Text], Field(min_length=1)]
+    metric_info: Annotated[dict[str, MetricDecl], Field(min_length=1)]
+    metrics: Metrics
+    selection: Selection
+    curves: dict[str, Annotated[list[Epoch], Field(min_length=1)]]
+    conflict: Conflict | None = None
+    mitigation_report: dict[str, Any] | None = None
+    cost: Cost
+
+    def consistency(self) -> list[FieldProblem]:
+        """Agreement between parts of one file (what types alone cannot say)."""
+        out = []
+        for key, m in self.metric_info.items():
+            if m.task not in self.tasks:
+                out.append(FieldProblem(f"metric_info.{key}", f"task {m.task!r} is not one of {self.tasks}"))
+        for split in ("val", "test"):
+            values = getattr(self.metrics, split)
+            if not values:
+                out.append(FieldProblem(f"metrics.{split}", "{}, expected a non-empty object"))
+            elif set(values) != set(self.metric_info):
+                out.append(
+                    FieldProblem(
+                        f"metrics.{split}", f"keys {sorted(values)} differ from metric_info's {sorted(self.metric_info)}"
+                    )
+                )
+        if not self.curves:
+            out.append(FieldProblem("curves", "{}, expected per model a non-empty list of epoch records"))
+        if self.conflict is None and self.method_kind != "single_task":
+            out.append(FieldProblem("conflict", "missing for a multi-task run"))
+        if self.conflict is not None:
+            out += _conflict_consistency(self.conflict)
+        return out
+
+
+Result = OkResult | FailedResult
+
+
+def _conflict_consistency(c: Conflict) -> list[FieldProblem]:
+    out = []
+    if c.layers is not None:
+        n = len(c.layers.names)
+        for key in ("params", "mean_cos", "p_pct"):
+            if len(getattr(c.layers, key)) != n:
+                out.append(FieldProblem(f"conflict.layers.{key}", f"expected {n} values, one per layer"))
+    if c.histogram is not None and sum(c.histogram.counts) != c.n_samples * len(c.pairs):
+        out.append(
+            FieldProblem(
+                "conflict.histogram.counts",
+                f"{c.histogram.counts!r:.80}, expected counts >= 0 summing to n_samples × pairs = {c.n_samples * len(c.pairs)}",
+            )
+        )
+    return out
+
+
+# What each field must hold, as the messages say it (dotted paths; * matches one part).
+EXPECTED: dict[str, str] = {
+    "schema": f"{RESULT_SCHEMA!r}",
+    "config_hash": "a non-empty string",
+    "cell": "an object (the resolved cell)",
+    "seed": "an integer >= 0",
+    "status": "'ok' or 'failed'",
+    "reason": "a non-empty string (a failed result needs the reason it failed)",
+    "tasks": "a non-empty list of sub-task names",
+    "metric_info": "a non-empty object",
+    "metric_info.*": "{task: one of the sub-tasks, higher_is_better: true/false}",
+    "metric_info.*.*": "{task: one of the sub-tasks, higher_is_better: true/false}",
+    "metrics.val": "a non-empty object",
+    "metrics.test": "a non-empty object",
+    "metrics.*.*": "a finite number (an ok result holds no NaN, Inf or null)",
+    "selection.rule": "'best_val' or 'last_mean'",
+    "curves": "per model a non-empty list of epoch records",
+    "curves.*": "per model a non-empty list of epoch records",
+    "conflict.n_samples": "an integer >= 0",
+    "conflict.p_pct": "a number in [0, 100]",
+    "conflict.mean_cos": "a number in [-1, 1]",
+    "conflict.layers.params": "integers >= 0, one per layer",
+    "conflict.layers.mean_cos": "numbers in [-1, 1], one per layer",
+    "conflict.layers.p_pct": "numbers in [0, 100], one per layer",
+    "conflict.histogram.counts": "counts >= 0",
+    "cost.wall_time_s": "a number > 0",
+    "cost.step_time_ms": "a number > 0",
+    "cost.peak_memory_mb": "a number >= 0",
+    "cost.params": "an integer > 0",
+    "provenance.git.dirty": "true or false",
+    "provenance.start_time": "an ISO 8601 time",
+    "provenance.end_time": "an ISO 8601 time",
+    "provenance.threads": "an integer",
+}
+EXPECTED_BY_TYPE = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "dict_type": "an object",
+    "list_type": "a list",
+    "string_too_short": "a non-empty string",
+    "missing": "a value",
+}
+for _name in (
+    "task",
+    "task_version",
+    "backbone",
+    "method",
+    "method_name",
+    "method_version",
+    "mitigation",
+    "mitigation_name",
+    "mitigation_version",
+    "suite",
+    "provenance.mtlbench",
+    "provenance.python",
+    "provenance.torch",
+    "provenance.device",
+):
+    EXPECTED[_name] = "a non-empty string"
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    field: str
+    message: str
+    short: str = ""  # one line for readers that skip the file: "<field> = <value> is not a number"
+
+    def __str__(self) -> str:
+        return self.short or f"{self.field}: {self.message}"
+
+
+def expected_for(names: list[str], error_type: str) -> str:
+    """What the field at ``names`` (its path, one part per key: a key may hold dots) must hold."""
+    for pattern, text in EXPECTED.items():
+        parts = pattern.split(".")
+        if len(parts) == len(names) and all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, parts)):
+            return text
+    return EXPECTED_BY_TYPE.get(error_type, "a valid value")
+
+
+def _problems(error: ValidationError) -> list[FieldProblem]:
+    """One problem per validation error. List positions are not part of the field's name (the
+    message says which item): ``conflict.layers.mean_cos: item 3: 2.0, expected ...``."""
+    out = []
+    for e in error.errors(include_url=False):
+        names = [str(p) for p in e["loc"] if not isinstance(p, int)]
+        items = [p for p in e["loc"] if isinstance(p, int)]
+        field = ".".join(names) or "file"
+        expected = expected_for(names, e["type"])
+        where = "".join(f"item {i}: " for i in items)
+        if e["type"] == "missing":
+            out.append(FieldProblem(field, f"{where}missing; expected {expected}"))
+        elif e["type"] == "extra_forbidden":
+            out.append(FieldProblem(field, "unknown field; remove it (or check its spelling)"))
+        else:
+            value = e.get("input")
+            shown = "NaN" if isinstance(value, float) and math.isnan(value) else f"{value!r:.80}"
+            msg = e["msg"] if e["msg"].startswith("is ") else f"is not {expected}"
+            out.append(FieldProblem(field, f"{where}{shown}, expected {expected}", f"{field} = {shown:.60} {msg}"))
+    return out
+
+
+def parse_result(data: dict[str, Any], lenient: bool = False) -> tuple[Result | None, list[FieldProblem]]:
+    """The typed result of a file's JSON object and every problem found (the model is None when
+    the types do not hold; consistency problems come with a model). ``lenient``: ignore
+    top-level keys the definition does not know (readers); ``validate`` reads strictly."""
+    status = data.get("status")
+    model: type[ResultBase] = OkResult if status == "ok" else FailedResult if status == "failed" else ResultBase
+    try:
+        result = model.model_validate(data, context={"lenient": lenient})
+    except ValidationError as e:
+        return None, _problems(e)
+    if isinstance(result, OkResult):
+        return result, result.consistency()
+    if not isinstance(result, (OkResult, FailedResult)):
+        return None, []  # unreachable: ResultBase rejects an unknown status
+    return result, []
