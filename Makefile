@@ -32,6 +32,7 @@ test: setup-dev lint
 lint: setup-dev
 	$(BIN)/ruff check mtlbench baselines tasks
 	$(BIN)/ruff format --check mtlbench baselines tasks
+	$(BIN)/mypy mtlbench baselines tasks
 
 clean:
 	rm -rf $(VENV) results leaderboard/site

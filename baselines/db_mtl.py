@@ -19,6 +19,8 @@ from mtlbench.api import GradientAggregator, StepInfo
 
 class DBMTL(GradientAggregator):
     name = "db-mtl"
+    grad_average: Tensor
+    step: Tensor
     description = "dual balancing: log losses, then gradients rescaled to the largest norm"
     citation = "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv 2308.12029, 2023"
     reference = "LibMTL weighting/DB_MTL.py (beta 0.9, beta_sigma 0.5)"

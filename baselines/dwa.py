@@ -18,6 +18,10 @@ from mtlbench.api import LossWeighting, StepInfo
 
 class DWA(LossWeighting):
     name = "dwa"
+    counts: Tensor
+    epoch: Tensor
+    epoch_means: Tensor
+    running: Tensor
     description = "dynamic weight average: weights from the epoch-to-epoch loss ratios"
     citation = "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019"
     reference = "LibMTL weighting/DWA.py (T = 2, epoch-mean losses, weights sum to T)"

@@ -29,6 +29,13 @@ EPS = 1e-8
 
 class FAMO(LossWeighting):
     name = "famo"
+    adam_m: Tensor
+    adam_t: Tensor
+    adam_v: Tensor
+    has_prev: Tensor
+    logits: Tensor
+    min_losses: Tensor
+    prev_losses: Tensor
     description = "FAMO: balanced log-loss decrease with O(1) extra cost"
     citation = "Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023"
     reference = "authors' famo.py (gamma 0.01, w_lr 0.025, max_norm 1, losses re-evaluated on the same batch)"
@@ -50,7 +57,7 @@ class FAMO(LossWeighting):
             raise ValueError(f"need w_lr > 0, gamma >= 0, max_norm >= 0; got {w_lr}, {gamma}, {max_norm}")
         if update_losses not in self.UPDATE_LOSSES:
             raise ValueError(f"update_losses={update_losses!r}; valid: {', '.join(self.UPDATE_LOSSES)}")
-        self.wants_losses_after_step = update_losses == "same_batch"
+        self.wants_losses_after_step = update_losses == "same_batch"  # type: ignore[misc]  # per instance
         mins = [0.0] * n_tasks if min_losses is None else min_losses
         if len(mins) != n_tasks:
             raise ValueError(f"min_losses must have {n_tasks} entries, got {min_losses!r}")

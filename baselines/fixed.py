@@ -21,6 +21,7 @@ from mtlbench.api import LossWeighting, StepInfo
 
 class Fixed(LossWeighting):
     name = "fixed"
+    w: Tensor
     roles = frozenset({"front"})
     description = "fixed task weights (linear scalarisation); option weights = [w_1, ..., w_T]"
     citation = "Xin et al., Do Current Multi-Task Optimization Methods in Deep Learning Even Help?, NeurIPS 2022"

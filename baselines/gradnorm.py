@@ -23,6 +23,8 @@ from mtlbench.api import GradientAggregator, StepInfo
 
 class GradNorm(GradientAggregator):
     name = "gradnorm"
+    first_epoch_steps: Tensor
+    first_epoch_sum: Tensor
     description = "GradNorm: weights that balance gradient norms by training rate"
     citation = "Chen et al., GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask Networks, ICML 2018"
     reference = "LibMTL weighting/GradNorm.py (alpha 1.5, all shared parameters, EW during epoch 0)"

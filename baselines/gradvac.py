@@ -25,6 +25,7 @@ from mtlbench.plugin.solvers import gram_matrix
 
 class GradVac(GradientAggregator):
     name = "gradvac"
+    targets: Tensor
     description = "gradient vaccine: raise pairwise cosines toward their moving targets"
     citation = (
         "Wang et al., Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively Multilingual "

@@ -22,6 +22,9 @@ from mtlbench.api import GradientAggregator, StepInfo
 
 class MoCo(GradientAggregator):
     name = "moco"
+    lambd: Tensor
+    step: Tensor
+    tracked: Tensor
     description = "MoCo: tracked task gradients and weights on the min-norm objective"
     citation = "Fernando et al., Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach, ICLR 2023"
     reference = "LibMTL weighting/MoCo.py (beta 0.5, beta_sigma 0.5, gamma 0.1, gamma_sigma 0.5, rho 0)"

@@ -28,6 +28,8 @@ from mtlbench.plugin.solvers import gram_matrix, power_balance_weights
 
 class NashMTL(GradientAggregator):
     name = "nash-mtl"
+    alpha: Tensor
+    calls: Tensor
     description = "Nash bargaining solution: G G^T alpha = 1/alpha"
     citation = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022"
     reference = "authors' nash-mtl NashMTL (max_norm 1); exact Newton solve instead of cvxpy"

@@ -297,22 +297,22 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:<6} v{m.version}  {m.description}{roles}\n{'':<7}cite: {m.citation or '-'}\n{'':<7}options: {opts}")
         return 0
     if args.what == "backbones":
-        from mtlbench.backbones.build import NATIVE_MODELS
+        from mtlbench.backbones.build import native_models
         from mtlbench.grid.config import load_benchmark
 
         bench = load_benchmark(args.config)
         for bid, spec in bench.backbones.items():
-            source = "native" if spec.model in NATIVE_MODELS else "timm"
+            source = "native" if spec.model in native_models() else "timm"
             print(f"{bid:<14} {source + ':' + spec.model:<30} stem={spec.stem:<8} kwargs={spec.kwargs}")
         print("native models (dense feature maps, for segmentation/depth/normal tasks):")
-        for name, m in NATIVE_MODELS.items():
-            print(f"  {name:<12} {m.description}")
+        for name, native in native_models().items():
+            print(f"  {name:<12} v{native.version}  {native.description}")
         print('any timm model name can be declared as [backbones.<id>] model = "..." (pooled features)')
         return 0
     plugins = discover(root)
     if args.what == "tasks":
-        for name, cls in sorted(plugins.tasks.items()):
-            print(f"{name:<14} v{cls.version}  tasks: {', '.join(cls.tasks)}  {cls.description}")
+        for name, task in sorted(plugins.tasks.items()):
+            print(f"{name:<14} v{task.version}  tasks: {', '.join(task.tasks)}  {task.description}")
     else:
         width = max(len(n) for n in plugins.methods)
         pad = " " * (width + 14)

@@ -2,7 +2,7 @@
 
 A backbone is declared in ``benchmark.toml`` as ``[backbones.<id>]`` with ``model``, ``kwargs``,
 ``stem`` and ``pretrained`` (default false: nothing is downloaded). ``model`` names a native
-network of mtlbench (:data:`NATIVE_MODELS`, looked up first) or any timm model.
+network of mtlbench (:func:`native_models`, looked up first) or any timm model.
 
 Tasks declare the representation their heads read (``Task.representation``):
 - ``"pooled"``: a feature vector per image, (N, D); timm models with ``num_classes=0``;
@@ -14,64 +14,28 @@ the whole multi-task model (:class:`mtlbench.backbones.segnet.SegNetMTAN`) aroun
 from __future__ import annotations
 
 import difflib
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from mtlbench.backbones.segnet import SegNet, SegNetMTAN, feature_channels
 from mtlbench.core.errors import ConfigError
+from mtlbench.core.registry import Registry, discover
+from mtlbench.plugin.backbone import REPRESENTATIONS, NativeBackbone
 from mtlbench.plugin.model import HardSharingModel, MultiTaskModel
 
-REPRESENTATIONS = {
-    "pooled": "a feature vector per image (N, D)",
-    "dense": "a feature map at the input resolution (N, C, H, W)",
-}
+
+def native_models() -> Registry[NativeBackbone]:
+    """The native backbones (mtlbench/backbones/), found by the plugin registry once per process."""
+    global _NATIVE
+    if _NATIVE is None:
+        _NATIVE = discover("backbone", NativeBackbone, packages=["mtlbench.backbones"])
+    return _NATIVE
 
 
-@dataclass(frozen=True)
-class NativeModel:
-    """A network mtlbench builds itself. ``network(in_chans=..., **kwargs)`` is a shared trunk,
-    or, when ``builds_model``, ``network(heads, in_chans=..., **kwargs)`` is a whole multi-task
-    model around the given heads (architectures with task-specific parts inside).
-    ``feature_channels(**kwargs)`` is the channel count the heads receive."""
+_NATIVE: Registry[NativeBackbone] | None = None
 
-    name: str
-    description: str
-    representation: str
-    network: type[nn.Module]
-    builds_model: bool
-    feature_channels: Callable[..., int]
-
-    def kwargs(self) -> list[str]:
-        skip = {"self", "heads", "in_chans"}
-        return [p for p in inspect.signature(self.network.__init__).parameters if p not in skip]
-
-
-NATIVE_MODELS: dict[str, NativeModel] = {
-    m.name: m
-    for m in (
-        NativeModel(
-            "segnet",
-            "SegNet encoder-decoder (VGG16 layout, pooling-index un-pooling), as in MTAN's code; "
-            "kwargs: widths (5 stage widths, default 64-128-256-512-512)",
-            "dense",
-            SegNet,
-            False,
-            feature_channels,
-        ),
-        NativeModel(
-            "segnet_mtan",
-            "SegNet-MTAN: shared SegNet with per-task attention modules (Liu et al., CVPR 2019); kwargs: widths",
-            "dense",
-            SegNetMTAN,
-            True,
-            feature_channels,
-        ),
-    )
-}
 
 STEMS = {
     "default": "the model's own stem",
@@ -95,20 +59,20 @@ class BackboneSpec:
 def known_model(name: str) -> bool:
     import timm
 
-    return name in NATIVE_MODELS or timm.is_model(name)
+    return name in native_models() or timm.is_model(name)
 
 
 def suggest_models(name: str, n: int = 5) -> list[str]:
     """Close matches among native and timm model names (native ones first)."""
     import timm
 
-    native = difflib.get_close_matches(name, list(NATIVE_MODELS), n=n, cutoff=0.5)
+    native = difflib.get_close_matches(name, list(native_models()), n=n, cutoff=0.5)
     return native + difflib.get_close_matches(name, timm.list_models(), n=n - len(native), cutoff=0.5)
 
 
 def representation_of(spec: BackboneSpec) -> str:
     """The representation a backbone's trunk gives: a native model's, else ``"pooled"`` (timm)."""
-    native = NATIVE_MODELS.get(spec.model)
+    native = native_models().get(spec.model)
     return native.representation if native is not None else "pooled"
 
 
@@ -116,7 +80,7 @@ def check_backbone(spec: BackboneSpec, representation: str) -> None:
     """Raise a ConfigError unless ``spec`` can serve a task that needs ``representation``."""
     given = representation_of(spec)
     if given != representation:
-        fitting = [n for n, m in NATIVE_MODELS.items() if m.representation == representation]
+        fitting = [n for n, m in native_models().items() if m.representation == representation]
         hint = (
             f"use a native dense model: {', '.join(fitting)}"
             if fitting
@@ -126,7 +90,7 @@ def check_backbone(spec: BackboneSpec, representation: str) -> None:
             f"backbone {spec.id!r} ({spec.model}) gives {REPRESENTATIONS[given]}, but the task needs "
             f"{REPRESENTATIONS[representation]}; {hint}"
         )
-    native = NATIVE_MODELS.get(spec.model)
+    native = native_models().get(spec.model)
     if native is None:
         return
     if spec.stem != "default" or spec.pretrained:
@@ -149,7 +113,7 @@ def build_multitask_model(
     """The multi-task model for ``tasks``: a trunk plus ``make_head(task, feature_size)`` per
     task (hard sharing), or a native architecture built around those heads."""
     check_backbone(spec, representation)
-    native = NATIVE_MODELS.get(spec.model)
+    native = native_models().get(spec.model)
     if native is not None and native.builds_model:
         width = _native(spec, native, native.feature_channels)
         heads = {t: make_head(t, width) for t in tasks}
@@ -158,7 +122,7 @@ def build_multitask_model(
     return HardSharingModel(trunk, {t: make_head(t, dim) for t in tasks})
 
 
-def _native(spec: BackboneSpec, native: NativeModel, build: Callable[..., Any]) -> Any:
+def _native(spec: BackboneSpec, native: type[NativeBackbone], build: Callable[..., Any]) -> Any:
     try:
         return build(**spec.kwargs)
     except (TypeError, ValueError) as e:
@@ -171,7 +135,7 @@ def build_trunk(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> tuple[
     import timm
 
     in_chans = input_shape[0]
-    native = NATIVE_MODELS.get(spec.model)
+    native = native_models().get(spec.model)
     if native is not None:
         if native.builds_model:
             raise ConfigError(f"backbone {spec.id!r}: {spec.model!r} builds a whole multi-task model, not a trunk")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlbench.plugin.backbone import NativeBackbone
 from mtlbench.plugin.model import MultiTaskModel, init_weights, module_layers
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 512)
@@ -200,7 +201,7 @@ class SegNetMTAN(MultiTaskModel):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         f = self.segnet.features(x)
-        return {t: head(self.attend(self.attention[t], f)) for t, head in self.heads.items()}
+        return {t: head(self.attend(self.attention[t], f)) for t, head in self.heads.items()}  # type: ignore[arg-type]
 
     def attend(self, attention: TaskAttention, f: SegNetFeatures) -> Tensor:
         """One task's attended decoder output (N, widths[0], H, W)."""
@@ -209,10 +210,11 @@ class SegNetMTAN(MultiTaskModel):
             gate_in = f.encoder_first[k] if a is None else torch.cat((f.encoder_first[k], a), dim=1)
             masked = attention.encoder[k](gate_in) * f.encoder_out[k]
             a = F.max_pool2d(self.encoder_link[k](masked), kernel_size=2, stride=2)
+        assert a is not None  # STAGES >= 1
         for i, k in enumerate(reversed(range(STAGES))):
             a = self.decoder_link[k](upsample2x(a))
             a = attention.decoder[k](torch.cat((f.decoder_unpooled[i], a), dim=1)) * f.decoder_out[i]
-        return a
+        return a  # type: ignore[return-value]
 
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
         layers = []
@@ -223,3 +225,23 @@ class SegNetMTAN(MultiTaskModel):
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         params = list(self.attention[task].parameters()) + list(self.heads[task].parameters())
         return [p for p in params if p.requires_grad]
+
+
+class SegNetBackbone(NativeBackbone):
+    name = "segnet"
+    description = (
+        "SegNet encoder-decoder (VGG16 layout, pooling-index un-pooling), as in MTAN's code; "
+        "kwargs: widths (5 stage widths, default 64-128-256-512-512)"
+    )
+    citation = "Badrinarayanan, Kendall & Cipolla, SegNet, TPAMI 2017; MTAN's code (Liu et al., CVPR 2019)"
+    network = SegNet
+    feature_channels = staticmethod(feature_channels)
+
+
+class SegNetMTANBackbone(NativeBackbone):
+    name = "segnet_mtan"
+    description = "SegNet-MTAN: shared SegNet with per-task attention modules (Liu et al., CVPR 2019); kwargs: widths"
+    citation = "Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019"
+    network = SegNetMTAN
+    builds_model = True
+    feature_channels = staticmethod(feature_channels)

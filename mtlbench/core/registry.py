@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from mtlbench.core.errors import PluginError
 
@@ -73,8 +73,8 @@ P = TypeVar("P", bound=Plugin)
 
 
 @dataclass
-class Registry(Generic[P]):
-    """The plugins of one kind: name -> class, and the file each came from."""
+class Registry(Mapping[str, "type[P]"], Generic[P]):
+    """The plugins of one kind: name -> class (a read-only mapping), and the file each came from."""
 
     kind: str
     classes: dict[str, type[P]] = field(default_factory=dict)
@@ -83,23 +83,11 @@ class Registry(Generic[P]):
     def __getitem__(self, name: str) -> type[P]:
         return self.classes[name]
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.classes
-
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self.classes)
 
     def __len__(self) -> int:
         return len(self.classes)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.classes.get(name, default)
-
-    def items(self):
-        return self.classes.items()
-
-    def values(self):
-        return self.classes.values()
 
     def with_role(self, role: str) -> list[str]:
         return [n for n, c in self.classes.items() if role in c.roles]

@@ -14,7 +14,7 @@ import fnmatch
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -53,6 +53,11 @@ Text = Annotated[str, Strict(), Field(min_length=1)]
 Pct = Annotated[Finite, Field(ge=0, le=100)]
 Cosine = Annotated[Finite, Field(ge=-1, le=1)]
 IsoTime = Annotated[str, Strict(), AfterValidator(_iso_time)]
+
+
+SchemaName = Literal["mtlbench.result/2"]
+if get_args(SchemaName) != (RESULT_SCHEMA,):  # one schema name, declared in core/cell.py
+    raise RuntimeError(f"the result model reads {get_args(SchemaName)}, cells write {RESULT_SCHEMA}")
 
 
 class Record(BaseModel):
@@ -176,7 +181,7 @@ class ResultBase(Record):
             return {k: v for k, v in data.items() if k in cls.model_fields or k == "schema"}
         return data
 
-    schema_: Literal["mtlbench.result/2"] = Field(RESULT_SCHEMA, alias="schema")
+    schema_: SchemaName = Field("mtlbench.result/2", alias="schema")
     config_hash: Text
     cell: dict[str, Any]
     suite: Text

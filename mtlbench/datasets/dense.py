@@ -130,7 +130,8 @@ def random_scale_crop_flip(
     ``targets`` may hold ``segmentation`` (N, H, W), ``depth`` (N, 1, H, W), ``normal`` (N, 3, H, W).
     """
     height, width = x.shape[-2:]
-    images, outs = [], {k: [] for k in targets}
+    images: list[Tensor] = []
+    outs: dict[str, list[Tensor]] = {k: [] for k in targets}
     for s in range(x.shape[0]):
         scale = scales[int(torch.randint(len(scales), (1,), generator=generator))]
         h, w = int(height / scale), int(width / scale)

@@ -54,7 +54,7 @@ def decode_resized(paths: Sequence[Path], size: int, fix: str, workers: int | No
         path = paths[i]
         try:
             with Image.open(path) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
         except FileNotFoundError:
             raise DataError(f"{path}: image file not found; {fix}") from None
         except (OSError, ValueError, SyntaxError) as e:

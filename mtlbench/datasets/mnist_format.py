@@ -51,6 +51,7 @@ def read_idx(path: Path, name: str = "MNIST") -> np.ndarray:
     magic, count = struct.unpack(">II", data[:8])
     if magic == 2051:
         rows, cols = struct.unpack(">II", data[8:16])
+        shape: tuple[int, ...]
         expected, offset, shape = count * rows * cols, 16, (count, rows, cols)
     elif magic == 2049:
         expected, offset, shape = count, 8, (count,)
@@ -84,9 +85,10 @@ def read_mnist_format(
         )
     found = {k: _find(source, v, folders) for k, v in IDX_FILES.items()}
     if all(found.values()):
+        paths = {k: v for k, v in found.items() if v is not None}
         out = {}
         for split in ("train", "test"):
-            images, labels = read_idx(found[f"{split}_images"], name), read_idx(found[f"{split}_labels"], name)
+            images, labels = read_idx(paths[f"{split}_images"], name), read_idx(paths[f"{split}_labels"], name)
             if images.ndim != 3 or images.shape[1:] != (DIGIT, DIGIT):
                 raise DataError(f"{found[f'{split}_images']}: images of shape {images.shape[1:]}, expected ({DIGIT}, {DIGIT})")
             if images.shape[0] != labels.shape[0]:

@@ -21,6 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,7 +118,8 @@ def scan(source: Path, layout: Layout) -> Scan:
             n_images = n
             found.files[split][m.column] = [directory / f"{i}.npy" for i in range(n)]
     first = found.files["train"][layout.modalities[0].column][0]
-    found.size = _header(first, layout, source)[0][:2]
+    height, width = _header(first, layout, source)[0][:2]
+    found.size = (height, width)
     for mods in found.files.values():
         for m in layout.modalities:
             for path in mods[m.column]:
@@ -206,7 +208,7 @@ def _write(out: Path, found: Scan, layout: Layout) -> None:
 def _rows(files: dict[str, list[Path]], layout: Layout):
     n = len(files[layout.modalities[0].column])
     for i in range(n):
-        row = {"source_index": i}
+        row: dict[str, Any] = {"source_index": i}
         for m in layout.modalities:
             array = np.load(files[m.column][i], allow_pickle=False)
             if m.channels == 0:

@@ -145,8 +145,8 @@ class MappedSplit(Split):
         for name, t in targets.items():
             if len(t) != n:
                 raise ValueError(f"target {name!r} has {len(t)} rows, inputs have {n}")
-        self.x = x
-        self.targets = dict(targets)
+        self.x = x  # type: ignore[assignment]  # a MappedSplit's columns stay on disk
+        self.targets = dict(targets)  # type: ignore[arg-type]
         self.rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
         self.dtypes = dict(dtypes or {})
         self.transform = transform  # turns a gathered batch of x into model inputs (e.g. uint8 -> normalised float)
@@ -160,18 +160,18 @@ class MappedSplit(Split):
 
     def batch(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         rows = self.rows[np.asarray(index, dtype=np.int64)]
-        x = self._tensor("x", self.x, rows)
+        x = self._tensor("x", self.x, rows)  # type: ignore[arg-type]
         if self.transform is not None:
             x = self.transform(x)
-        return x, {k: self._tensor(k, v, rows) for k, v in self.targets.items()}
+        return x, {k: self._tensor(k, v, rows) for k, v in self.targets.items()}  # type: ignore[arg-type]
 
     def subset(self, n: int) -> "MappedSplit":
         """The first ``n`` rows of this split's order."""
-        return MappedSplit(self.x, self.targets, self.rows[:n], self.dtypes, self.transform)
+        return MappedSplit(self.x, self.targets, self.rows[:n], self.dtypes, self.transform)  # type: ignore[arg-type]
 
     def select(self, rows: np.ndarray) -> "MappedSplit":
         """The rows at positions ``rows`` of this split, in that order."""
-        return MappedSplit(self.x, self.targets, self.rows[np.asarray(rows, dtype=np.int64)], self.dtypes, self.transform)
+        return MappedSplit(self.x, self.targets, self.rows[np.asarray(rows, dtype=np.int64)], self.dtypes, self.transform)  # type: ignore[arg-type]
 
 
 def arrow_columns(dataset: Any, names: Iterable[str], where: str) -> dict[str, MappedColumn]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import tomllib
 
@@ -41,6 +41,7 @@ from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchEr
 from mtlbench.core.spec import HISTOGRAMS, Protocol
 from mtlbench.grid.executor import ExecutorOptions, parse_executor
 from mtlbench.grid.plugins import Plugins, discover
+from mtlbench.plugin.task import Task
 
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
 SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict"}
@@ -270,7 +271,7 @@ class _Parser:
             raise self.err(f"{key}.description", "expected a string")
         return Suite(name, description, cells, skipped)
 
-    def tasks(self, key: str, raw: Any) -> dict[str, tuple[type, dict, dict]]:
+    def tasks(self, key: str, raw: Any) -> dict[str, tuple[type[Task], dict, dict]]:
         key = f"{key}.tasks"
         if isinstance(raw, list):  # tasks = ["multimnist"]: task defaults
             raw = {self.str_list(key, raw)[i]: {} for i in range(len(raw))}
@@ -324,7 +325,7 @@ class _Parser:
         if p["scheduler"] == "step" and p["step_size"] < 1:
             raise self.err(f"{key}.step_size", 'scheduler = "step" needs step_size >= 1 (epochs between decays)')
 
-    def entries(self, key: str, raw: Any, registry: dict, what: str) -> list[tuple[str, str, dict]]:
+    def entries(self, key: str, raw: Any, registry: Mapping[str, Any], what: str) -> list[tuple[str, str, dict]]:
         if not isinstance(raw, list) or not raw:
             raise self.err(key, f'expected a non-empty list of {what} names, e.g. ["{next(iter(registry), "x")}"]')
         out, labels = [], set()
@@ -334,9 +335,10 @@ class _Parser:
                 name, label, options = item, item, {}
             elif isinstance(item, dict):
                 _unknown(self, ikey, item, {"name", "label", "options"})
-                name = item.get("name")
-                if not isinstance(name, str):
+                given = item.get("name")
+                if not isinstance(given, str):
                     raise self.err(f"{ikey}.name", f"required: a {what} name; valid: {_names(registry)}")
+                name = given
                 label = item.get("label", name)
                 options = item.get("options", {})
                 if not isinstance(options, dict):
@@ -414,5 +416,5 @@ def _unknown(parser: _Parser, key: str, table: dict, valid: set[str]) -> None:
             raise parser.err(f"{key}.{k}" if key != "top level" else k, f"unknown key; valid keys: {', '.join(sorted(valid))}")
 
 
-def _names(registry: dict) -> str:
+def _names(registry: Mapping[str, Any]) -> str:
     return ", ".join(sorted(registry)) or "(none found)"

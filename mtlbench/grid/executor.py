@@ -111,7 +111,12 @@ def with_overrides(options: ExecutorOptions, overrides: dict[str, Any], where: s
 
 
 def _typed_table(
-    raw: dict[str, Any], defaults: Any, key: str, where: str, nested: set[str] = frozenset(), keep_missing: bool = True
+    raw: dict[str, Any],
+    defaults: Any,
+    key: str,
+    where: str,
+    nested: frozenset[str] | set[str] = frozenset(),
+    keep_missing: bool = True,
 ) -> dict[str, Any]:
     valid = {f.name for f in fields(defaults)} - set(nested)
     out = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mtlbench.core.registry import Registry
 from mtlbench.core.registry import discover as discover_kind
@@ -41,7 +42,7 @@ class Plugins:
 
 def discover(root: Path) -> Plugins:
     root = Path(root).resolve()
-    found = {}
+    found: dict[str, Registry[Any]] = {}
     for kind, (base, folder, package) in KINDS.items():
         found[kind] = discover_kind(kind, base, packages=[package] if package else [], folders=[root / folder])
     return Plugins(root=root, tasks=found["task"], methods=found["method"], mitigations=found["mitigation"])

@@ -138,7 +138,8 @@ def rank_layers(names: list[str], sizes: list[int], scores: list[int], branchabl
 def select_layers(ranking: list[dict[str, Any]], k: int, budget: float, shared_params: int) -> list[str]:
     """Top-``k`` branchable layers, or (``budget`` > 0) the ranked layers that fit in
     ``budget`` x shared parameters, taken greedily in rank order."""
-    chosen, used = [], 0
+    chosen: list[str] = []
+    used = 0
     for row in ranking:
         if not row["branchable"]:
             continue
@@ -184,7 +185,7 @@ class Recon(Mitigation):
         self.search_method, self.search_seed = search_method, int(search_seed)
         self._report: dict[str, Any] | None = None
 
-    def option_errors(self, methods: Mapping[str, type]) -> dict[str, str]:
+    def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         searcher = methods.get(self.search_method)
         if searcher is None or searcher.kind == "single_task":
             valid = sorted(n for n, c in methods.items() if c.kind != "single_task")

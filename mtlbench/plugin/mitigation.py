@@ -68,7 +68,7 @@ class Mitigation(Plugin):
     def report(self) -> dict[str, Any] | None:
         return None
 
-    def option_errors(self, methods: Mapping[str, type]) -> dict[str, str]:
+    def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         """Problems with options that name other plugins (``methods``: name -> method class),
         as {option: message}; checked when benchmark.toml is read."""
         return {}

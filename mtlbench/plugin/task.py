@@ -48,7 +48,7 @@ class Task(Plugin):
         self.options = dict(options)
 
     # -- data
-    def load(self, data_dir: Path) -> dict[str, Split | MultiInputSplit]:
+    def load(self, data_dir: Path) -> Mapping[str, Split | MultiInputSplit]:
         """Return ``{"train": ..., "val": ..., "test": ...}``, building the store if needed
         (a :class:`MultiInputSplit` each when the task is ``multi_input``)."""
         raise NotImplementedError

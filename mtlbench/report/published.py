@@ -228,14 +228,23 @@ def dm_tolerance(table: PublishedTable, row: PublishedRow) -> float:
     bounds: dict[str, list[float]] = {}
     for m in table.metrics:
         mv, bv = float(row.values[m.key]), float(base[m.key])
-        h_m, h_b = 0.5 * 10.0 ** -_decimals(row.values[m.key]), 0.5 * 10.0 ** -_decimals(base[m.key])
+        h_m, h_b = _half_unit(row.values[m.key]), _half_unit(base[m.key])
         bounds.setdefault(m.task, []).append((h_m + abs(mv / bv) * h_b) / abs(bv))
     if table.convention == "flat":
         terms = [b for per_task in bounds.values() for b in per_task]
         spread = sum(terms) / len(terms)
     else:
         spread = sum(sum(b) / len(b) for b in bounds.values()) / len(bounds)
-    return 100.0 * spread + 0.5 * 10.0 ** -_decimals(row.dm)
+    return 100.0 * spread + _half_unit(row.dm or "")
+
+
+def _half_unit(text: str) -> float:
+    """Half a unit in the last printed place of a number printed as ``text`` (read when the
+    table is loaded, which rejects a value that is not a plain decimal)."""
+    decimals = _decimals(text)
+    if decimals is None:
+        raise ValueError(f"{text!r} is not a plainly printed decimal number")
+    return 0.5 * 10.0**-decimals
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,7 @@ class RowCheck:
 
     @property
     def consistent(self) -> bool | None:
-        if self.recomputed is None:
+        if self.recomputed is None or self.tolerance is None:
             return None
         return abs(self.recomputed - self.published) <= self.tolerance
 

@@ -76,7 +76,8 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
         group = tuple(row[k] for k in GROUP)
         ref, key = refs[group], (row["method"], row["mitigation"])
         if ref is None or key == ref:
-            marks.append("" if ref is None else "reference"), pvalues.append(math.nan)
+            marks.append("" if ref is None else "reference")
+            pvalues.append(math.nan)
             continue
         c = row["dm_convention"]
         a = per_row[group + key][f"dm_{c}"].dropna().to_numpy()

@@ -121,7 +121,7 @@ def check_identity(path: Path, data: dict[str, Any]) -> list[Problem]:
         check_hash(path, data)
     except ResultError as e:
         out.append(Problem(path, "config_hash", str(e).split(": ", 1)[-1]))
-    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    cell: dict[str, Any] = data["cell"] if isinstance(data.get("cell"), dict) else {}
     for k in CELL_KEY + ("task_version", "method_name", "method_version", "mitigation_name", "mitigation_version"):
         if data.get(k) != cell.get(k):
             out.append(Problem(path, k, f"{data.get(k)!r} but cell.{k} = {cell.get(k)!r}"))
@@ -151,7 +151,7 @@ def check_identity(path: Path, data: dict[str, Any]) -> list[Problem]:
 def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]:
     """Names, versions, kinds, options and metric declarations against the project's plugins."""
     out = []
-    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    cell: dict[str, Any] = data["cell"] if isinstance(data.get("cell"), dict) else {}
     task = data.get("task")
     if task not in known.tasks:
         out.append(Problem(path, "task", f"unknown task {task!r}; known: {', '.join(sorted(known.tasks))}"))
@@ -197,7 +197,7 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
             )
         )
     for kind, plugin in (("method", name), ("mitigation", mitigation)):
-        now = known.versions.get(kind, {}).get(plugin)
+        now = known.versions.get(kind, {}).get(str(plugin))
         if now is not None and str(data.get(f"{kind}_version")) != now:
             out.append(
                 Problem(
@@ -216,7 +216,7 @@ def check_same_setting(
     """The runs of one suite, task and backbone form one table and share one setting (task
     version and options, protocol, backbone, conflict sampling); ``first`` remembers each
     table's first file."""
-    cell = data.get("cell") if isinstance(data.get("cell"), dict) else {}
+    cell: dict[str, Any] = data["cell"] if isinstance(data.get("cell"), dict) else {}
     setting = {k: cell.get(k) for k in SETTING}
     table = tuple(str(data.get(k)) for k in CELL_KEY[:3])
     if table not in first:

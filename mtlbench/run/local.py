@@ -146,6 +146,7 @@ class Pool:
                     if w.conn in ready or w.process.sentinel in ready:
                         outcome = _receive(w)
                         if outcome is None:  # ended without reporting
+                            assert w.job is not None  # a worker that reported nothing was running a job
                             w.process.join()
                             outcome = record_failure(w.job, _death_reason(w))
                         w.job = None

@@ -5,8 +5,9 @@ links, inline CSS, inline SVG and one small inline script allowed by its hash in
 Content-Security-Policy, so the site works from ``file://`` or any static host and loads
 nothing remote.
 
-A page type is one function ``SiteData -> Iterable[Page]`` plus one template; add it to
-``PAGE_TYPES``. A page with a ``title`` is listed on the index under "More pages".
+A page type is a :class:`~mtlbench.site.pages.PageType` plugin (``pages(data)`` yields its
+pages) plus one template, found by the plugin registry in the modules of ``mtlbench/site/``.
+A page with a ``title`` is listed on the index under "More pages".
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jinja2
 
 import mtlbench
+from mtlbench.core.registry import Registry, discover
 from mtlbench.site.data import SiteData, load_site_data
-from mtlbench.site.pages import Page, group_pages, index_page, method_pages, reproduction_pages, run_pages
+from mtlbench.site.pages import Page, PageType, index_page
 from mtlbench.site.plots import PlotCache
 
 TEMPLATES = Path(__file__).parent / "templates"
 MANIFEST = ".mtlbench-site.json"  # the files the last build wrote (stale ones are removed)
 PLOT_CACHE = ".plot-cache"  # SVGs of earlier builds, reused while their inputs are unchanged
 
-PageType = Callable[[SiteData], Iterable[Page]]
-PAGE_TYPES: list[PageType] = [group_pages, method_pages, run_pages, reproduction_pages]
+
+def page_types() -> Registry[PageType]:
+    """The site's page types, in declaration order (mtlbench/site/pages.py)."""
+    return discover("page type", PageType, packages=["mtlbench.site"])
 
 
 @dataclass
@@ -127,12 +131,12 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     common = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sources": [str(d) for d in result_dirs]}
     written: list[Path] = []
     listed: list[Page] = []
-    for page_type in PAGE_TYPES:
-        for page in page_type(data):
+    for name, page_type in page_types().items():
+        for page in page_type().pages(data):
             written.append(render(env, page, out, common))
             if page.title:
                 listed.append(page)
-        lap(page_type.__name__.replace("_", " "))
+        lap(name.replace("-", " "))
     written.extend(write_downloads(data, out))
     written.insert(0, render(env, index_page(data, listed), out, common))
     remove_stale(out, written)

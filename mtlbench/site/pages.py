@@ -9,12 +9,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import read_result
+from mtlbench.core.registry import Plugin
 from mtlbench.report.aggregate import GROUP, ROW
 from mtlbench.site import plots, svgcharts
 from mtlbench.site.data import RunDetail, SiteData, group_page, method_page, number
@@ -130,7 +131,7 @@ def group_plots(
     data: SiteData, records: list[dict[str, Any]], task: str, version: str, convention: str, salt: str
 ) -> list[tuple[str, str, plots.PlotJob]]:
     """(title, caption, plot to draw) for each plot of a task × backbone page that has data."""
-    out = []
+    out: list[tuple[str, str, plots.PlotJob]] = []
     main = data.main_metrics(task, version)
     info = data.metric_info(task, version)
     multi = [r for r in records if not r["is_baseline"]]
@@ -141,7 +142,7 @@ def group_plots(
         fixed = [_point(r, *cols) for r in multi if r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
         stl = next((_point(r, *cols) for r in records if is_baseline_row(r)), None)
         if pts or fixed:
-            job = (
+            job: plots.PlotJob = (
                 plots.pareto_plot,
                 (
                     pts,
@@ -376,7 +377,8 @@ def _layer_rows(conflict: dict[str, Any] | None) -> list[tuple[str, float, float
 def run_charts(r: dict[str, Any], conflict: dict[str, Any] | None) -> list[str]:
     charts = []
     curves = r.get("curves") or {}
-    loss, val = {}, {}
+    loss: dict[str, Any] = {}
+    val: dict[str, Any] = {}
     for model, epochs in curves.items():
         xs = [e.get("epoch") for e in epochs]
         for t in (epochs[0].get("train_loss") or {}) if epochs else {}:
@@ -392,7 +394,9 @@ def run_charts(r: dict[str, Any], conflict: dict[str, Any] | None) -> list[str]:
     pairs = [" · ".join(map(str, p)) for p in (conflict or {}).get("pairs") or []]
     if steps and pair_cos:
         if len(pairs) <= 6:
-            lines = {name: (steps, [c[i] if i < len(c) else None for c in pair_cos]) for i, name in enumerate(pairs)}
+            lines: dict[str, Any] = {
+                name: (steps, [c[i] if i < len(c) else None for c in pair_cos]) for i, name in enumerate(pairs)
+            }
         else:
             lines = {
                 "mean over pairs": (steps, [sum(c) / len(c) if c else None for c in pair_cos]),
@@ -517,3 +521,49 @@ def index_page(data: SiteData, listed: Sequence[Page]) -> Page:
             "has_downloads": not data.table.empty,
         },
     )
+
+
+# --------------------------------------------------------------------------- page types
+
+
+class PageType(Plugin):
+    """A kind of page of the site: :meth:`pages` yields its pages (each names its template in
+    ``mtlbench/site/templates/``). Page types are plugins like methods and tasks: a subclass
+    that sets ``name`` in a module of ``mtlbench/site/`` is found by the registry and built, in
+    the order the modules and classes are declared. A page with a ``title`` is listed on the
+    index under "More pages"."""
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        raise NotImplementedError
+
+
+class GroupPages(PageType):
+    name = "group-pages"
+    description = "one page per suite × task × backbone: the ranked table, plots and mitigation effects"
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        return group_pages(data)
+
+
+class MethodPages(PageType):
+    name = "method-pages"
+    description = "one page per method: its description, reference, options and every result"
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        return method_pages(data)
+
+
+class RunPages(PageType):
+    name = "run-pages"
+    description = "one page per run: metrics, curves, conflict, cost, configuration and provenance"
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        return run_pages(data)
+
+
+class ReproductionPages(PageType):
+    name = "reproduction-pages"
+    description = "the papers' published tables beside this suite's runs"
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        return reproduction_pages(data)

@@ -224,7 +224,7 @@ def pareto_plot(
     fig = _new(6.2, 4.6)
     ax = fig.add_subplot()
     markers = _markers(points)
-    extra = []
+    extra: list[Any] = []
     if fixed:
         front = sorted(fixed, key=lambda p: p.x)
         (line,) = ax.plot(
@@ -233,8 +233,8 @@ def pareto_plot(
         extra.append(line)
         for p in front[:: max(1, len(front) // MAX_LABELS)]:
             ax.annotate(text(p.label), (p.x, p.y), fontsize=6, color=FIXED_COLOR, xytext=(3, -8), textcoords="offset points")
-    front = [not d for d in dominated(points, x_higher, y_higher)]
-    _draw_points(ax, points, markers, front, front if len(points) > MAX_LABELS else [True] * len(points))
+    undominated = [not d for d in dominated(points, x_higher, y_higher)]
+    _draw_points(ax, points, markers, undominated, undominated if len(points) > MAX_LABELS else [True] * len(points))
     if stl is not None:
         extra.append(ax.scatter([stl.x], [stl.y], marker="*", s=140, color="#1d2330", zorder=4, label="single-task models"))
     ax.set_xlabel(text(xlabel) + (" ↑" if x_higher else " ↓"))

@@ -149,7 +149,7 @@ class CellRun:
         return trainer.fit(max_steps=steps).conflict
 
 
-def load_splits(task: Task, cell: Cell, data_dir: Path, data_cache: dict | None) -> dict[str, Any]:
+def load_splits(task: Task, cell: Cell, data_dir: Path, data_cache: dict | None) -> Mapping[str, Any]:
     """The task's splits; ``data_cache`` (optional) keeps them between cells of one process,
     keyed by task, version, options and data folder (the splits are read-only during training)."""
     cache_key = (cell.task, cell.task_version, repr(sorted(cell.task_options.items())), str(data_dir))

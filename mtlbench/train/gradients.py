@@ -77,8 +77,8 @@ def _loop(
     private_grads: list[list[Tensor]] = []
     for i, loss in enumerate(losses):
         inputs = list(shared) + list(private[i])
-        grads = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or i < n - 1, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
+        found = torch.autograd.grad(loss, inputs, retain_graph=retain_graph or i < n - 1, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, found)]
         torch.cat([g.reshape(-1) for g in grads[: len(shared)]], out=matrix[i])  # no stacking copy
         private_grads.append(list(grads[len(shared) :]))
     return matrix, private_grads

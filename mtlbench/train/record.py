@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mtlbench.core.cell import RESULT_SCHEMA, Cell
+from mtlbench.core.registry import Plugin
 from mtlbench.core.result import FailedResult, OkResult
 from mtlbench.plugin.task import Task
 from mtlbench.train.provenance import PeakMemory, collect, now_iso
@@ -138,7 +139,7 @@ def result_header(cell: Cell, plugins: Plugins) -> dict[str, Any]:
     }
 
 
-def plugin_info(cls: type) -> dict[str, Any]:
+def plugin_info(cls: type[Plugin]) -> dict[str, Any]:
     """What a result records of the plugin that produced it, so readers need no plugin import."""
     return {
         "version": str(cls.version),

@@ -142,7 +142,7 @@ class Trainer:
         task: Task,
         tasks: Sequence[str],
         method: Method | None,
-        splits: dict[str, AnySplit],
+        splits: Mapping[str, AnySplit],
         protocol: Protocol,
         conflict: Mapping[str, Any],
         seed: int,
@@ -243,7 +243,7 @@ class Trainer:
     def train_step(self, x: Batch, y: dict[str, Tensor], epoch: int) -> Tensor:
         """One optimiser step on one batch; returns the task losses."""
         method, mitigation = self.method, self.mitigation
-        x, y = self.task.augment(x, y, self.aug_gen)
+        x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
         x = to_device(x, self.device)
         y = {k: v.to(self.device) for k, v in y.items()}
         t0 = time.perf_counter()
@@ -376,12 +376,13 @@ def backward_update(
         grads = mask(grads)
     if recorder.due(step):  # conflict statistics are defined on parameter gradients
         tm = time.perf_counter()
-        recorder.record(step, grads if rep is None else mask(pullback_rows(z, grads, shared)))
+        assert rep is None or z is not None
+        recorder.record(step, grads if z is None else mask(pullback_rows(z, grads, shared)))
         measured = time.perf_counter() - tm
     update = method.aggregate(grads, losses.detach(), info)
     if not torch.isfinite(update).all():
         raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
-    if rep is None:
+    if z is None:
         assign_flat_grad(shared, update)
     else:
         z.backward(update.view_as(z))
