@@ -12,3 +12,4 @@ class STL(SingleTask):
     roles = frozenset({"baseline"})
     description = "one model per task (the Δm baseline)"
     citation = "Caruana, Multitask Learning, Machine Learning 28, 1997 (the single-task reference point)"
+    reference = "LibMTL/nash-mtl STL baselines: the same backbone trained on one task"

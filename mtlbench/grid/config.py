@@ -49,6 +49,21 @@ BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
 CONFLICT_DEFAULTS = {"every": 10, "histogram": "recon"}
 
 
+Entry = tuple[str, str, dict[str, Any]]  # (label, plugin name, resolved options)
+
+
+@dataclass
+class Grid:
+    """One suite's checked axes, before expansion into cells."""
+
+    tasks: dict[str, tuple[type[Task], dict, dict]]  # name -> (class, options, protocol)
+    backbones: dict[str, BackboneSpec]
+    methods: list[Entry]
+    mitigations: list[Entry]
+    seeds: list[int]
+    conflict: dict[str, Any]
+
+
 @dataclass
 class Suite:
     name: str
@@ -184,7 +199,25 @@ class _Parser:
             if required not in raw:
                 raise self.err(f"{key}.{required}", "is required")
         tasks = self.tasks(key, raw["tasks"])
-        bb_ids = self.str_list(f"{key}.backbones", raw["backbones"])
+        bb_ids = self.suite_backbones(key, raw["backbones"], backbones, tasks)
+        methods = self.entries(f"{key}.methods", raw["methods"], self.plugins.methods, "method")
+        unmitigated = self.plugins.mitigations.with_role("unmitigated")
+        mitigations = self.entries(
+            f"{key}.mitigations", raw.get("mitigations", unmitigated[:1]), self.plugins.mitigations, "mitigation"
+        )
+        seeds = self.seeds(f"{key}.seeds", raw["seeds"])
+        conflict = self.conflict(f"{key}.conflict", raw.get("conflict", {}))
+        self.check_options(key, tasks, methods, mitigations)
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            raise self.err(f"{key}.description", "expected a string")
+        grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict)
+        return Suite(name, description, *self.expand(name, grid))
+
+    def suite_backbones(
+        self, key: str, raw: Any, backbones: dict[str, BackboneSpec], tasks: dict[str, tuple[type[Task], dict, dict]]
+    ) -> list[str]:
+        bb_ids = self.str_list(f"{key}.backbones", raw)
         for i, bid in enumerate(bb_ids):
             if bid not in backbones:
                 raise self.err(
@@ -197,25 +230,24 @@ class _Parser:
                     check_backbone(backbones[bid], task_cls.representation)
                 except ConfigError as e:
                     raise self.err(f"{key}.backbones[{i}]", f"task {task_name!r}: {e}") from None
-        methods = self.entries(f"{key}.methods", raw["methods"], self.plugins.methods, "method")
-        unmitigated = self.plugins.mitigations.with_role("unmitigated")
-        mitigations = self.entries(
-            f"{key}.mitigations", raw.get("mitigations", unmitigated[:1]), self.plugins.mitigations, "mitigation"
-        )
-        seeds = raw["seeds"]
+        return bb_ids
+
+    def seeds(self, key: str, seeds: Any) -> list[int]:
         if not isinstance(seeds, list) or not seeds:
-            raise self.err(f"{key}.seeds", "expected a non-empty list of integers, e.g. [0, 1, 2]")
+            raise self.err(key, "expected a non-empty list of integers, e.g. [0, 1, 2]")
         for i, s in enumerate(seeds):
             if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-                raise self.err(f"{key}.seeds[{i}]", f"expected a non-negative integer, got {s!r}")
+                raise self.err(f"{key}[{i}]", f"expected a non-negative integer, got {s!r}")
         if len(set(seeds)) != len(seeds):
-            raise self.err(f"{key}.seeds", f"duplicate seeds in {seeds}")
-        conflict = self.conflict(f"{key}.conflict", raw.get("conflict", {}))
+            raise self.err(key, f"duplicate seeds in {seeds}")
+        return seeds
 
+    def check_options(self, key: str, tasks: dict, methods: list[Entry], mitigations: list[Entry]) -> None:
+        """Methods and mitigations validate their option values in ``__init__``."""
         for task_name, (task_cls, task_options, _) in tasks.items():
             n_tasks = len(task_cls(**task_options).tasks)
             for i, (_, m_name, m_opts) in enumerate(methods):
-                try:  # methods validate their option values in __init__
+                try:
                     self.plugins.methods[m_name](n_tasks=n_tasks, **m_opts)
                 except MissingDependencyError:
                     pass  # an optional solver is missing: the file stays usable, the method's cells fail with the pip command
@@ -224,7 +256,7 @@ class _Parser:
                         f"{key}.methods[{i}]", f"method {m_name!r} rejects its options for task {task_name!r}: {e}"
                     ) from None
         for i, (_, g_name, g_opts) in enumerate(mitigations):
-            try:  # mitigations validate their option values in __init__
+            try:
                 mitigation = self.plugins.mitigations[g_name](**g_opts)
             except (ValueError, TypeError) as e:
                 raise self.err(f"{key}.mitigations[{i}]", str(e)) from None
@@ -233,43 +265,30 @@ class _Parser:
                 option, message = next(iter(errors.items()))
                 raise self.err(f"{key}.mitigations[{i}].options.{option}", message)
 
-        cells, skipped = [], []
-        for task_name, (task_cls, task_options, protocol) in tasks.items():
-            for bid in bb_ids:
-                for m_label, m_name, m_opts in methods:
-                    for g_label, g_name, g_opts in mitigations:
+    def expand(self, suite: str, grid: Grid) -> tuple[list[Cell], list[str]]:
+        """The suite's cells (task × backbone × method × mitigation × seed), and the combinations
+        left out with the reason (single-task baselines with a mitigation)."""
+        cells: list[Cell] = []
+        skipped: list[str] = []
+        for task_name, (task_cls, task_options, protocol) in grid.tasks.items():
+            for bid, spec in grid.backbones.items():
+                for m_label, m_name, m_opts in grid.methods:
+                    for g_label, g_name, g_opts in grid.mitigations:
                         method_cls, mitigation_cls = self.plugins.methods[m_name], self.plugins.mitigations[g_name]
                         if method_cls.kind == "single_task" and "unmitigated" not in mitigation_cls.roles:
                             skipped.append(
                                 f"{task_name}/{bid}/{m_label}/{g_label}: single-task baselines share nothing to mitigate"
                             )
                             continue
-                        for seed in seeds:
-                            cells.append(
-                                Cell(
-                                    suite=name,
-                                    task=task_name,
-                                    task_version=str(task_cls.version),
-                                    task_options=task_options,
-                                    protocol=protocol,
-                                    backbone=bid,
-                                    backbone_spec=backbones[bid].to_dict(),
-                                    method=m_label,
-                                    method_name=m_name,
-                                    method_version=str(method_cls.version),
-                                    method_options=m_opts,
-                                    mitigation=g_label,
-                                    mitigation_name=g_name,
-                                    mitigation_version=str(mitigation_cls.version),
-                                    mitigation_options=g_opts,
-                                    seed=seed,
-                                    conflict=conflict,
-                                )
-                            )
-        description = raw.get("description", "")
-        if not isinstance(description, str):
-            raise self.err(f"{key}.description", "expected a string")
-        return Suite(name, description, cells, skipped)
+                        common: dict[str, Any] = dict(
+                            suite=suite, task=task_name, task_version=str(task_cls.version), task_options=task_options,
+                            protocol=protocol, backbone=bid, backbone_spec=spec.to_dict(),
+                            method=m_label, method_name=m_name, method_version=str(method_cls.version), method_options=m_opts,
+                            mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
+                            mitigation_options=g_opts, conflict=grid.conflict,
+                        )  # fmt: skip
+                        cells.extend(Cell(seed=seed, **common) for seed in grid.seeds)
+        return cells, skipped
 
     def tasks(self, key: str, raw: Any) -> dict[str, tuple[type[Task], dict, dict]]:
         key = f"{key}.tasks"

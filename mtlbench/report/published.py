@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import tomllib
@@ -129,46 +129,9 @@ def read_table(path: Path) -> PublishedTable:
         raise err("convention", f"{raw['convention']!r}; valid: {', '.join(CONVENTIONS)}")
     if raw["dm_sign"] not in DM_SIGNS:
         raise err("dm_sign", f"{raw['dm_sign']!r}; valid: {', '.join(DM_SIGNS)}")
-    metrics = []
-    for i, m in enumerate(raw.get("metrics", [])):
-        _unknown(err, f"metrics[{i}]", m, METRIC_KEYS)
-        if (
-            not isinstance(m.get("key"), str)
-            or not isinstance(m.get("task"), str)
-            or not isinstance(m.get("higher_is_better"), bool)
-        ):
-            raise err(f"metrics[{i}]", "needs key (string), task (string) and higher_is_better (true/false)")
-        metrics.append(
-            PublishedMetric(
-                m["key"], m["task"], m["higher_is_better"], m.get("label", m["key"]), float(m.get("scale", 1.0)), m.get("of")
-            )
-        )
+    metrics = _read_metrics(err, raw.get("metrics", []))
     keys = [m.key for m in metrics]
-    rows = []
-    for i, r in enumerate(raw.get("rows", [])):
-        _unknown(err, f"rows[{i}]", r, ROW_KEYS)
-        values = r.get("values", [])
-        if not isinstance(r.get("method"), str) or not isinstance(values, list) or len(values) not in (0, len(keys)):
-            raise err(f"rows[{i}]", f"needs method (string) and values: {len(keys)} strings, one per metric (or none)")
-        for v in [*values, *([r["dm"]] if "dm" in r else [])]:
-            if not isinstance(v, str) or _decimals(v) is None:
-                raise err(f"rows[{i}]", f'value {v!r}: write numbers as printed, in quotes (e.g. "98.37")')
-        check = r.get("dm_check", "recompute")
-        if check not in DM_CHECKS:
-            raise err(f"rows[{i}].dm_check", f"{check!r}; valid: {', '.join(DM_CHECKS)}")
-        if check != "recompute" and not r.get("note"):
-            raise err(f"rows[{i}].note", f"dm_check = {check!r} needs a note saying why")
-        rows.append(
-            PublishedRow(
-                r["method"],
-                dict(zip(keys, values)),
-                r.get("dm"),
-                check,
-                r.get("note", ""),
-                r.get("ours"),
-                r.get("mitigation", "none"),
-            )
-        )
+    rows = _read_rows(err, raw.get("rows", []), keys)
     methods = [r.method for r in rows]
     if raw["baseline"] not in methods:
         raise err("baseline", f"{raw['baseline']!r} is not one of the rows ({', '.join(methods)})")
@@ -191,6 +154,48 @@ def read_table(path: Path) -> PublishedTable:
         dm_over=list(raw.get("dm_over", keys)),
         notes=raw.get("notes", ""),
     )
+
+
+def _read_metrics(err: Callable[[str, str], ConfigError], raw: list[dict[str, Any]]) -> list[PublishedMetric]:
+    metrics = []
+    for i, m in enumerate(raw):
+        _unknown(err, f"metrics[{i}]", m, METRIC_KEYS)
+        if (
+            not isinstance(m.get("key"), str)
+            or not isinstance(m.get("task"), str)
+            or not isinstance(m.get("higher_is_better"), bool)
+        ):
+            raise err(f"metrics[{i}]", "needs key (string), task (string) and higher_is_better (true/false)")
+        metrics.append(
+            PublishedMetric(
+                m["key"], m["task"], m["higher_is_better"], m.get("label", m["key"]), float(m.get("scale", 1.0)), m.get("of")
+            )
+        )
+    return metrics
+
+
+def _read_rows(err: Callable[[str, str], ConfigError], raw: list[dict[str, Any]], keys: list[str]) -> list[PublishedRow]:
+    rows = []
+    for i, r in enumerate(raw):
+        _unknown(err, f"rows[{i}]", r, ROW_KEYS)
+        values = r.get("values", [])
+        if not isinstance(r.get("method"), str) or not isinstance(values, list) or len(values) not in (0, len(keys)):
+            raise err(f"rows[{i}]", f"needs method (string) and values: {len(keys)} strings, one per metric (or none)")
+        for v in [*values, *([r["dm"]] if "dm" in r else [])]:
+            if not isinstance(v, str) or _decimals(v) is None:
+                raise err(f"rows[{i}]", f'value {v!r}: write numbers as printed, in quotes (e.g. "98.37")')
+        check = r.get("dm_check", "recompute")
+        if check not in DM_CHECKS:
+            raise err(f"rows[{i}].dm_check", f"{check!r}; valid: {', '.join(DM_CHECKS)}")
+        if check != "recompute" and not r.get("note"):
+            raise err(f"rows[{i}].note", f"dm_check = {check!r} needs a note saying why")
+        rows.append(
+            PublishedRow(
+                r["method"], dict(zip(keys, values)), r.get("dm"), check, r.get("note", ""), r.get("ours"),
+                r.get("mitigation", "none"),
+            )
+        )  # fmt: skip
+    return rows
 
 
 def _unknown(err: Any, where: str, table: dict, valid: set[str]) -> None:

@@ -136,39 +136,7 @@ def group_plots(
     info = data.metric_info(task, version)
     multi = [r for r in records if not r["is_baseline"]]
     if len(main) == 2 and multi:
-        (ta, ka), (tb, kb) = main.items()
-        cols = (f"test:{ka}", f"test:{kb}")
-        pts = [_point(r, *cols) for r in multi if not r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
-        fixed = [_point(r, *cols) for r in multi if r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
-        stl = next((_point(r, *cols) for r in records if is_baseline_row(r)), None)
-        if pts or fixed:
-            job: plots.PlotJob = (
-                plots.pareto_plot,
-                (
-                    pts,
-                    fixed,
-                    stl,
-                    info[ka].label or ka,
-                    info[kb].label or kb,
-                    info[ka].higher_is_better,
-                    info[kb].higher_is_better,
-                    salt + "-pareto",
-                ),
-                {},
-            )
-            sweep = (
-                "Dashed green: the fixed-weight sweep (method fixed), the reference front. "
-                if fixed
-                else "No fixed-weight runs (method fixed) here to draw the reference front. "
-            )
-            out.append(
-                (
-                    "Trade-off between the two tasks",
-                    f"Test {info[ka].label or ka} against {info[kb].label or kb}, mean ± std over seeds. Filled: "
-                    f"not dominated by another method; hollow: dominated. {sweep}Star: the single-task models.",
-                    job,
-                )
-            )
+        out += tradeoff_plot(records, multi, main, info, salt)
     pts = [_point(r, "p_pct", "dm", "dm_std") for r in multi if _finite(r["p_pct"], r["dm"])]
     if pts:
         out.append(
@@ -199,6 +167,31 @@ def group_plots(
             )
         )
     return out
+
+
+def tradeoff_plot(
+    records: list[dict[str, Any]], multi: list[dict[str, Any]], main: dict[str, str], info: dict, salt: str
+) -> list[tuple[str, str, plots.PlotJob]]:
+    """The two-task trade-off: each method's point, the fixed-weight front, the single-task models."""
+    (_, ka), (_, kb) = main.items()
+    cols = (f"test:{ka}", f"test:{kb}")
+    pts = [_point(r, *cols) for r in multi if not r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
+    fixed = [_point(r, *cols) for r in multi if r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
+    stl = next((_point(r, *cols) for r in records if is_baseline_row(r)), None)
+    if not (pts or fixed):
+        return []
+    la, lb = info[ka].label or ka, info[kb].label or kb
+    args = (pts, fixed, stl, la, lb, info[ka].higher_is_better, info[kb].higher_is_better, salt + "-pareto")
+    sweep = (
+        "Dashed green: the fixed-weight sweep (method fixed), the reference front. "
+        if fixed
+        else "No fixed-weight runs (method fixed) here to draw the reference front. "
+    )
+    caption = (
+        f"Test {la} against {lb}, mean ± std over seeds. Filled: not dominated by another method; hollow: dominated. "
+        f"{sweep}Star: the single-task models."
+    )
+    return [("Trade-off between the two tasks", caption, (plots.pareto_plot, args, {}))]
 
 
 def _details(data: SiteData, r: dict[str, Any]) -> list[RunDetail]:
