@@ -324,22 +324,11 @@ EXPECTED_BY_TYPE = {
     "string_too_short": "a non-empty string",
     "missing": "a value",
 }
-for _name in (
-    "task",
-    "task_version",
-    "backbone",
-    "method",
-    "method_name",
-    "method_version",
-    "mitigation",
-    "mitigation_name",
-    "mitigation_version",
-    "suite",
-    "provenance.mtlbench",
-    "provenance.python",
-    "provenance.torch",
-    "provenance.device",
-):
+# the fields that say which run a result is, copied from its cell
+IDENTITY_FIELDS = ("suite", "task", "task_version", "backbone", "method", "method_name", "method_version", "method_kind",
+                   "mitigation", "mitigation_name", "mitigation_version", "seed", "config_hash")  # fmt: skip
+for _name in (*IDENTITY_FIELDS[:7], *IDENTITY_FIELDS[8:11], "provenance.mtlbench", "provenance.python",
+              "provenance.torch", "provenance.device"):  # fmt: skip
     EXPECTED[_name] = "a non-empty string"
 
 

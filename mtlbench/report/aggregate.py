@@ -25,7 +25,7 @@ from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
 from mtlbench.core.registry import version_key
-from mtlbench.core.result import OkResult, Result, parse_result
+from mtlbench.core.result import IDENTITY_FIELDS, OkResult, Result, parse_result
 
 GROUP = ["suite", "task", "backbone"]
 ROW = ["method", "mitigation"]
@@ -113,7 +113,7 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, Result], None] | N
                 problems.append(f"{path}: another result for the same cell with a different config hash was read first; skipped")
             continue
         seen[key] = result.config_hash
-        base = {k: getattr(result, k) for k in IDENTITY} | result.roles() | {"path": str(path)}
+        base = {k: getattr(result, k) for k in IDENTITY_FIELDS} | result.roles() | {"path": str(path)}
         if isinstance(result, OkResult):
             row, info = _run_row(result, base)
             infos.setdefault((result.task, result.task_version), info)
@@ -134,23 +134,6 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, Result], None] | N
                 + ". Keep one version per result folder (re-run the stale cells)."
             )
     return Loaded(runs, infos, failed_runs, problems)
-
-
-IDENTITY = (
-    "suite",
-    "task",
-    "task_version",
-    "backbone",
-    "method",
-    "method_name",
-    "method_version",
-    "method_kind",
-    "mitigation",
-    "mitigation_name",
-    "mitigation_version",
-    "seed",
-    "config_hash",
-)
 
 
 def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:
