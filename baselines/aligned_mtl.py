@@ -9,14 +9,18 @@ a *sum* of the aligned rows (torchjd's AlignedMTL averages: it is T times smalle
 l_max T eps, scale sqrt of the smallest kept eigenvalue. ``aligned-mtl-ub`` runs it on the
 gradients of the shared representation (the paper's -UB variant, LibMTL rep_grad=True).
 Edge case: all-zero gradients give a zero update.
+
+Version 2: float64 Gram matrix (the rank cut still uses the gradients' own machine epsilon).
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from mtlbench.api import GradientAggregator, StepInfo
+from mtlbench.api import GradientAggregator, ReferenceMatch, StepInfo
 from mtlbench.plugin.solvers import gram_matrix
 
 
@@ -35,6 +39,9 @@ def aligned_weights(gram: Tensor, eps: float) -> Tensor:
 
 class AlignedMTL(GradientAggregator):
     name = "aligned-mtl"
+    version = "2"
+    properties = frozenset({"permutation_invariant", "linear_under_scaling"})
+    matches: ClassVar[tuple[ReferenceMatch, ...]] = (ReferenceMatch("LibMTL", "Aligned_MTL", rtol=1e-6, atol=1e-9),)
     description = "Aligned-MTL: align the gradient system's principal components, sum"
     citation = "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023"
     reference = "LibMTL weighting/Aligned_MTL.py (sum of aligned rows; torchjd's is T times smaller)"
@@ -45,6 +52,7 @@ class AlignedMTL(GradientAggregator):
 
 class AlignedMTLUB(AlignedMTL):
     name = "aligned-mtl-ub"
+    matches = ()
     description = "Aligned-MTL on the gradients of the shared representation"
     reference = "LibMTL weighting/Aligned_MTL.py with rep_grad=True"
     gradients = "representation"

@@ -5,7 +5,7 @@ of the task losses. The default of every MTL codebase. Reference matched: LibMTL
 import torch
 from torch import Tensor
 
-from mtlbench.api import LossWeighting, StepInfo
+from mtlbench.api import LossWeighting, ReferenceMatch, StepInfo
 
 
 class EW(LossWeighting):
@@ -14,6 +14,8 @@ class EW(LossWeighting):
     description = "equal weights: minimise the sum of task losses"
     citation = "the standard multi-task baseline; e.g. Lin et al., LibMTL, JMLR 2023"
     reference = "LibMTL weighting/EW.py (weights = 1)"
+    properties = frozenset({"permutation_invariant", "linear_under_scaling"})
+    matches = (ReferenceMatch("LibMTL", "EW"),)
 
     def weights(self, losses: Tensor, info: StepInfo) -> Tensor:
         return torch.ones_like(losses)

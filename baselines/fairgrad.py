@@ -10,18 +10,22 @@ per dataset), update sum_i w_i g_i. Difference: the reference calls
 the same equation by Newton's method to 1e-10 (``mtlbench.plugin.solvers.power_balance_weights``).
 Edge cases: a zero task gradient or linearly dependent gradients without a solution raise a
 clear error.
+
+Version 2: float64 Gram matrix.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.plugin.solvers import gram_matrix, power_balance_weights
+from mtlbench.api import GramWeighting, StepInfo
+from mtlbench.plugin.solvers import power_balance_weights
 
 
-class FairGrad(GradientAggregator):
+class FairGrad(GramWeighting):
     name = "fairgrad"
+    version = "2"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "may_raise_on_dependent"})
     description = "alpha-fair allocation: K w = w^(-1/alpha)"
     citation = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024"
     reference = "authors' fairgrad weight_methods.py FairGrad (alpha 1.0); Newton solve instead of least_squares"
@@ -32,6 +36,5 @@ class FairGrad(GradientAggregator):
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
-    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
-        w = power_balance_weights(gram_matrix(grads), power=1.0 / self.alpha)
-        return w.to(grads.dtype) @ grads
+    def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        return power_balance_weights(gram, power=1.0 / self.alpha)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlbench.api import GradientAggregator, StepInfo
+from mtlbench.api import GradientAggregator, ReferenceMatch, StepInfo
 
 
 class GradDrop(GradientAggregator):
@@ -26,6 +26,15 @@ class GradDrop(GradientAggregator):
     description = "gradient sign dropout: keep one sign per coordinate at random by sign purity"
     citation = "Chen et al., Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout, NeurIPS 2020"
     reference = "torchjd aggregation.GradDrop (f = identity), seeded generator"
+    properties = frozenset({"linear_under_scaling"})
+    matches = (
+        ReferenceMatch("LibMTL", "GradDrop", options={"leak": "leak"}, differences={
+            "random-draw": "U from the method's generator, LibMTL's from the global RNG (torch.rand_like); seeded alike "
+                           "(0) the draws are equal",
+            "representation": "LibMTL runs GradDrop on representation gradients only; the records take the "
+                              "representation to be the parameters themselves (all ones), where the two agree",
+            "epsilon": "LibMTL adds 1e-7 to the absolute sum in the sign purity"}),
+    )  # fmt: skip
 
     def __init__(self, n_tasks: int, leak: float = 0.0) -> None:
         super().__init__(n_tasks)

@@ -10,8 +10,13 @@ Optimization in Massively Multilingual Models, ICLR 2021. Reference matched: Lib
 cosine of the *adjusted* g_i' with the original g_j, a sum over tasks, and a granularity option:
 ``whole`` (LibMTL's default group_type 0: one target per task pair) or ``layer`` (one per pair
 and shared layer, LibMTL's group_type 1). The shuffle uses the cell's seeded generator.
-Inner products come from per-group Gram matrices (g_i' kept as coefficients on the original
-gradients), as in torchjd's GradVac, which is the ``whole`` variant.
+Inner products come from per-group float64 Gram matrices (g_i' kept as coefficients on the
+original gradients), as in torchjd's GradVac, which is the ``whole`` variant. The cosine phi is
+clamped to [-1, 1]: in the Gram form ||g_i'||^2 can cancel to 0 (a rank-1 matrix at scale 1e3)
+while g_i' . g_j does not, which gave |phi| > 1 and NaN from sqrt(1 - phi^2) in version 1; the
+reference's vector formula stays finite there, and so does ours now.
+
+Version 2: the clamp above; float64 Gram matrices.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlbench.api import GradientAggregator, StepInfo
+from mtlbench.api import GradientAggregator, ReferenceMatch, StepInfo
 from mtlbench.plugin.solvers import gram_matrix
 
 
@@ -32,6 +37,15 @@ class GradVac(GradientAggregator):
         "Models, ICLR 2021"
     )
     reference = "LibMTL weighting/GradVac.py (beta 0.5, whole-model targets by default)"
+    version = "2"
+    properties: frozenset[str] = frozenset()  # the reference's 1e-8 in its denominators is absolute: not scale-free
+    matches = (
+        ReferenceMatch("LibMTL", "GradVac", options={"beta": "GradVac_beta",
+                                                     "granularity": ("GradVac_group_type", {0: "whole", 1: "layer"})},
+                       rtol=1e-6, atol=1e-8, differences={
+                           "random-order": "per task a shuffle of the other tasks: ours from the method's generator, "
+                                           "LibMTL's from Python's random (the test gives both the same orders)"}),
+    )  # fmt: skip
 
     GRANULARITIES = ("whole", "layer")
 
@@ -70,7 +84,7 @@ class GradVac(GradientAggregator):
             for j in (others[o] for o in order):
                 c = coef[:, i]  # (K, T)
                 norm_i = torch.einsum("kt,kts,ks->k", c, gram, c).clamp_min(0).sqrt()
-                phi = torch.einsum("kt,kt->k", c, gram[:, :, j]) / (norm_i * norms[:, j] + 1e-8)
+                phi = (torch.einsum("kt,kt->k", c, gram[:, :, j]) / (norm_i * norms[:, j] + 1e-8)).clamp(-1, 1)
                 target = self.targets[i, j]
                 low = phi < target
                 if bool(low.any()):

@@ -5,37 +5,57 @@ Comptes Rendus Mathematique 2012; applied to deep MTL by Sener & Koltun, Multi-T
 as Multi-Objective Optimization, NeurIPS 2018.
 
 Reference matched: LibMTL ``weighting/MGDA.py`` (itself Sener & Koltun's ``MinNormSolver``):
-the update is ``sum_i a_i g_i`` with ``a`` on the simplex (a convex combination, not scaled by
-T; nash-mtl's MGDA is T times larger) and the same gradient normalisation options
-(``none`` by default, ``l2``, ``loss``, ``loss+``). Normalisation only changes the weights:
-like the reference, the returned update combines the *unnormalised* gradients.
+the gradients are first normalised (``normalization``: ``none`` by default, ``l2`` by their
+norms, ``loss`` by the losses, ``loss+`` by both, as LibMTL's ``mgda_gn``), the weights ``a``
+are the min-norm point of the *normalised* gradients on the simplex, and the update combines
+the normalised gradients, ``sum_i a_i g_i / n_i``, as LibMTL does. Scale: a convex
+combination (LibMTL's; nash-mtl's MGDA is T times larger). With ``l2`` the update never
+conflicts with a task (the min-norm point of the unit gradients has a non-negative inner
+product with each); without normalisation neither does the plain min-norm point.
 
 MGDA-UB (``mgda-ub``, the paper's "upper bound" variant) runs the same solver on the gradients
 of the shared *representation* (the trunk's output over the batch) instead of the shared
 parameters, then back-propagates the combination through the trunk: one backward pass instead
-of T (LibMTL's ``rep_grad=True``).
+of T (LibMTL's ``rep_grad=True``). As in LibMTL's representation path, its weights come from
+the normalised gradients but combine the unnormalised ones.
 
-Solver: instead of the reference's Frank-Wolfe loop (stops ~1e-3 from the optimum) we solve
-min_a a^T K a over the simplex (K = G G^T, float64) in closed form for T = 2 and with Wolfe's
-exact minimum-norm-point algorithm otherwise, so the output is the min-norm point to numerical
-precision. Edge cases: identical gradients -> that gradient; exactly opposite gradients of
-equal norm -> the zero vector (the true min-norm point: MGDA stops at Pareto-stationary points).
+Solver: instead of the reference's Frank-Wolfe loop (which stops ~1e-3 from the optimum) we
+solve min_a a^T K a over the simplex on the float64 Gram matrix (closed form for T = 2, Wolfe's
+exact minimum-norm-point algorithm otherwise), so the output is the min-norm point to
+numerical precision, also for rank-deficient gradients in float32 (the Gram matrix is
+accumulated in float64). Edge cases: identical gradients -> that gradient; exactly opposite
+gradients of equal norm -> the zero vector (the true min-norm point: MGDA stops at
+Pareto-stationary points); a zero gradient -> the zero vector.
+
+Version 2: ``l2``/``loss``/``loss+`` combine the normalised gradients (version 1 combined the
+unnormalised ones, which could conflict, unlike LibMTL); the Gram matrix is accumulated in
+float64.
 """
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from mtlbench.api import GradientAggregator, StepInfo
-from mtlbench.plugin.solvers import gram_matrix, min_norm_weights
+from mtlbench.api import GramWeighting, ReferenceMatch, StepInfo
+from mtlbench.plugin.solvers import min_norm_weights
+
+FRANK_WOLFE = "LibMTL's Frank-Wolfe loop stops ~1e-3 (relative) from the min-norm point; ours is exact"
 
 
-class MGDA(GradientAggregator):
+class MGDA(GramWeighting):
     name = "mgda"
+    version = "2"
     description = "min-norm convex combination of task gradients (MGDA)"
     citation = "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018"
-    reference = "LibMTL weighting/MGDA.py (convex combination; exact solver instead of Frank-Wolfe)"
-
+    reference = "LibMTL weighting/MGDA.py (convex combination of the normalised gradients; exact solver)"
+    properties = frozenset({"non_conflicting", "permutation_invariant", "linear_under_scaling"})
+    matches: ClassVar[tuple[ReferenceMatch, ...]] = (
+        ReferenceMatch("LibMTL", "MGDA", options={"normalization": "mgda_gn"}, rtol=2e-3, atol=1e-6,
+                       differences={"solver": FRANK_WOLFE}),
+    )  # fmt: skip
     NORMALISATIONS = ("none", "l2", "loss", "loss+")
+    combine_normalized: ClassVar[bool] = True  # LibMTL's parameter path; its representation path does not
 
     def __init__(self, n_tasks: int, normalization: str = "none") -> None:
         super().__init__(n_tasks)
@@ -43,8 +63,7 @@ class MGDA(GradientAggregator):
             raise ValueError(f"mgda: normalization={normalization!r}; valid: {', '.join(self.NORMALISATIONS)}")
         self.normalization = normalization
 
-    def weights(self, grads: Tensor, losses: Tensor) -> Tensor:
-        gram = gram_matrix(grads)
+    def normalizers(self, gram: Tensor, losses: Tensor) -> Tensor:
         norms = gram.diagonal().clamp_min(0).sqrt()
         if self.normalization == "l2":
             scale = norms
@@ -54,12 +73,12 @@ class MGDA(GradientAggregator):
             scale = losses.to(gram) * norms
         else:
             scale = torch.ones_like(norms)
-        scale = scale.clamp_min(1e-12)
-        return min_norm_weights(gram / torch.outer(scale, scale))  # Gram of the normalised gradients
+        return scale.clamp_min(1e-12)
 
-    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
-        a = self.weights(grads, losses)
-        return a.to(grads.dtype) @ grads
+    def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        scale = self.normalizers(gram, losses)
+        a = min_norm_weights(gram / torch.outer(scale, scale))  # on the normalised gradients
+        return a / scale if self.combine_normalized else a
 
 
 class MGDAUB(MGDA):
@@ -67,3 +86,5 @@ class MGDAUB(MGDA):
     description = "MGDA on the gradients of the shared representation (MGDA-UB)"
     reference = "LibMTL weighting/MGDA.py with rep_grad=True (convex combination; exact solver)"
     gradients = "representation"
+    combine_normalized = False
+    matches = ()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtlbench.api import LossWeighting, StepInfo
+from mtlbench.api import LossWeighting, ReferenceMatch, StepInfo
 
 
 class RLW(LossWeighting):
@@ -21,6 +21,12 @@ class RLW(LossWeighting):
     description = "random loss weights, softmax of a normal draw each step"
     citation = "Lin et al., Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task Learning, TMLR 2022"
     reference = "LibMTL weighting/RLW.py (softmax(randn(T)))"
+    properties = frozenset({"linear_under_scaling"})
+    matches = (
+        ReferenceMatch("LibMTL", "RLW", differences={
+            "random-draw": "ours draws from the method's generator, LibMTL from the global RNG; seeded alike (0), the "
+                           "float64 draws are equal"}),
+    )  # fmt: skip
 
     DISTRIBUTIONS = ("normal", "uniform")
 

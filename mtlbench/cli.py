@@ -319,9 +319,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, cls in sorted(plugins.methods.items()):
             opts = ", ".join(f"{k}={v!r}" for k, v in cls.option_defaults().items()) or "-"
             roles = f"  roles: {', '.join(sorted(cls.roles))}" if cls.roles else ""
+            extra = "".join(
+                f"\n{pad}{label}: {text}"
+                for label, text in (
+                    ("properties", ", ".join(sorted(cls.properties))),
+                    ("checked against", ", ".join(f"{m.source} {m.name}" for m in cls.matches)),
+                )
+                if text
+            )
             print(
                 f"{name:<{width}}  {cls.kind:<11} v{cls.version}  {cls.description}{roles}\n{pad}cite: {cls.citation}\n"
-                f"{pad}reference: {cls.reference or '-'}\n{pad}options: {opts}"
+                f"{pad}reference: {cls.reference or '-'}\n{pad}options: {opts}{extra}"
             )
     return 0
 

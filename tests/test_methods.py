@@ -71,12 +71,18 @@ def test_mgda_is_the_min_norm_point_of_the_convex_hull(g):
     assert float(d @ d) <= res.fun + 1e-9
 
 
-def test_mgda_normalisations_change_weights_not_the_basis():
+def test_mgda_l2_combines_the_normalised_gradients_as_libmtl():
+    """The weights are the min-norm point of the normalised gradients, and they combine the
+    normalised gradients (LibMTL's MGDA; version 1 combined the raw ones, which conflicted)."""
     g = torch.tensor([[10.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     plain = aggregate("mgda", g)
     l2 = aggregate("mgda", g, normalization="l2")  # normalised gradients are orthonormal -> a = (1/2, 1/2)
     assert plain.tolist() == pytest.approx([10 / 101, 100 / 101])
-    assert l2.tolist() == pytest.approx([5.0, 0.5])
+    assert l2.tolist() == pytest.approx([0.5, 0.5])
+    g = torch.tensor([[10.0, 0.0], [-0.1, 0.1]], dtype=torch.float64)
+    l2 = aggregate("mgda", g, normalization="l2")
+    assert l2.tolist() == pytest.approx([0.14644661, 0.35355339])  # LibMTL's output on this matrix
+    assert (g @ l2 >= 0).all()  # version 1 gave [4.95, 0.05], conflicting with task 2
 
 
 # ------------------------------------------------------------------ PCGrad
@@ -119,3 +125,54 @@ def test_gradient_methods_return_finite_vectors_of_the_right_shape(name, g):
 def test_every_method_declares_its_citation():
     for name, cls in METHODS.items():
         assert cls.citation and cls.description, name
+
+
+# ------------------------------------------------------------------ fixes pinned (version 2 of each method)
+
+
+def _fixed_orders(monkeypatch, orders: list[list[int]]) -> None:
+    queue = iter(orders)
+    monkeypatch.setattr(torch, "randperm", lambda n, generator=None: torch.tensor(next(queue)))
+
+
+def test_pcgrad_projects_onto_its_own_gradient_too(monkeypatch):
+    """Once projected, g_i' may conflict with its own g_i: the references project it then too."""
+    g = torch.tensor([[-0.8, -0.3], [0.0, -0.3], [1.3, 1.0]], dtype=torch.float64)
+    _fixed_orders(monkeypatch, [[0, 1, 2], [1, 2, 0], [1, 0, 2]])
+    d = aggregate("pcgrad", g)
+    assert d.tolist() == pytest.approx([0.19355299, -0.36073229])  # version 1 skipped j = i: [0.0877, -0.4422]
+
+
+def test_config_is_zero_where_its_direction_vanishes():
+    g = torch.tensor([[1.0, 2.0, -1.0], [-1.0, -2.0, 1.0]], dtype=torch.float64)
+    for scale in (1.0, 1e3):
+        for rows in (g, torch.cat([g, 2 * g])):  # rank 1, balanced signs
+            assert aggregate("config", scale * rows).abs().max() == 0.0
+
+
+def test_gradvac_stays_finite_on_a_scaled_rank_one_matrix():
+    g = torch.tensor([[1.0, 2.0, -1.0], [-2.0, -4.0, 2.0], [3.0, 6.0, -3.0]], dtype=torch.float64) * 1e3
+    for seed in range(5):
+        assert torch.isfinite(aggregate("gradvac", g, seed=seed)).all()
+
+
+def test_mgda_float32_rank_deficient_is_the_min_norm_point():
+    """T = 10 tasks of rank 2 in float32: the Gram matrix is accumulated in float64, so the
+    min-norm problem is solved exactly (version 1 ran Wolfe's loop to its iteration cap)."""
+    gen = torch.Generator().manual_seed(0)
+    g = (torch.randn(10, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, 50, generator=gen, dtype=torch.float64)).float()
+    method = METHODS["mgda"](n_tasks=10)
+    d = method.aggregate(g, torch.ones(10), StepInfo(0, 0, 1, 1)).double()
+    gd = g.double()
+    assert (gd @ d >= d @ d - 1e-5 * float(gd.norm()) ** 2).all()  # the min-norm point's certificate
+
+
+def test_mgda_weights_do_not_depend_on_the_gradients_scale():
+    gen = torch.Generator().manual_seed(3)
+    g = torch.randn(10, 100, generator=gen, dtype=torch.float64)
+    d = aggregate("mgda", g)
+    assert torch.allclose(aggregate("mgda", 1e3 * g), 1e3 * d, rtol=1e-9)  # version 1 returned 0 at scale 1e3
+
+
+def test_db_mtl_defaults_are_libmtl_s():
+    assert METHODS["db-mtl"].option_defaults() == {"beta": 0.9, "beta_sigma": 0.0}

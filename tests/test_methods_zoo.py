@@ -20,7 +20,11 @@ GRADIENT = sorted(n for n, c in METHODS.items() if c.kind == "gradient")
 WEIGHTING = sorted(n for n, c in METHODS.items() if c.kind == "weighting")
 # random (shuffled task order, dropped signs) or history-dependent after the first step
 NOT_PERMUTATION_EQUIVARIANT = {"pcgrad", "gradvac"}  # shuffles for T > 2
-NON_CONFLICTING = {"upgrad", "dualproj", "mgda", "mgda-ub", "config", "imtl-g", "nash-mtl", "fairgrad"}
+# what each method declares (tests/test_method_properties.py checks the claims on hard inputs);
+# the random matrices here have linearly independent rows, and upgrad/dualproj are run with
+# reg_eps -> 0 below, where their projection is exact
+NON_CONFLICTING = {n for n, c in METHODS.items() if {"non_conflicting", "non_conflicting_if_independent"} & c.properties}
+NON_CONFLICTING |= {"upgrad", "dualproj"}
 
 
 def info(seed: int = 0, epoch: int = 0, layer_sizes: tuple[int, ...] = ()) -> StepInfo:
@@ -105,6 +109,17 @@ def test_config_has_equal_cosines_with_every_task():
         d = aggregate("config", g)
         cos = torch.nn.functional.cosine_similarity(g, d.unsqueeze(0), dim=1)
         assert torch.allclose(cos, cos.mean().expand_as(cos), atol=1e-8) and cos.min() > 0
+
+
+def test_imtl_g_is_not_non_conflicting():
+    """IMTL-G equalises the projections onto the unit gradients; that common projection can be
+    negative: on this full-rank matrix the update conflicts with every task (torchjd's IMTLG too)."""
+    from torchjd.aggregation import IMTLG
+
+    g = torch.tensor([[-0.2, -1.0, 0.6], [-0.2, -0.4, 0.5], [-0.5, 1.4, 0.4]], dtype=torch.float64)
+    d = aggregate("imtl-g", g)
+    assert (g @ d < 0).all() and torch.allclose(d, IMTLG()(g), atol=1e-10)
+    assert "non_conflicting" not in METHODS["imtl-g"].properties
 
 
 def test_imtl_g_projections_are_equal_and_weights_sum_to_one():

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlbench.core.registry import Plugin, keyword_defaults
+from mtlbench.plugin.solvers import gram_matrix
 
 METHOD_KINDS = ("weighting", "gradient", "single_task")
 GRADIENT_TARGETS = ("parameters", "representation")
@@ -19,6 +20,44 @@ METHOD_ROLES = {
     "reference": "the reference row of the leaderboard's significance tests",
     "front": "a fixed-weight scalarisation: its runs trace the reference front of trade-off plots",
 }
+
+
+# What a method guarantees on every gradient matrix (declared on the class, checked by the
+# property tests over many seeded matrices, hard ones included).
+METHOD_PROPERTIES = {
+    "non_conflicting": "the update never conflicts with a task gradient: G d >= 0",
+    "non_conflicting_if_independent": "G d >= 0 when the task gradients are linearly independent",
+    "permutation_invariant": "permuting the tasks does not change the update",
+    "linear_under_scaling": "scaling every gradient by c > 0 scales the update by c",
+    "scale_invariant": "scaling every gradient by c > 0 leaves the update unchanged",
+    "may_raise_on_dependent": "raises NoSolutionError when the gradients are linearly dependent or a gradient is zero",
+}
+
+
+@dataclass(frozen=True)
+class ReferenceMatch:
+    """How a method's output relates to a reference implementation's on the same gradients,
+    as data the record test (tests/test_reference_records.py) checks against the reference's
+    recorded outputs.
+
+    ``options`` maps each of our options to the reference's parameter (and, where the values
+    differ in kind, a map of its values); ``scale``: ours = scale x the reference's (a number,
+    or ``"T"`` for the number of tasks: references differ by summing or averaging);
+    ``rtol``/``atol``: the agreement asserted; ``differences``: each known difference, named
+    (``random-order``: the task order is drawn from our generator, the reference's from
+    Python's ``random``; ``random-draw``: random numbers come from our seeded generator;
+    ``solver``: the reference stops its iterative solver early, hence the tolerance), each with
+    the reason; ``known_cases``: the reference records (by case name) where the outputs differ
+    on purpose, each with the reason — "no solution" when we raise ``NoSolutionError`` there."""
+
+    source: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    scale: float | str = 1.0
+    rtol: float = 1e-7
+    atol: float = 1e-10
+    differences: dict[str, str] = field(default_factory=dict)
+    known_cases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,6 +101,8 @@ class Method(nn.Module, Plugin):
 
     kind: ClassVar[str]
     ROLES: ClassVar[dict[str, str]] = dict(METHOD_ROLES)
+    properties: ClassVar[frozenset[str]] = frozenset()  # see METHOD_PROPERTIES
+    matches: ClassVar[tuple[ReferenceMatch, ...]] = ()  # references whose outputs the tests compare
     wants_losses_after_step: ClassVar[bool] = False
 
     def __init__(self, n_tasks: int) -> None:
@@ -94,6 +135,9 @@ class Method(nn.Module, Plugin):
                 f"must subclass LossWeighting, GradientAggregator or SingleTask (kind is "
                 f"{getattr(cls, 'kind', None)!r}; valid kinds: {', '.join(METHOD_KINDS)})"
             ]
+        unknown = sorted(set(cls.properties) - set(METHOD_PROPERTIES))
+        if unknown:
+            return [f"unknown properties {unknown}; valid: {', '.join(METHOD_PROPERTIES)}"]
         if cls.kind == "gradient" and getattr(cls, "gradients", None) not in GRADIENT_TARGETS:
             return [f"gradients = {getattr(cls, 'gradients', None)!r}; valid: {', '.join(GRADIENT_TARGETS)}"]
         return []
@@ -129,6 +173,21 @@ class GradientAggregator(Method):
 
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         raise NotImplementedError
+
+
+class GramWeighting(GradientAggregator):
+    """A gradient method whose update is a weighting of the task gradients computed from their
+    Gram matrix: d = w(K)^T G with K = G G^T (T x T, float64). A subclass implements only its
+    weighting rule, :meth:`gram_weights`; the (T, P) matrix is read twice (K, then the
+    combination), so the cost does not depend on the rule."""
+
+    def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        """(T, T) Gram matrix (float64) -> (T,) weights of the task gradients."""
+        raise NotImplementedError
+
+    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        weights = self.gram_weights(gram_matrix(grads), losses, info)
+        return weights.to(grads.dtype) @ grads
 
 
 class SingleTask(Method):

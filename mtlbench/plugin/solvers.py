@@ -27,7 +27,11 @@ def min_norm_weights(gram: Tensor, tol: float = 1e-12, max_iter: int = 1000) -> 
         denom = g11 - 2 * g12 + g22
         a = torch.tensor(0.5, dtype=k.dtype, device=k.device) if denom <= 0 else torch.clamp((g22 - g12) / denom, 0, 1)
         return torch.stack([a, 1 - a])
-    scale = float(k.diagonal().max().clamp_min(1e-300))
+    # the argmin is scale-free: solve on K / max diag, so that the KKT systems below mix entries
+    # of one scale (unnormalised, a Gram matrix of gradients ~1e3 made lstsq drop the simplex
+    # constraint as noise and return zero weights)
+    k = k / k.diagonal().max().clamp_min(1e-300)
+    scale = 1.0
     start = int(torch.argmin(k.diagonal()))
     active = [start]
     lam = torch.ones(1, dtype=torch.float64, device=k.device)
@@ -64,10 +68,24 @@ def min_norm_weights(gram: Tensor, tol: float = 1e-12, max_iter: int = 1000) -> 
     return weights
 
 
+GRAM_CHUNK = 1 << 22  # entries of the (T, P) matrix cast to float64 at a time (32 MB)
+
+
 def gram_matrix(grads: Tensor) -> Tensor:
-    """K = G G^T, computed in the gradients' own precision and returned in float64 for the
-    solvers (no float64 copy of the (T, P) matrix: P can be tens of millions)."""
-    return (grads @ grads.T).to(torch.float64)
+    """K = G G^T in float64, accumulated over column blocks so that no float64 copy of the whole
+    (T, P) matrix is made (P can be tens of millions). Float64 accumulation matters: a float32
+    product of nearly dependent gradients is not positive semi-definite (eigenvalues of -1e-5
+    relative were seen for T = 10, rank 2), which breaks the solvers that read K (MGDA's
+    min-norm problem ran to its iteration cap)."""
+    if grads.dtype == torch.float64:
+        return grads @ grads.T
+    t, p = grads.shape
+    step = max(1, GRAM_CHUNK // max(t, 1))
+    gram = torch.zeros(t, t, dtype=torch.float64, device=grads.device)
+    for start in range(0, p, step):
+        block = grads[:, start : start + step].to(torch.float64)
+        gram.addmm_(block, block.T)
+    return gram
 
 
 class NoSolutionError(ValueError):

@@ -1,0 +1,137 @@
+"""Method properties in torchjd's style: each gradient method declares what it guarantees
+(``properties``, see mtlbench.plugin.method.METHOD_PROPERTIES) and these tests check every
+claim over many seeded matrices, hard ones included: T = 2..10, P up to 100, T > P,
+rank-deficient, a zero row, gradients scaled by 1e-3 and 1e3, in float32 and float64. Every
+method must return a finite update of the right shape and dtype on all of them (or raise
+NoSolutionError where it declares it may)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtlbench.api import METHOD_PROPERTIES, StepInfo
+from mtlbench.grid.plugins import discover
+from mtlbench.plugin.solvers import NoSolutionError
+from tests.conftest import REPO
+
+METHODS = discover(REPO).methods
+GRADIENT = sorted(n for n, c in METHODS.items() if c.kind == "gradient")
+# CAGrad's inner objective is flat near its optimum: its weights are exact to ~1e-6
+RELATIVE_TOL = {"cagrad": 1e-7}
+
+
+def hard_matrices() -> list[tuple[str, torch.Tensor, bool]]:
+    """(label, float64 matrix, linearly independent rows?) — seeded, hard cases included."""
+    gen = torch.Generator().manual_seed(2024)
+    out = []
+    for k, (t, p) in enumerate([(2, 5), (3, 8), (4, 20), (5, 100), (7, 30), (10, 100), (6, 4), (10, 3), (3, 2)]):
+        g = torch.randn(t, p, generator=gen, dtype=torch.float64) * (torch.rand(t, 1, generator=gen, dtype=torch.float64) * 3 + 0.2)
+        out.append((f"random T{t} P{p}", g, t <= p))
+        rank = max(1, min(t, p) // 2)
+        low = torch.randn(t, rank, generator=gen, dtype=torch.float64) @ torch.randn(rank, p, generator=gen, dtype=torch.float64)
+        out.append((f"rank{rank} T{t} P{p}", low, rank == t))
+        if k % 2 == 0:
+            zero = g.clone()
+            zero[k % t] = 0
+            out.append((f"zero row T{t} P{p}", zero, False))
+    out.append(("rank-1 balanced", torch.tensor([[1.0, 2.0, -1.0], [-1.0, -2.0, 1.0], [2.0, 4.0, -2.0], [-2.0, -4.0, 2.0]],
+                                                dtype=torch.float64), False))
+    return out
+
+
+MATRICES = hard_matrices()
+CASES = [(label, g * scale, indep, dtype) for label, g, indep in MATRICES for scale in (1e-3, 1.0, 1e3)
+         for dtype in (torch.float64, torch.float32)]
+
+
+def aggregate(name: str, g: torch.Tensor) -> torch.Tensor:
+    """A fresh method's first update (state and random draws start from the same seed)."""
+    method = METHODS[name](n_tasks=g.shape[0]).to(g.dtype)
+    info = StepInfo(step=0, epoch=0, steps_per_epoch=1, total_steps=1, generator=torch.Generator().manual_seed(0),
+                    layer_sizes=(g.shape[1],))
+    return method.aggregate(g, torch.ones(g.shape[0], dtype=g.dtype), info)
+
+
+def may_raise(name: str, independent: bool, g: torch.Tensor) -> bool:
+    return "may_raise_on_dependent" in METHODS[name].properties and not independent
+
+
+def tolerance(name: str, dtype: torch.dtype) -> float:
+    return RELATIVE_TOL.get(name, 1e-9 if dtype == torch.float64 else 2e-4)
+
+
+def noise(name: str, g: torch.Tensor) -> float:
+    """The absolute error an update of ``g`` may carry whatever its size: rounding in the
+    combination (eps T ||G||)."""
+    return float(torch.finfo(g.dtype).eps * g.shape[0] * g.norm())
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
+    """||a - b|| <= rtol ||b|| + atol (vectors compared as vectors, not entry by entry)."""
+    return float((a - b).norm()) <= rtol * float(b.norm()) + atol
+
+
+def test_every_declared_property_is_known():
+    for name, cls in METHODS.items():
+        assert set(cls.properties) <= set(METHOD_PROPERTIES), name
+
+
+@pytest.mark.parametrize("name", GRADIENT)
+def test_finite_update_of_the_right_shape_on_hard_inputs(name):
+    for label, g, indep, dtype in CASES:
+        g = g.to(dtype)
+        try:
+            d = aggregate(name, g)
+        except NoSolutionError:
+            assert may_raise(name, indep, g), (name, label, dtype)
+            continue
+        assert d.shape == (g.shape[1],) and d.dtype == dtype and torch.isfinite(d).all(), (name, label, dtype)
+
+
+def _claimed(prop: str) -> list[str]:
+    return [n for n in GRADIENT if prop in METHODS[n].properties]
+
+
+@pytest.mark.parametrize("name", _claimed("non_conflicting") + _claimed("non_conflicting_if_independent"))
+def test_declared_non_conflicting_never_conflicts(name):
+    conditional = "non_conflicting_if_independent" in METHODS[name].properties
+    for label, g, indep, dtype in CASES:
+        if conditional and not indep:
+            continue
+        g = g.to(dtype)
+        try:
+            d = aggregate(name, g)
+        except NoSolutionError:
+            continue
+        # relative to the update's norm, plus its rounding noise (when the update is nearly zero)
+        tol = g.norm(dim=1) * (tolerance(name, dtype) * d.norm() + noise(name, g))
+        assert (g @ d >= -tol).all(), (name, label, dtype, (g @ d).tolist())
+
+
+@pytest.mark.parametrize("name", _claimed("permutation_invariant"))
+def test_declared_permutation_invariance(name):
+    for k, (label, g, indep, dtype) in enumerate(CASES):
+        g = g.to(dtype)
+        perm = torch.randperm(g.shape[0], generator=torch.Generator().manual_seed(k))
+        try:
+            d, permuted = aggregate(name, g), aggregate(name, g[perm])
+        except NoSolutionError:
+            continue
+        tol = tolerance(name, dtype) * 100
+        assert close(permuted, d, tol, 100 * noise(name, g)), (name, label, dtype)
+
+
+@pytest.mark.parametrize("name", _claimed("linear_under_scaling") + _claimed("scale_invariant"))
+def test_declared_behaviour_under_scaling(name):
+    power = 1 if "linear_under_scaling" in METHODS[name].properties else 0
+    for label, g, _ in MATRICES:
+        try:
+            d = aggregate(name, g)
+        except NoSolutionError:
+            continue
+        for c in (1e-3, 1e3):
+            scaled = aggregate(name, c * g)
+            tol = tolerance(name, torch.float64) * 100
+            atol = 100 * noise(name, c * g) * c ** (power - 1)
+            assert close(scaled, c**power * d, tol, atol), (name, label, c)
