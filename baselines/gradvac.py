@@ -38,7 +38,7 @@ class GradVac(GradientAggregator):
     )
     reference = "LibMTL weighting/GradVac.py (beta 0.5, whole-model targets by default)"
     version = "2"
-    properties: frozenset[str] = frozenset()  # the reference's 1e-8 in its denominators is absolute: not scale-free
+    properties = frozenset[str]()  # the reference's 1e-8 in its denominators is absolute: not scale-free
     matches = (
         ReferenceMatch("LibMTL", "GradVac", options={"beta": "GradVac_beta",
                                                      "granularity": ("GradVac_group_type", {0: "whole", 1: "layer"})},
