@@ -174,6 +174,13 @@ class GradientAggregator(Method):
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         raise NotImplementedError
 
+    def head_weights(self) -> Tensor | None:
+        """Weights (T,) for the heads' gradients after :meth:`aggregate`; None (the default):
+        each head gets its own task's gradient unweighted. A method that minimises a weighted
+        loss sum_i w_i L_i (ExcessMTL) returns its w here, so the heads see what the weighted
+        loss gives them."""
+        return None
+
 
 class GramWeighting(GradientAggregator):
     """A gradient method whose update is a weighting of the task gradients computed from their

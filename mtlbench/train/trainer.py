@@ -386,9 +386,10 @@ def backward_update(
         assign_flat_grad(shared, update)
     else:
         z.backward(update.view_as(z))
-    for ps, gs in zip(head_params, private):
+    head_weights = method.head_weights()
+    for i, (ps, gs) in enumerate(zip(head_params, private)):
         for p, g in zip(ps, gs):
-            p.grad = g
+            p.grad = g if head_weights is None else g * head_weights[i].to(g.dtype)
     return measured
 
 
