@@ -19,6 +19,14 @@ No public implementation exists; this one follows the paper's description:
 - Masked weights never move: gradients are masked before the optimiser step, masked entries of
   the optimiser state (momentum, Adam moments) are zeroed after it, and masked weights are
   restored after it, so weight decay (SGD's or AdamW's) cannot move them either.
+- One rule for every method kind: ST restricts what is trained, so the method sees the task
+  gradients of the trainable coordinates. Parameter-gradient methods get the masked (T, P)
+  matrix and their update is masked again; loss weightings' single backward and
+  representation-gradient methods' (mgda-ub, aligned-mtl-ub: their weights come from gradients
+  of the shared representation, which have no parameter coordinates to mask) back-propagated
+  update are masked before the step. The mask is applied before the method's gradient clipping
+  (``max_norm``, e.g. nash-mtl's), so frozen coordinates never count in the clip (version 1
+  clipped first).
 - Conflict statistics under ST are measured on the masked task gradients (what is trained).
 The paper trains ~30% of a pretrained encoder and ~60% of MTAN from scratch.
 """
@@ -63,6 +71,7 @@ class SparseTraining(Mitigation):
         "A Sparse Training Perspective, arXiv 2411.18615, 2024"
     )
     reference = "the paper's description (no public code): PSN masks per output unit, chosen once before training"
+    version = "2"  # the mask before the method's clipping
 
     def __init__(self, fraction: float = 0.3, k: int = 0, selection: str = "psn", train_bias_and_norm: bool = True) -> None:
         if selection not in SELECTIONS:

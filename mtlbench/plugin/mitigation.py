@@ -60,7 +60,8 @@ class Mitigation(Plugin):
         return grads
 
     def before_step(self) -> None:
-        """Called after the trainer set every ``.grad`` and before ``optimizer.step()``."""
+        """Called after the trainer set every ``.grad``, before the method's gradient clipping
+        and ``optimizer.step()``."""
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Called right after ``optimizer.step()``."""

@@ -188,6 +188,7 @@ class Trainer:
             self.out.task_gradients = {"strategy": self.strategy[0], "chunk_size": self.strategy[1]}
         self.step = 0
         self.best: tuple[float, int, dict[str, Any]] | None = None
+        self.start_epoch_record()
 
     def resumable(self) -> dict[str, Any]:
         """Everything that changes during training, by name (what a checkpoint saves)."""
@@ -228,9 +229,7 @@ class Trainer:
     def train_epoch(self, epoch: int, bar: Any, max_steps: int | None) -> bool:
         """One epoch of steps; True when ``max_steps`` was reached."""
         self.model.train()
-        self.loss_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
-        self.n_batches = 0
-        self.t_epoch = time.perf_counter()
+        self.start_epoch_record()
         for x, y in self.train.batches(self.protocol.batch_size, generator=self.data_gen, drop_last=True):
             losses = self.train_step(x, y, epoch)
             if bar is not None:
@@ -239,6 +238,12 @@ class Trainer:
             if max_steps is not None and self.step >= max_steps:
                 return True
         return False
+
+    def start_epoch_record(self) -> None:
+        """Reset what an epoch's record sums (training losses, batches, time)."""
+        self.loss_sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+        self.n_batches = 0
+        self.t_epoch = time.perf_counter()
 
     def train_step(self, x: Batch, y: dict[str, Tensor], epoch: int) -> Tensor:
         """One optimiser step on one batch; returns the task losses."""
@@ -263,10 +268,10 @@ class Trainer:
         measured = backward_update(
             method, losses, info, self.shared, self.head_params, self.recorder, self.strategy, z, rep, mitigation
         )
+        if mitigation is not None:
+            mitigation.before_step()  # masks the update first: clipping then sees only what is trained
         if method is not None:
             clip_grad_norm(self.shared, method.max_norm)
-        if mitigation is not None:
-            mitigation.before_step()
         self.optimizer.step()
         if mitigation is not None:
             mitigation.after_step(self.optimizer)
