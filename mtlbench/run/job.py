@@ -200,11 +200,12 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
             checkpoints=checkpoints,
             deterministic=job.deterministic,
             run_info=info,
+            outputs=job.results,
         )
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in result["metrics"]["test"].items())
         outcome = Outcome(job.key, "ok", metrics, details={"resumed": checkpoints.resumed})
     except Exception as e:  # recorded, the grid goes on
-        result = failed_result(cell, plugins, device, e, started, info).to_json()
+        result = failed_result(cell, plugins, device, e, started, info, job.results).to_json()
         if isinstance(e, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
             result["reason"] += " (lower runs_per_device or the batch size)"
@@ -255,6 +256,7 @@ def record_failure(job: CellJob, reason: str, lock_job: str | None = None) -> Ou
             WorkerDied(reason),
             now_iso(),
             {"executor": job.executor, "recorded_by": "runner"},
+            job.results,
         ).to_json()
         result["traceback"] = "last lines of the cell's log:\n" + "".join(path.read_text(encoding="utf-8").splitlines(True)[-20:])
         ResultStore(job.results).write(job.cell, result)

@@ -175,13 +175,15 @@ def train_cell(
     checkpoints: CellCheckpoints | None = None,
     deterministic: bool = True,
     run_info: dict[str, Any] | None = None,
+    outputs: Path | None = None,
 ) -> dict[str, Any]:
     """Train one cell and return its result record (status ok). Exceptions propagate.
 
     ``data_cache``: see :func:`load_splits`. ``cache_dir`` (optional) keeps work shared between
     cells (Recon's layer search). ``checkpoints``: per-epoch checkpoints to resume from and save
     to. ``deterministic``: also on CUDA (CPU runs always are). ``run_info``: how the cell was
-    run, added to the provenance."""
+    run, added to the provenance. ``outputs``: the results folder being written (not counted as an
+    uncommitted change of the code in the provenance)."""
     started, t_start = now_iso(), time.perf_counter()
     memory = PeakMemory(device)
     memory.start()
@@ -207,6 +209,7 @@ def train_cell(
         device,
         started,
         run_info,
+        outputs,
         deterministic=deterministic,
         resumed_after_epoch=checkpoints.resumed if checkpoints is not None else {},
     )

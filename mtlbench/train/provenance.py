@@ -30,7 +30,11 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def git_state(root: Path) -> dict[str, Any]:
+def git_state(root: Path, outputs: Path | None = None) -> dict[str, Any]:
+    """The commit of the project and whether its tracked files have uncommitted changes — not
+    counting ``outputs``, the results folder the run itself is writing (accepted results live in
+    the repository: writing them must not mark the code that wrote them as modified)."""
+
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
@@ -39,7 +43,10 @@ def git_state(root: Path) -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    exclude: list[str] = []
+    if outputs is not None:
+        exclude = ["--", ".", f":(exclude){Path(outputs).resolve()}"]
+    status = git("status", "--porcelain", "--untracked-files=no", *exclude)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
@@ -55,10 +62,10 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def collect(root: Path, device: torch.device) -> dict[str, Any]:
+def collect(root: Path, device: torch.device, outputs: Path | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "mtlbench": mtlbench.__version__,
-        "git": git_state(root),
+        "git": git_state(root, outputs),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "packages": {p: _version(p) for p in PACKAGES},

@@ -7,6 +7,7 @@ import json
 import statistics
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -83,12 +84,18 @@ def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> dict
 
 
 def provenance(
-    cell: Cell, plugins: Plugins, device: torch.device, started: str, run_info: dict[str, Any] | None = None, **extra: Any
+    cell: Cell,
+    plugins: Plugins,
+    device: torch.device,
+    started: str,
+    run_info: dict[str, Any] | None = None,
+    outputs: Path | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Versions, code state and machine (mtlbench/train/provenance.py), how the cell was run, its
     seed, config hash, start and end time."""
     return {
-        **collect(plugins.root, device),
+        **collect(plugins.root, device, outputs),
         **(run_info or {}),
         **extra,
         "seed": cell.seed,
@@ -160,7 +167,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def failed_result(
-    cell: Cell, plugins: Plugins, device: torch.device, error: BaseException, started: str, run_info: dict[str, Any] | None = None
+    cell: Cell,
+    plugins: Plugins,
+    device: torch.device,
+    error: BaseException,
+    started: str,
+    run_info: dict[str, Any] | None = None,
+    outputs: Path | None = None,
 ) -> FailedResult:
     tb = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-6))
     return FailedResult.model_validate(
@@ -170,6 +183,6 @@ def failed_result(
             "reason": f"{type(error).__name__}: {error}"[:500],
             "traceback": tb[-4000:],
             "metrics": {},
-            "provenance": provenance(cell, plugins, device, started, run_info),
+            "provenance": provenance(cell, plugins, device, started, run_info, outputs),
         }
     )
