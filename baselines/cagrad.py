@@ -40,7 +40,7 @@ class CAGrad(GramWeighting):
     version = "2"
     properties = frozenset({"permutation_invariant", "linear_under_scaling"})
     matches = (
-        ReferenceMatch("LibMTL", "CAGrad", options={"c": "calpha", "rescale": "rescale"}, rtol=5e-3, atol=1e-5,
+        ReferenceMatch("LibMTL", "CAGrad", options={"c": "calpha", "rescale": "rescale"}, rtol=1e-3, atol=1e-5,
                        differences={"solver": "LibMTL's SLSQP stops ~1e-4 (relative) from the optimum of the inner "
                                               "problem, and adds 1e-8 to the norms; ours is solved to ~1e-12"}),
     )  # fmt: skip

@@ -35,7 +35,7 @@ class NashMTL(GramWeighting):
     properties = frozenset({"non_conflicting", "permutation_invariant", "may_raise_on_dependent"})
     matches = (
         ReferenceMatch("LibMTL", "Nash_MTL", options={"max_norm": "max_norm", "update_weights_every": "update_weights_every"},
-                       rtol=2e-3, atol=1e-6, differences={
+                       rtol=2e-4, atol=1e-6, differences={
                            "solver": "LibMTL (as the authors' code) runs up to 20 convex-concave ECOS steps and stops at "
                                      "||K a - 1/a|| < 1e-3; ours is Newton's method to 1e-10",
                            "float32": "LibMTL casts alpha to float32 before the weighted backward"},

@@ -43,7 +43,8 @@ class ReferenceMatch:
     ``options`` maps each of our options to the reference's parameter (and, where the values
     differ in kind, a map of its values); ``scale``: ours = scale x the reference's (a number,
     or ``"T"`` for the number of tasks: references differ by summing or averaging);
-    ``rtol``/``atol``: the agreement asserted; ``differences``: each known difference, named
+    ``rtol``/``atol``: the agreement asserted, on the update as a vector
+    (||ours - theirs|| <= rtol ||theirs|| + atol); ``differences``: each known difference, named
     (``random-order``: the task order is drawn from our generator, the reference's from
     Python's ``random``; ``random-draw``: random numbers come from our seeded generator;
     ``solver``: the reference stops its iterative solver early, hence the tolerance), each with
