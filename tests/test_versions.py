@@ -4,6 +4,7 @@ so, `run` re-runs them, and aggregation never mixes them with results of the new
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mtlbench.cli import main
@@ -13,9 +14,14 @@ from tests.grid_support import make_grid_project
 
 
 def _bump(project: Path, file: str, name: str, version: str) -> None:
+    """Set the plugin's declared version (replacing its version line, or adding one)."""
     path = project / "baselines" / file
     text = path.read_text()
-    path.write_text(text.replace(f'    name = "{name}"\n', f'    name = "{name}"\n    version = "{version}"\n', 1))
+    if re.search(r'^    version = "[0-9.]+"', text, re.M):
+        text = re.sub(r'^    version = "[0-9.]+"', f'    version = "{version}"', text, count=1, flags=re.M)
+    else:
+        text = text.replace(f'    name = "{name}"\n', f'    name = "{name}"\n    version = "{version}"\n', 1)
+    path.write_text(text)
     commit_all(project)
 
 
@@ -31,28 +37,45 @@ def test_a_new_method_version_reruns_old_results_and_never_mixes_them(tmp_path, 
     results = tmp_path / "results"
     _run(config, results, "method=stl,pcgrad", "seed=0,1")
     pcgrad = results / "grid" / "multimnist" / "r8" / "pcgrad__none__seed0.json"
-    assert json.loads(pcgrad.read_text())["method_version"] == "1"
-
-    _bump(config.parent, "pcgrad.py", "pcgrad", "2")
+    old = json.loads(pcgrad.read_text())["method_version"]
+    new = str(int(old) + 1)
+    _bump(config.parent, "pcgrad.py", "pcgrad", new)
     capsys.readouterr()
     assert main(["status", "--config", str(config), "--results", str(results), "--only", "method=stl,pcgrad"]) == 0
     status = capsys.readouterr().out
-    assert "stale (2):" in status and "method version 1 in the result, 2 now" in status
+    assert "stale (2):" in status and f"method version {old} in the result, {new} now" in status
 
     _run(config, results, "method=stl,pcgrad", "seed=1")  # re-runs only the stale pcgrad cell of seed 1
     out = capsys.readouterr().out
     ran = [line.split()[1] for line in out.splitlines() if line.startswith("ok ")]
     assert ran == ["grid/multimnist/r8/pcgrad/none/seed1"]
-    assert json.loads((pcgrad.parent / "pcgrad__none__seed1.json").read_text())["method_version"] == "2"
+    assert json.loads((pcgrad.parent / "pcgrad__none__seed1.json").read_text())["method_version"] == new
 
-    loaded = load_results([results])  # seed 0 of pcgrad is still version 1: left out, reported
+    loaded = load_results([results])  # seed 0 of pcgrad is still the old version: left out, reported
     rows = loaded.runs[loaded.runs["method"] == "pcgrad"]
-    assert list(rows["seed"]) == [1] and set(rows["method_version"]) == {"2"}
-    assert any("pcgrad/none: 1 result(s) of method version 1" in p and str(pcgrad) in p for p in loaded.problems)
+    assert list(rows["seed"]) == [1] and set(rows["method_version"]) == {new}
+    assert any(f"pcgrad/none: 1 result(s) of method version {old}" in p and str(pcgrad) in p for p in loaded.problems)
     table = summarize(loaded).set_index("method")
-    assert table.loc["pcgrad", "n_seeds"] == 1 and table.loc["pcgrad", "method_version"] == "2"
+    assert table.loc["pcgrad", "n_seeds"] == 1 and table.loc["pcgrad", "method_version"] == new
     assert table.loc["stl", "n_seeds"] == 2  # other methods are untouched
 
     _run(config, results, "method=stl,pcgrad")  # the rest of the stale cells
-    assert json.loads(pcgrad.read_text())["method_version"] == "2"
+    assert json.loads(pcgrad.read_text())["method_version"] == new
     assert load_results([results]).problems == []
+
+
+def test_rewriting_accepted_results_in_the_repository_does_not_mark_the_code_dirty(tmp_path):
+    """Accepted results are tracked files: re-running them in place modifies tracked files, which
+    must not count as uncommitted code in the provenance (other changes still do)."""
+    config = make_grid_project(tmp_path / "p")
+    accepted = config.parent / "leaderboard" / "results"
+    _run(config, accepted, "method=ew", "seed=0")
+    commit_all(config.parent)
+    result = accepted / "grid" / "multimnist" / "r8" / "ew__none__seed0.json"
+    result.unlink()  # a tracked result to re-run: the checkout now differs from its commit
+    _run(config, accepted, "method=ew", "seed=0")
+    assert json.loads(result.read_text())["provenance"]["git"]["dirty"] is False
+    (config.parent / "baselines" / "ew.py").write_text((config.parent / "baselines" / "ew.py").read_text() + "\n# edit\n")
+    result.unlink()
+    _run(config, accepted, "method=ew", "seed=0")
+    assert json.loads(result.read_text())["provenance"]["git"]["dirty"] is True

@@ -44,8 +44,12 @@ def git_state(root: Path, outputs: Path | None = None) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     exclude: list[str] = []
-    if outputs is not None:
-        exclude = ["--", ".", f":(exclude){Path(outputs).resolve()}"]
+    if outputs is not None:  # only a folder inside the checkout can be left out (git rejects others)
+        try:
+            inside = Path(outputs).resolve().relative_to(Path(root).resolve())
+            exclude = ["--", ".", f":(exclude){inside.as_posix()}"]
+        except ValueError:
+            pass
     status = git("status", "--porcelain", "--untracked-files=no", *exclude)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
