@@ -36,9 +36,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     import datasets
-
-    from mtlbench.datasets.splits import MappedColumn, MappedSplit, arrow_columns
     from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    from mtlbench.datasets.splits import MappedColumn, MappedSplit, arrow_columns
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)

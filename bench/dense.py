@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.data_loading import median_ms  # noqa: E402
 from mtlbench.backbones.build import BackboneSpec  # noqa: E402
-from mtlbench.train.gradients import task_gradients  # noqa: E402
 from mtlbench.grid.plugins import discover  # noqa: E402
 from mtlbench.train.cell import build_model  # noqa: E402
+from mtlbench.train.gradients import task_gradients  # noqa: E402
 
 
 def write_source(root: Path, n_train: int, n_val: int, size: tuple[int, int]) -> Path:

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.datasets.splits import data_root  # noqa: E402
+from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.grid.executor import ExecutorOptions, with_overrides  # noqa: E402
 from mtlbench.run.runner import run_cells  # noqa: E402
 
@@ -87,16 +87,14 @@ def checkpoint_cost(bench, repeat: int = 5) -> dict:
     """Median save / restore time of one epoch checkpoint of a cell of ``bench``."""
     import torch
 
-    from mtlbench.api import Protocol
-    from mtlbench.backbones.build import BackboneSpec
-    from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.train.cell import build_model
+    from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.train.trainer import FitOutput, make_optimizer
 
     cell = bench.cells()[0]
     task = bench.plugins.tasks[cell.task](**cell.task_options)
-    model = build_model(task, BackboneSpec(id=cell.backbone, **cell.backbone_spec), list(task.tasks))
-    opt = make_optimizer(list(model.parameters()), Protocol(**cell.protocol))
+    model = build_model(task, cell.backbone_spec, list(task.tasks))
+    opt = make_optimizer(list(model.parameters()), cell.protocol)
     outputs = model(torch.randn(2, *task.input_shape))
     sum(o.sum() for o in outputs.values()).backward()
     opt.step()  # the optimiser state exists from the first step on

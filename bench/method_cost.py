@@ -32,14 +32,16 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.api import GradientAggregator, LossWeighting, Method, StepInfo, Task  # noqa: E402
+from mtlbench.api import GradientAggregator, Method, StepInfo, Task  # noqa: E402
 from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
+from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 from mtlbench.train.conflict import ConflictRecorder  # noqa: E402
 from mtlbench.train.gradients import STRATEGIES, clip_grad_norm, default_strategy, task_gradients  # noqa: E402
-from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
-from mtlbench.train.trainer import backward_update as _backward, forward_for_method as _forward, losses_after_step as _losses_after_step  # noqa: E402
+from mtlbench.train.trainer import backward_update as _backward  # noqa: E402
+from mtlbench.train.trainer import forward_for_method as _forward
+from mtlbench.train.trainer import losses_after_step as _losses_after_step
 
 INPUT = (1, 36, 36)
 

@@ -27,7 +27,7 @@ def test_tiny_config_expands_the_full_grid(tmp_path):
     assert len(cells) == 1 * 1 * 4 * 1 * 2  # task x backbone x method x mitigation x seed
     assert {c.method for c in cells} == {"stl", "ew", "mgda", "pcgrad"}
     assert len({c.config_hash for c in cells}) == len(cells)
-    assert cells[0].protocol["epochs"] == 2 and cells[0].protocol["optimizer"] == "adam"
+    assert cells[0].protocol.epochs == 2 and cells[0].protocol.optimizer == "adam"
     assert cells[0].task_options == {"source": "embedded"}
 
 

@@ -282,8 +282,9 @@ def test_paper_presets_carry_the_papers_protocols():
         assert {c.method for c in cells} >= {"stl", "ew"} and {c.seed for c in cells} == {0, 1, 2}
         for task, model, batch, lr, last_n in settings:
             mine = [c for c in cells if c.task == task]
-            assert mine and all(c.backbone_spec["model"] == model and c.task_options["augmentation"] for c in mine)
-            assert all(c.protocol == {**c.protocol, **adam_halved_at_100, "batch_size": batch, "lr": lr, "last_n": last_n}
+            assert mine and all(c.backbone_spec.model == model and c.task_options["augmentation"] for c in mine)
+            assert all(c.protocol.to_dict() == {**c.protocol.to_dict(), **adam_halved_at_100, "batch_size": batch,
+                                                "lr": lr, "last_n": last_n}
                        for c in mine)
     assert len(bench.cells(["default"])) == 24  # the default suite is unchanged
 

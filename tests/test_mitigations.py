@@ -331,7 +331,7 @@ def test_st_masks_the_update_before_the_method_clips_it():
     """Frozen coordinates never count in a method's gradient clipping: after the step the
     trained coordinates' gradient has exactly the clip norm (version 1 clipped, then masked)."""
     from mtlbench.api import GradientAggregator, Task
-    from mtlbench.core.spec import Protocol
+    from mtlbench.core.spec import ConflictSettings, Protocol
     from mtlbench.datasets.splits import Split
     from mtlbench.train.trainer import Trainer
 
@@ -355,7 +355,7 @@ def test_st_masks_the_update_before_the_method_clips_it():
     gen = torch.Generator().manual_seed(0)
     split = Split(torch.randn(8, 1, 36, 36, generator=gen), {t: torch.randint(10, (8,), generator=gen) for t in ("t0", "t1")})
     trainer = Trainer(model, Toy(), ["t0", "t1"], Big(2), {"train": split, "val": split}, Protocol(epochs=1, batch_size=8, lr=1e-9),
-                      {"every": 0}, 0, torch.device("cpu"), mitigation=st, progress=False)
+                      ConflictSettings(every=0), 0, torch.device("cpu"), mitigation=st, progress=False)
     x, y = split.batch(torch.arange(8))
     trainer.train_step(x, y, 0)
     shared = model.shared_parameters()

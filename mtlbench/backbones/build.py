@@ -14,7 +14,6 @@ the whole multi-task model (:class:`mtlbench.backbones.segnet.SegNetMTAN`) aroun
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 
 from mtlbench.core.errors import ConfigError
 from mtlbench.core.registry import Registry, discover
+from mtlbench.core.spec import BackboneSpec
 from mtlbench.plugin.backbone import REPRESENTATIONS, NativeBackbone
 from mtlbench.plugin.model import HardSharingModel, MultiTaskModel
 
@@ -42,18 +42,6 @@ STEMS = {
     "3x3": "ResNet stem replaced by a 3x3 stride-1 conv, no max-pool (CIFAR-style, for small images)",
     "3x3-s2": "ResNet stem replaced by a 3x3 stride-2 conv, no max-pool (small images, 4x cheaper than 3x3)",
 }
-
-
-@dataclass
-class BackboneSpec:
-    id: str
-    model: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    stem: str = "default"
-    pretrained: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "kwargs": dict(self.kwargs), "stem": self.stem, "pretrained": self.pretrained}
 
 
 def known_model(name: str) -> bool:

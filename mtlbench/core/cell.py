@@ -7,7 +7,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from mtlbench.core.spec import BackboneSpec, ConflictSettings, Protocol
 
 RESULT_SCHEMA = "mtlbench.result/2"
 CELL_FILTER_KEYS = ("suite", "task", "backbone", "method", "mitigation", "seed")
@@ -16,15 +18,19 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # suite, backbone, meth
 
 @dataclass
 class Cell:
-    """One run of the grid: task x backbone x method x mitigation x seed, fully resolved."""
+    """One run of the grid: task x backbone x method x mitigation x seed, fully resolved.
+
+    The protocol, backbone spec and conflict settings are typed records (their defaults live in
+    their classes, core/spec.py); the cell flattens them only for its hash and for JSON
+    (:meth:`to_dict`), and accepts the flattened form back (a cell read from a result file)."""
 
     suite: str
     task: str
     task_version: str
     task_options: dict[str, Any]
-    protocol: dict[str, Any]
+    protocol: Protocol
     backbone: str
-    backbone_spec: dict[str, Any]
+    backbone_spec: BackboneSpec
     method: str
     method_name: str
     method_version: str
@@ -34,10 +40,23 @@ class Cell:
     mitigation_version: str
     mitigation_options: dict[str, Any]
     seed: int
-    conflict: dict[str, Any]
+    conflict: ConflictSettings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.protocol, Mapping):
+            self.protocol = Protocol(**self.protocol)
+        if isinstance(self.backbone_spec, Mapping):
+            self.backbone_spec = BackboneSpec(id=self.backbone, **self.backbone_spec)
+        if isinstance(self.conflict, Mapping):
+            self.conflict = ConflictSettings.from_dict(self.conflict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The cell as plain data (what result files store and the hash covers)."""
+        flat = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        flat["protocol"] = self.protocol.to_dict()
+        flat["backbone_spec"] = self.backbone_spec.to_dict()
+        flat["conflict"] = self.conflict.to_dict()
+        return flat
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the result (labels and the suite name are cosmetic)."""

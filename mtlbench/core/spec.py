@@ -3,7 +3,7 @@ and its training protocol."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -59,3 +59,40 @@ HISTOGRAMS = {
     "recon": RECON_EDGES,
     "0.02": tuple(round(1.0 - 0.02 * k, 2) for k in range(101)),
 }
+
+
+@dataclass
+class BackboneSpec:
+    """A ``[backbones.<id>]`` declaration: a timm or native model, its keyword arguments, the
+    ResNet stem and whether pretrained weights are loaded."""
+
+    id: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    stem: str = "default"
+    pretrained: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The declaration without its id (the cell's label): what the cell's hash covers."""
+        return {"model": self.model, "kwargs": dict(self.kwargs), "stem": self.stem, "pretrained": self.pretrained}
+
+
+@dataclass(frozen=True)
+class ConflictSettings:
+    """How a run samples gradient-conflict statistics: every ``every`` steps (0: never), cosine
+    histogram bins (a key of :data:`HISTOGRAMS`), and Recon's S-conflict thresholds ``s``."""
+
+    every: int = 10
+    histogram: str = "recon"
+    s: tuple[float, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "ConflictSettings":
+        return cls(every=int(raw.get("every", cls.every)), histogram=str(raw.get("histogram", cls.histogram)),
+                   s=tuple(float(v) for v in raw.get("s", ())))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"every": self.every, "histogram": self.histogram}
+        if self.s:
+            out["s"] = list(self.s)
+        return out

@@ -38,7 +38,7 @@ import tomllib
 from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
 from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, Cell, config_hash  # noqa: F401
 from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
-from mtlbench.core.spec import HISTOGRAMS, Protocol
+from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.grid.executor import ExecutorOptions, parse_executor
 from mtlbench.grid.plugins import Plugins, discover
 from mtlbench.plugin.task import Task
@@ -46,7 +46,7 @@ from mtlbench.plugin.task import Task
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
 SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict"}
 BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
-CONFLICT_DEFAULTS = {"every": 10, "histogram": "recon"}
+CONFLICT_KEYS = {"every", "histogram", "s"}
 
 
 Entry = tuple[str, str, dict[str, Any]]  # (label, plugin name, resolved options)
@@ -61,7 +61,7 @@ class Grid:
     methods: list[Entry]
     mitigations: list[Entry]
     seeds: list[int]
-    conflict: dict[str, Any]
+    conflict: ConflictSettings
 
 
 @dataclass
@@ -282,7 +282,7 @@ class _Parser:
                             continue
                         common: dict[str, Any] = dict(
                             suite=suite, task=task_name, task_version=str(task_cls.version), task_options=task_options,
-                            protocol=protocol, backbone=bid, backbone_spec=spec.to_dict(),
+                            protocol=Protocol(**protocol), backbone=bid, backbone_spec=spec,
                             method=m_label, method_name=m_name, method_version=str(method_cls.version), method_options=m_opts,
                             mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
                             mitigation_options=g_opts, conflict=grid.conflict,
@@ -384,11 +384,11 @@ class _Parser:
             out.append((label, name, resolved))
         return out
 
-    def conflict(self, key: str, raw: Any) -> dict[str, Any]:
+    def conflict(self, key: str, raw: Any) -> ConflictSettings:
         if not isinstance(raw, dict):
             raise self.err(key, 'expected a table such as { every = 10, histogram = "recon" }')
-        _unknown(self, key, raw, set(CONFLICT_DEFAULTS) | {"s"})
-        out = {**CONFLICT_DEFAULTS, **raw}
+        _unknown(self, key, raw, CONFLICT_KEYS)
+        out = {**ConflictSettings().to_dict(), **raw}
         if "s" in out:  # S-conflict thresholds (Recon): per-layer counts of pairs with cos < S
             values = out["s"]
             if (
@@ -402,7 +402,7 @@ class _Parser:
             raise self.err(f"{key}.every", f"expected an integer >= 0 (0 disables sampling), got {out['every']!r}")
         if out["histogram"] not in HISTOGRAMS:
             raise self.err(f"{key}.histogram", f"unknown histogram {out['histogram']!r}; valid: {', '.join(HISTOGRAMS)}")
-        return out
+        return ConflictSettings.from_dict(out)
 
     def str_list(self, key: str, raw: Any) -> list[str]:
         if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):

@@ -13,7 +13,7 @@ import torch
 
 from mtlbench.backbones.build import BackboneSpec, build_multitask_model
 from mtlbench.core.cell import Cell
-from mtlbench.core.spec import Protocol
+from mtlbench.core.spec import ConflictSettings
 from mtlbench.datasets.splits import MultiInputSplit, Split
 from mtlbench.plugin.mitigation import MitigationContext
 from mtlbench.plugin.model import MultiTaskModel
@@ -70,8 +70,8 @@ class CellRun:
         self.cache_dir, self.checkpoints = cache_dir, checkpoints
         self.task = plugins.tasks[cell.task](**cell.task_options)
         self.splits = load_splits(self.task, cell, data_dir, data_cache)
-        self.protocol = Protocol(**cell.protocol)
-        self.spec = BackboneSpec(id=cell.backbone, **cell.backbone_spec)
+        self.protocol = cell.protocol
+        self.spec = cell.backbone_spec
         self.tasks = list(self.task.tasks)
         self.desc = f"{cell.method}/{cell.backbone}/s{cell.seed}"
 
@@ -80,7 +80,7 @@ class CellRun:
         model: MultiTaskModel,
         tasks: Sequence[str],
         method: Any,
-        conflict: Mapping[str, Any],
+        conflict: ConflictSettings,
         seed: int,
         desc: str,
         checkpoint_name: str | None = None,
@@ -109,7 +109,7 @@ class CellRun:
         for t in self.tasks:
             seed_everything(self.cell.seed)
             model = build_model(self.task, self.spec, [t])
-            fits[t] = self.trainer(model, [t], None, {"every": 0}, self.cell.seed, f"{self.desc}:{t}", t).fit()
+            fits[t] = self.trainer(model, [t], None, ConflictSettings(every=0), self.cell.seed, f"{self.desc}:{t}", t).fit()
         return fits
 
     def joint(self) -> tuple[dict[str, FitOutput], dict[str, Any] | None]:
@@ -142,7 +142,7 @@ class CellRun:
             base,
             self.tasks,
             searcher,
-            {"every": every, "s": s_values},
+            ConflictSettings(every=every, s=tuple(s_values)),
             seed,
             f"{self.cell.mitigation}-search/{self.cell.backbone}",
         )

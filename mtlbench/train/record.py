@@ -55,7 +55,7 @@ def ok_result(
                 m.key: {"task": m.task, "higher_is_better": m.higher_is_better, "label": m.label or m.key} for m in task.metrics
             },
             "metrics": {"val": val, "test": test},
-            "selection": {"rule": cell.protocol["selection"], "per_model": selection},
+            "selection": {"rule": cell.protocol.selection, "per_model": selection},
             "curves": {name: f.epochs for name, f in fits.items()},
             "conflict": joint.conflict if joint is not None else None,
             "mitigation_report": mitigation_report,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlbench.core.spec import HISTOGRAMS, Protocol
+from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.datasets.splits import MultiInputSplit, Split
 from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, StepInfo
 from mtlbench.plugin.mitigation import Mitigation
@@ -132,7 +132,7 @@ class Trainer:
     With a multi-input task each step holds one batch per sub-task; each sub-task's loss comes
     from its own batch through the shared trunk (see :class:`mtlbench.datasets.splits.MultiInputSplit`).
     ``mitigation`` (already prepared on ``model``) may mask task gradients and updates.
-    ``conflict``: the sampling settings (``every``, ``histogram``, ``s``).
+    ``conflict``: the conflict sampling settings.
     ``checkpoint``: restore the state of an interrupted run before the first epoch, save the
     state after every epoch (see mtlbench/train/checkpoint.py)."""
 
@@ -144,7 +144,7 @@ class Trainer:
         method: Method | None,
         splits: Mapping[str, AnySplit],
         protocol: Protocol,
-        conflict: Mapping[str, Any],
+        conflict: ConflictSettings,
         seed: int,
         device: torch.device,
         *,
@@ -170,9 +170,9 @@ class Trainer:
             tasks,
             [n for n, _ in layers],
             [sum(p.numel() for p in ps) for _, ps in layers],
-            every=int(conflict.get("every", 0)),
-            edges=HISTOGRAMS[conflict.get("histogram", "recon")],
-            s_values=conflict.get("s", ()),
+            every=conflict.every,
+            edges=HISTOGRAMS[conflict.histogram],
+            s_values=conflict.s,
         )
         params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
         self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
