@@ -154,8 +154,18 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     newer ones. Each left-out group is reported in ``problems``."""
     if runs.empty:
         return runs
-    version = runs["method_version"].astype(str).map(version_key) + runs["mitigation_version"].astype(str).map(version_key)
-    newest = version.groupby([runs[k] for k in GROUP + ROW]).transform("max")
+    # (method version, mitigation version), each compared numerically part by part
+    version = pd.Series(
+        [
+            (version_key(m), version_key(g))
+            for m, g in zip(runs["method_version"].astype(str), runs["mitigation_version"].astype(str))
+        ],
+        index=runs.index,
+    )
+    newest_of_row: dict[tuple, tuple] = {}
+    for key, v in zip(runs[GROUP + ROW].itertuples(index=False, name=None), version):
+        newest_of_row[key] = max(newest_of_row.get(key, v), v)
+    newest = pd.Series([newest_of_row[key] for key in runs[GROUP + ROW].itertuples(index=False, name=None)], index=runs.index)
     stale = runs[version != newest]
     for key, group in stale.groupby(GROUP + ROW + ["method_version", "mitigation_version"], sort=True):
         problems.append(
