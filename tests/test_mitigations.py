@@ -363,3 +363,31 @@ def test_st_masks_the_update_before_the_method_clips_it():
     assert float(norm) == pytest.approx(1.0, rel=1e-5)
     for p, m in zip(st.params, st.masks):
         assert (p.grad[~m] == 0).all()
+
+
+def test_recon_budget_rule_is_explicit():
+    """With a parameter budget, the default takes the longest run of top-ranked layers that fits
+    (the paper's top-K); ``greedy`` skips layers that do not fit and continues down the ranking."""
+    names, sizes, scores = ["stem", "b1", "b2", "b3"], [100, 10, 1000, 10], [3, 9, 8, 1]
+    ranking = rank_layers(names, sizes, scores, branchable=set(names))
+    assert select_layers(ranking, k=0, budget=0.1, shared_params=1120, rule="prefix") == ["b1"]
+    assert select_layers(ranking, k=0, budget=0.1, shared_params=1120, rule="greedy") == ["b1", "stem"]  # skips b2
+    from mtlbench.mitigations.recon import Recon
+
+    assert Recon.option_defaults()["budget_rule"] == "prefix"
+    with pytest.raises(ValueError, match="budget_rule='fill'; valid: prefix, greedy"):
+        Recon(budget=0.1, budget_rule="fill")
+
+
+def test_recon_refuses_representation_gradient_methods_when_the_config_is_read(tmp_path):
+    from mtlbench.core.errors import ConfigError
+    from mtlbench.grid.config import load_benchmark
+
+    toml = TINY_TOML.replace('methods = ["stl", "ew", "mgda", "pcgrad"]', 'methods = ["stl", "ew", "mgda-ub"]').replace(
+        'mitigations = ["none"]', 'mitigations = ["none", { name = "recon", options = { budget = 0.1 } }]')
+    config = make_project(tmp_path / "p", toml)
+    with pytest.raises(ConfigError) as e:
+        load_benchmark(config)
+    message = str(e.value)
+    assert message.startswith(f"{config}: suites.tiny.methods[2]: recon cannot run 'mgda-ub'")
+    assert "use its parameter-gradient variant" in message and "drop 'recon'" in message

@@ -264,6 +264,11 @@ class _Parser:
             if errors:
                 option, message = next(iter(errors.items()))
                 raise self.err(f"{key}.mitigations[{i}].options.{option}", message)
+            for j, (_, m_name, _) in enumerate(methods):
+                method_cls = self.plugins.methods[m_name]
+                problem = None if method_cls.kind == "single_task" else mitigation.method_errors(method_cls)
+                if problem:
+                    raise self.err(f"{key}.methods[{j}]", f"{problem} (or drop {g_name!r} from this suite's mitigations)")
 
     def expand(self, suite: str, grid: Grid) -> tuple[list[Cell], list[str]]:
         """The suite's cells (task × backbone × method × mitigation × seed), and the combinations

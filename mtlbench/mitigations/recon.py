@@ -165,9 +165,15 @@ def rank_layers(names: list[str], sizes: list[int], scores: list[int], branchabl
     ]
 
 
-def select_layers(ranking: list[dict[str, Any]], k: int, budget: float, shared_params: int) -> list[str]:
-    """Top-``k`` branchable layers, or (``budget`` > 0) the ranked layers that fit in
-    ``budget`` x shared parameters, taken greedily in rank order."""
+BUDGET_RULES = {
+    "prefix": "the longest run of top-ranked branchable layers that fits (the paper's top-K, with K set by the budget)",
+    "greedy": "every ranked layer that still fits, skipping those that do not (fills the budget with lower-ranked layers)",
+}
+
+
+def select_layers(ranking: list[dict[str, Any]], k: int, budget: float, shared_params: int, rule: str = "greedy") -> list[str]:
+    """Top-``k`` branchable layers, or (``budget`` > 0) ranked layers within ``budget`` x shared
+    parameters by ``rule`` (:data:`BUDGET_RULES`)."""
     chosen: list[str] = []
     used = 0
     for row in ranking:
@@ -175,6 +181,8 @@ def select_layers(ranking: list[dict[str, Any]], k: int, budget: float, shared_p
             continue
         if budget > 0:
             if used + row["params"] > budget * shared_params:
+                if rule == "prefix":
+                    break
                 continue
         elif len(chosen) >= k:
             break
@@ -200,6 +208,7 @@ class Recon(Mitigation):
         search_every: int = 1,
         search_method: str = "ew",
         search_seed: int = 0,
+        budget_rule: str = "prefix",
     ) -> None:
         if not -1.0 < s <= 0.0:
             raise ValueError(f"recon: s={s} must satisfy -1 < s <= 0")
@@ -213,7 +222,9 @@ class Recon(Mitigation):
             )
         self.s, self.k, self.budget = float(s), int(k), float(budget)
         self.search_fraction, self.search_steps, self.search_every = float(search_fraction), int(search_steps), int(search_every)
-        self.search_method, self.search_seed = search_method, int(search_seed)
+        if budget_rule not in BUDGET_RULES:
+            raise ValueError(f"recon: budget_rule={budget_rule!r}; valid: {', '.join(BUDGET_RULES)}")
+        self.search_method, self.search_seed, self.budget_rule = search_method, int(search_seed), budget_rule
         self._report: dict[str, Any] | None = None
 
     def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
@@ -222,6 +233,15 @@ class Recon(Mitigation):
             valid = sorted(n for n, c in methods.items() if c.kind != "single_task")
             return {"search_method": f"unknown multi-task method {self.search_method!r}; valid: {', '.join(valid)}"}
         return {}
+
+    def method_errors(self, method: type) -> str | None:
+        if getattr(method, "gradients", "parameters") == "representation":
+            return (
+                f"recon cannot run {getattr(method, 'name', method.__name__)!r}: after the first branched layer the "
+                "trunk computes one stream per task, so there is no single shared representation whose gradients "
+                "the method could combine; use its parameter-gradient variant (e.g. mgda, aligned-mtl)"
+            )
+        return None
 
     def search_summary(self, ctx: MitigationContext) -> tuple[dict[str, Any], dict[str, Any], bool]:
         steps = self.search_steps or max(1, round(self.search_fraction * ctx.total_steps))
@@ -261,7 +281,7 @@ class Recon(Mitigation):
         scores = layers["s_conflict"][f"{self.s:g}"]
         shared_total = sum(layers["params"])
         ranking = rank_layers(layers["names"], layers["params"], scores, branchable_layers(model.trunk))
-        chosen = select_layers(ranking, self.k, self.budget, shared_total)
+        chosen = select_layers(ranking, self.k, self.budget, shared_total, self.budget_rule)
         branched_params = sum(r["params"] for r in ranking if r["layer"] in chosen)
         n_tasks = len(ctx.tasks)
         self._report = {

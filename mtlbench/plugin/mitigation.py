@@ -69,6 +69,11 @@ class Mitigation(Plugin):
     def report(self) -> dict[str, Any] | None:
         return None
 
+    def method_errors(self, method: type) -> str | None:
+        """Why this mitigation cannot run with ``method`` (a method class), or None; checked for
+        every method of a suite when benchmark.toml is read."""
+        return None
+
     def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         """Problems with options that name other plugins (``methods``: name -> method class),
         as {option: message}; checked when benchmark.toml is read."""
