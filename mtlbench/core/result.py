@@ -60,6 +60,11 @@ if get_args(SchemaName) != (RESULT_SCHEMA,):  # one schema name, declared in cor
     raise RuntimeError(f"the result model reads {get_args(SchemaName)}, cells write {RESULT_SCHEMA}")
 
 
+# a run's roles as table columns: column -> (the part of the result declaring it, the role)
+ROLE_COLUMNS = {"is_baseline": ("method_info", "baseline"), "is_reference": ("method_info", "reference"),
+                "is_front": ("method_info", "front"), "unmitigated": ("mitigation_info", "unmitigated")}  # fmt: skip
+
+
 class Record(BaseModel):
     """A part of a result with a fixed set of keys."""
 
@@ -205,15 +210,12 @@ class ResultBase(Record):
     provenance: Provenance
 
     def roles(self) -> dict[str, bool]:
-        """The run's roles, from the plugin declarations it records."""
-        method = set(self.method_info.roles) if self.method_info is not None else set()
-        mitigation = set(self.mitigation_info.roles) if self.mitigation_info is not None else set()
-        return {
-            "is_baseline": "baseline" in method,
-            "is_reference": "reference" in method,
-            "is_front": "front" in method,
-            "unmitigated": "unmitigated" in mitigation,
-        }
+        """The run's roles (one flag per :data:`ROLE_COLUMNS` entry), from the plugin declarations it records."""
+        out = {}
+        for column, (part, role) in ROLE_COLUMNS.items():
+            info = getattr(self, part)
+            out[column] = info is not None and role in info.roles
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_unset=False)

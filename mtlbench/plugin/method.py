@@ -125,9 +125,7 @@ class Method(nn.Module, Plugin):
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
-        defaults = keyword_defaults(cls.__init__)
-        defaults.pop("n_tasks", None)
-        return defaults
+        return keyword_defaults(cls.__init__, skip=("self", "n_tasks"))
 
     @classmethod
     def plugin_errors(cls) -> list[str]:

@@ -25,18 +25,11 @@ from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
 from mtlbench.core.registry import version_key
-from mtlbench.core.result import IDENTITY_FIELDS, OkResult, Result, parse_result
+from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, OkResult, Result, parse_result
 
 GROUP = ["suite", "task", "backbone"]
 ROW = ["method", "mitigation"]
 CONVENTIONS = ("flat", "task")
-# a run's roles, read from the plugin declarations recorded in its result file
-ROLE_COLUMNS = {
-    "is_baseline": ("method_info", "baseline"),
-    "is_reference": ("method_info", "reference"),
-    "is_front": ("method_info", "front"),
-    "unmitigated": ("mitigation_info", "unmitigated"),
-}
 
 
 @dataclass(frozen=True)
