@@ -25,7 +25,7 @@ kwargs = { channels = [8, 8, 16, 16] }
 
 [suites.zoo]
 backbones = ["r8"]
-methods = ["famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "tracked",
+methods = ["famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked",
            { name = "fixed", label = "fixed-0.2", options = { weights = [0.2, 0.8] } }]
 seeds = [0]
 conflict = { every = 3 }
@@ -83,7 +83,7 @@ def zoo_run(tmp_path_factory):
 def test_new_methods_train_end_to_end(zoo_run):
     code, files = zoo_run
     assert code == 0
-    assert set(files) == {"famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "tracked", "fixed-0.2"}
+    assert set(files) == {"famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked", "fixed-0.2"}
     for label, r in files.items():
         assert r["status"] == "ok", (label, r.get("reason"))
         assert all(0.0 <= v <= 1.0 for v in r["metrics"]["test"].values())
@@ -153,7 +153,7 @@ def test_bad_method_option_is_one_config_error(tmp_path):
 
     bad = ZOO_TOML.replace("weights = [0.2, 0.8]", "weights = [0.2, 0.3, 0.5]").replace('"tracked",', "")
     config = make_project(tmp_path / "p", bad)
-    with pytest.raises(ConfigError, match=r"methods\[5\].*'fixed'.*2 numbers"):
+    with pytest.raises(ConfigError, match=r"methods\[6\].*'fixed'.*2 numbers"):
         load_benchmark(config)
 
 
@@ -203,10 +203,10 @@ def test_cuda_rule_uses_the_batched_strategy_and_agrees_with_the_loop():
     assert torch.allclose(out["batched"], out["loop"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa"])
+@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa", "modo"])
 def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, data_dir):
     """Method state (a lazily sized (T, P) average, FAMO's logits and Adam moments, DWA's loss
-    history) lives in the method's state_dict, so a cell interrupted after epoch 1 and resumed
+    history, MoDo's weights over three batches per step) lives in the method's state_dict, so a cell interrupted after epoch 1 and resumed
     from its checkpoint ends exactly as an uninterrupted one."""
     from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.grid.config import load_benchmark
@@ -230,3 +230,29 @@ def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, d
         torch.set_num_threads(threads)
     assert checkpoints.resumed == {"joint": 1}
     assert training_record(resumed) == training_record(expected)
+
+
+def test_multi_sample_steps_draw_distinct_batches_and_keep_the_epoch_length():
+    """SDMGrad/MoDo draw three batches per step from the cycled training data: an epoch keeps
+    its number of steps, each step's batches are distinct, and the batches depend only on the
+    generator's state at the epoch's start (what a resumed run restores)."""
+    from mtlbench.datasets.splits import Split
+    from mtlbench.train.trainer import step_batches
+
+    split = Split(torch.arange(10.0).view(10, 1), {"a": torch.arange(10)})
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    steps = list(step_batches(split, 3, gen, steps=3, samples=3))
+    assert len(steps) == 3 and all(len(s) == 3 for s in steps)
+    for group in steps:
+        rows = [tuple(y["a"].tolist()) for _, y in group]
+        assert len(set(rows)) == 3 and all(len(r) == 3 for r in rows)
+    # 9 batches from passes of 3 batches each: every pass is a permutation of 9 of the 10 samples
+    flat = [v for group in steps for _, y in group for v in y["a"].tolist()]
+    for k in range(3):
+        assert len(set(flat[9 * k : 9 * k + 9])) == 9
+    gen.set_state(state)
+    again = list(step_batches(split, 3, gen, steps=3, samples=3))
+    assert [[y["a"].tolist() for _, y in g] for g in again] == [[y["a"].tolist() for _, y in g] for g in steps]
+    single = list(step_batches(split, 3, torch.Generator().manual_seed(0), steps=3, samples=1))
+    assert len(single) == 3 and all(len(s) == 1 for s in single)

@@ -247,15 +247,16 @@ ORTHOGONAL = {  # g1 = e1, g2 = e2
     "cagrad": [0.6, 0.6], "imtl-g": [0.5, 0.5], "nash-mtl": [2**-0.5, 2**-0.5], "aligned-mtl": [1, 1],
     "aligned-mtl-ub": [1, 1], "upgrad": [0.5, 0.5], "dualproj": [0.5, 0.5], "config": [1, 1],
     "fairgrad": [1, 1], "moco": [0.25, 0.25], "db-mtl": [0.1, 0.1], "gradnorm": [1, 1], "excess-mtl": [1, 1],
+    "sdmgrad": [0.5, 0.5], "modo": [0.5, 0.5],  # the same batch three times: weights stay at 1/2
 }
 IDENTICAL = {  # g1 = g2 = g = (1, 2): multiples of g
     "mgda": 1, "mgda-ub": 1, "pcgrad": 2, "graddrop": 2, "gradvac": 2, "cagrad": 1.2, "imtl-g": 1,
     "nash-mtl": 1 / math.sqrt(5), "aligned-mtl": 2, "aligned-mtl-ub": 2, "upgrad": 1, "dualproj": 1,
     "config": 2, "fairgrad": math.sqrt(2) / math.sqrt(5), "db-mtl": 0.2, "gradnorm": 2,
-    "moco": 0.5 / math.sqrt(5), "excess-mtl": 2,
+    "moco": 0.5 / math.sqrt(5), "excess-mtl": 2, "sdmgrad": 1, "modo": 1,
 }
 OPPOSITE_ZERO = {"mgda", "mgda-ub", "pcgrad", "gradvac", "cagrad", "imtl-g", "aligned-mtl", "aligned-mtl-ub",
-                 "upgrad", "dualproj", "config", "db-mtl", "gradnorm", "moco", "excess-mtl"}
+                 "upgrad", "dualproj", "config", "db-mtl", "gradnorm", "moco", "excess-mtl", "sdmgrad", "modo"}
 OPPOSITE_RAISES = {"nash-mtl", "fairgrad"}  # no solution exists: a clear error, never a silent zero
 
 

@@ -196,6 +196,46 @@ class GramWeighting(GradientAggregator):
         return weights.to(grads.dtype) @ grads
 
 
+class MultiSampleAggregator(GradientAggregator):
+    """A gradient method that needs several independent batches per step (stochastic
+    multi-objective methods: one batch's gradients decide the weights, another's are combined,
+    so the weight estimate is not correlated with the gradients it weights).
+
+    Each step the trainer draws ``samples_per_step`` training batches (the training data
+    cycled, so an epoch keeps its number of steps and each step sees that many batches, as
+    LibMTL's trainer does), computes the (S, T, P) per-task gradients and the (S, T) losses,
+    and calls :meth:`aggregate_samples`. The heads receive the gradients of all S batches,
+    summed (``head_samples = "sum"``) or averaged (``"mean"``), then :meth:`head_weights`.
+    Parameter gradients only (``gradients = "parameters"``)."""
+
+    samples_per_step: ClassVar[int] = 3
+    head_samples: ClassVar[str] = "mean"  # sum | mean
+
+    def aggregate_samples(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        """(S, T, P) per-task gradients of S independent batches and their (S, T) losses ->
+        the update (P,)."""
+        raise NotImplementedError
+
+    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        """The update when every sample is the same batch (``grads`` repeated S times): what
+        the method does with one gradient matrix. The trainer always passes S independent
+        batches to :meth:`aggregate_samples`."""
+        s = self.samples_per_step
+        return self.aggregate_samples(grads.expand(s, *grads.shape), losses.expand(s, *losses.shape), info)
+
+    @classmethod
+    def plugin_errors(cls) -> list[str]:
+        errors = super().plugin_errors()
+        if cls.gradients != "parameters":
+            errors.append("a multi-sample method works on parameter gradients (gradients = 'parameters')")
+        if cls.head_samples not in ("sum", "mean") or cls.samples_per_step < 2:
+            errors.append(
+                f"head_samples must be 'sum' or 'mean' and samples_per_step >= 2 "
+                f"(got {cls.head_samples!r}, {cls.samples_per_step})"
+            )
+        return errors
+
+
 class SingleTask(Method):
     """Marker kind: train one independent model per sub-task (the Δm baseline)."""
 

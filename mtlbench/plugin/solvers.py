@@ -71,6 +71,16 @@ def min_norm_weights(gram: Tensor, tol: float = 1e-12, max_iter: int = 1000) -> 
 GRAM_CHUNK = 1 << 22  # entries of the (T, P) matrix cast to float64 at a time (32 MB)
 
 
+def project_to_simplex(v: Tensor) -> Tensor:
+    """The Euclidean projection of ``v`` (T,) onto the probability simplex {w >= 0, sum w = 1}
+    (the sort-based rule: shift by the threshold that makes the positive part sum to 1)."""
+    u = torch.sort(v, descending=True).values
+    cumulative = torch.cumsum(u, 0) - 1.0
+    ks = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - cumulative / ks > 0).max())
+    return torch.clamp(v - cumulative[rho] / (rho + 1), min=0.0)
+
+
 def gram_matrix(grads: Tensor) -> Tensor:
     """K = G G^T in float64, accumulated over column blocks so that no float64 copy of the whole
     (T, P) matrix is made (P can be tens of millions). Float64 accumulation matters: a float32

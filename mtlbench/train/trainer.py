@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.datasets.splits import MultiInputSplit, Split
-from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, StepInfo
+from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, MultiSampleAggregator, StepInfo
 from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
@@ -182,6 +182,7 @@ class Trainer:
         self.method_gen = torch.Generator(device="cpu").manual_seed(seed + 2_000_003)
         self.strategy = default_strategy(device, len(tasks))
         self.per_rep = isinstance(method, GradientAggregator) and method.gradients == "representation"
+        self.samples = method.samples_per_step if isinstance(method, MultiSampleAggregator) else 1
         self.layer_sizes = () if self.per_rep else tuple(self.recorder.layer_sizes)
         self.out = FitOutput(epochs=[], params=count_parameters(model), params_shared=sum(p.numel() for p in self.shared))
         if isinstance(method, GradientAggregator) or self.recorder.every > 0:
@@ -230,8 +231,8 @@ class Trainer:
         """One epoch of steps; True when ``max_steps`` was reached."""
         self.model.train()
         self.start_epoch_record()
-        for x, y in self.train.batches(self.protocol.batch_size, generator=self.data_gen, drop_last=True):
-            losses = self.train_step(x, y, epoch)
+        for samples in step_batches(self.train, self.protocol.batch_size, self.data_gen, self.steps_per_epoch, self.samples):
+            losses = self.train_step(samples, epoch)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=f"{epoch + 1}/{self.protocol.epochs}", loss=f"{float(losses.sum()):.3f}", refresh=False)
@@ -245,15 +246,20 @@ class Trainer:
         self.n_batches = 0
         self.t_epoch = time.perf_counter()
 
-    def train_step(self, x: Batch, y: dict[str, Tensor], epoch: int) -> Tensor:
-        """One optimiser step on one batch; returns the task losses."""
+    def train_step(self, samples: list[tuple[Batch, dict[str, Tensor]]], epoch: int) -> Tensor:
+        """One optimiser step on one batch (a multi-sample method: on its independent batches);
+        returns the task losses (averaged over the batches)."""
         method, mitigation = self.method, self.mitigation
-        x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
-        x = to_device(x, self.device)
-        y = {k: v.to(self.device) for k, v in y.items()}
+        inputs = []
+        for x, y in samples:
+            x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
+            inputs.append((to_device(x, self.device), {k: v.to(self.device) for k, v in y.items()}))
         t0 = time.perf_counter()
-        outputs, z, rep = forward_for_method(self.model, x, self.per_rep)
-        losses = torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks])
+        per_sample, z, rep = [], None, None
+        for x, y in inputs:
+            outputs, z, rep = forward_for_method(self.model, x, self.per_rep)
+            per_sample.append(torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks]))
+        losses = per_sample[0] if len(per_sample) == 1 else torch.stack([s.detach() for s in per_sample])
         if not torch.isfinite(losses).all():
             raise NonFiniteError(f"non-finite loss at epoch {epoch} step {self.step}: {losses.tolist()}")
         info = StepInfo(
@@ -266,7 +272,16 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         measured = backward_update(
-            method, losses, info, self.shared, self.head_params, self.recorder, self.strategy, z, rep, mitigation
+            method,
+            losses if len(per_sample) == 1 else per_sample,
+            info,
+            self.shared,
+            self.head_params,
+            self.recorder,
+            self.strategy,
+            z,
+            rep,
+            mitigation,
         )
         if mitigation is not None:
             mitigation.before_step()  # masks the update first: clipping then sees only what is trained
@@ -276,11 +291,12 @@ class Trainer:
         if mitigation is not None:
             mitigation.after_step(self.optimizer)
         if method is not None and method.wants_losses_after_step:
-            losses_after_step(self.model, self.task, self.tasks, method, x, y, info)
+            losses_after_step(self.model, self.task, self.tasks, method, *inputs[0], info)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.out.step_times.append(time.perf_counter() - t0 - measured)
         self.out.conflict_time += measured
+        losses = losses if losses.dim() == 1 else losses.mean(dim=0)
         self.loss_sums += losses.detach().double().cpu()
         self.n_batches += 1
         self.step += 1
@@ -329,6 +345,29 @@ def _mean_of(window: list[dict[str, Any]], split: str) -> dict[str, float]:
     return {k: statistics.fmean(e[split][k] for e in window) for k in window[0][split]}
 
 
+def step_batches(train: AnySplit, batch_size: int, generator: torch.Generator, steps: int, samples: int) -> Iterator[list[Any]]:
+    """An epoch's steps, each a list of ``samples`` training batches. One sample per step: one
+    pass over the shuffled training data. More (multi-sample methods): the data is cycled, each
+    pass freshly shuffled by ``generator``, so the epoch keeps its ``steps`` and each step draws
+    ``samples`` consecutive batches (LibMTL's trainer does the same); the unused rest of the
+    last pass is dropped at the epoch's end, so an epoch's batches depend only on the
+    generator's state at its start (a resumed run sees the same batches)."""
+    if samples == 1:
+        for single in train.batches(batch_size, generator=generator, drop_last=True):
+            yield [single]
+        return
+    stream: Iterator[Any] = iter(())
+    for _ in range(steps):
+        group: list[Any] = []
+        while len(group) < samples:
+            batch: Any = next(stream, None)
+            if batch is None:
+                stream = iter(train.batches(batch_size, generator=generator, drop_last=True))
+                continue
+            group.append(batch)
+        yield group
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -350,7 +389,7 @@ def forward_for_method(model: MultiTaskModel, x: Batch, per_rep: bool) -> tuple[
 
 def backward_update(
     method: Method | None,
-    losses: Tensor,
+    losses: Tensor | list[Tensor],
     info: StepInfo,
     shared: list[nn.Parameter],
     head_params: list[list[nn.Parameter]],
@@ -362,10 +401,18 @@ def backward_update(
 ) -> float:
     """Fill the parameters' ``.grad`` with the method's update; return the seconds spent on
     conflict statistics (excluded from the step time). A mitigation masks the task gradients
-    of the shared parameters before the method and the conflict statistics see them."""
+    of the shared parameters before the method and the conflict statistics see them.
+    ``losses``: the (T,) task losses; for a multi-sample method a list, one (T,) per batch
+    (separate graphs: one stacked tensor would join them)."""
     step, measured = info.step, 0.0
     grad_kwargs: dict[str, Any] = {"strategy": strategy[0], "chunk_size": strategy[1]}
     mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
+    if isinstance(method, MultiSampleAggregator):
+        if not isinstance(losses, list):
+            raise TypeError(f"{method.name} draws {method.samples_per_step} batches per step: pass one loss vector per batch")
+        return _multi_sample_update(method, losses, info, shared, head_params, recorder, grad_kwargs, mask)
+    if isinstance(losses, list):
+        raise TypeError("one loss vector per step: only multi-sample methods take several")
     if not isinstance(method, GradientAggregator):
         if recorder.due(step):
             tm = time.perf_counter()
@@ -394,6 +441,40 @@ def backward_update(
     head_weights = method.head_weights()
     for i, (ps, gs) in enumerate(zip(head_params, private)):
         for p, g in zip(ps, gs):
+            p.grad = g if head_weights is None else g * head_weights[i].to(g.dtype)
+    return measured
+
+
+def _multi_sample_update(
+    method: MultiSampleAggregator,
+    losses: list[Tensor],
+    info: StepInfo,
+    shared: list[nn.Parameter],
+    head_params: list[list[nn.Parameter]],
+    recorder: ConflictRecorder,
+    grad_kwargs: dict[str, Any],
+    mask: Any,
+) -> float:
+    """backward_update for a method that draws several batches per step: ``losses``, one (T,)
+    per batch; the conflict statistics see the first batch's gradients; each head gets the sum
+    (or mean) of its task's gradients over the batches, then the method's head weights."""
+    if len(losses) != method.samples_per_step:
+        raise ValueError(f"{method.name} needs {method.samples_per_step} loss vectors, got {len(losses)}")
+    measured, per_sample = 0.0, [task_gradients(list(row), shared, head_params, **grad_kwargs) for row in losses]
+    grads = torch.stack([mask(g) for g, _ in per_sample])
+    if recorder.due(info.step):
+        tm = time.perf_counter()
+        recorder.record(info.step, grads[0])
+        measured = time.perf_counter() - tm
+    update = method.aggregate_samples(grads, torch.stack([row.detach() for row in losses]), info)
+    if not torch.isfinite(update).all():
+        raise NonFiniteError(f"non-finite update from method {method.name!r} at step {info.step}")
+    assign_flat_grad(shared, update)
+    head_weights = method.head_weights()
+    scale = 1.0 / len(per_sample) if method.head_samples == "mean" else 1.0
+    for i, ps in enumerate(head_params):
+        for k, p in enumerate(ps):
+            g = torch.stack([private[i][k] for _, private in per_sample]).sum(dim=0) * scale
             p.grad = g if head_weights is None else g * head_weights[i].to(g.dtype)
     return measured
 
