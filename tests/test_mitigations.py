@@ -14,9 +14,9 @@ from torch import nn
 from mtlbench.backbones.build import BackboneSpec, build_trunk
 from mtlbench.train.conflict import ConflictRecorder
 from mtlbench.plugin.mitigation import MitigationContext
-from mtlbench.mitigations.recon import BranchedModel, branchable_layers, rank_layers, select_layers
+from mtlbench.mitigations.recon import BranchedModel, Recon, branchable_layers, rank_layers, select_layers
 from mtlbench.mitigations.sparse import SparseTraining, neuron_mask
-from mtlbench.plugin.model import HardSharingModel
+from mtlbench.plugin.model import HardSharingModel, module_layers
 from tests.conftest import REPO, TINY_TOML, make_project
 
 # ------------------------------------------------------------------ S-conflict scores and ranking
@@ -70,7 +70,9 @@ def tiny_vit_model() -> HardSharingModel:
 
 @pytest.mark.parametrize("make, layers", [
     (tiny_resnet_model, ["conv1", "layer1.0.bn2", "layer2.0.downsample.1", "layer3.0.conv2", "layer4.1.bn1"]),
+    (tiny_resnet_model, ["layer2.0.conv1", "layer3.1.bn2"]),  # the stem and layer1 run once
     (tiny_vit_model, ["patch_embed.proj", "blocks.0.norm1", "blocks.0.attn.qkv", "blocks.1.mlp.fc2", "norm"]),
+    (tiny_vit_model, ["blocks.1.mlp.fc2"]),
 ])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_surgery_keeps_outputs_exactly(make, layers, mode):
@@ -246,6 +248,8 @@ def single_stream(branched: BranchedModel, t: int, task: str) -> nn.Module:
     from mtlbench.mitigations.recon import PerStream, TaskBranch, _set_submodule
 
     trunk = copy.deepcopy(branched.trunk)
+    for m in trunk.modules():
+        m._forward_pre_hooks.clear()  # the split point's stream stacking
     for name, m in list(trunk.named_modules()):
         if isinstance(m, TaskBranch):
             _set_submodule(trunk, name, m.copies[t])
@@ -357,7 +361,7 @@ def test_st_masks_the_update_before_the_method_clips_it():
     trainer = Trainer(model, Toy(), ["t0", "t1"], Big(2), {"train": split, "val": split}, Protocol(epochs=1, batch_size=8, lr=1e-9),
                       ConflictSettings(every=0), 0, torch.device("cpu"), mitigation=st, progress=False)
     x, y = split.batch(torch.arange(8))
-    trainer.train_step(x, y, 0)
+    trainer.train_step([(x, y)], 0)
     shared = model.shared_parameters()
     norm = torch.cat([p.grad.flatten() for p in shared]).norm()
     assert float(norm) == pytest.approx(1.0, rel=1e-5)
@@ -391,3 +395,99 @@ def test_recon_refuses_representation_gradient_methods_when_the_config_is_read(t
     message = str(e.value)
     assert message.startswith(f"{config}: suites.tiny.methods[2]: recon cannot run 'mgda-ub'")
     assert "use its parameter-gradient variant" in message and "drop 'recon'" in message
+
+
+@pytest.mark.parametrize("make, layers, split_at", [
+    (tiny_resnet_model, ["layer3.1.bn2", "layer2.0.conv1"], "layer2.0"),
+    (tiny_resnet_model, ["bn1"], "bn1"),
+    (tiny_vit_model, ["norm", "blocks.1.attn.proj"], "blocks.1"),
+])
+def test_shared_prefix_runs_once(make, layers, split_at):
+    """The layers before the first branched one run once on the batch, not once per stream:
+    their batch norms stay plain shared layers; the streams split at the enclosing block."""
+    from mtlbench.mitigations.recon import PerStream
+
+    model = BranchedModel(make(), layers)
+    assert model.split_at == split_at
+    seen: dict[str, int] = {}
+    for name, m in model.trunk.named_modules():
+        if not list(m.children()):
+            m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args[0].shape[0]))
+    model.train()
+    model(torch.randn(5, 1, 36, 36))
+    assert model.prefix_once
+    order = [n for n, _ in model.trunk.named_modules()]
+    for name, batch in seen.items():
+        before = order.index(name) < order.index(split_at)
+        per_stream = ".copies." in name or name.endswith(".inner")  # a task copy or a PerStream norm: one stream a call
+        assert batch == (5 if before or per_stream else 5 * len(model.heads)), name
+    plain_before = [n for n, m in model.trunk.named_modules() if isinstance(m, nn.BatchNorm2d) and order.index(n) < order.index(split_at)]
+    assert all(not isinstance(model.trunk.get_submodule(n), PerStream) for n in plain_before)
+    assert model.trunk.training  # the check left the modes as they were
+
+
+def test_a_trunk_with_a_skip_across_the_split_runs_every_stream_from_the_input():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) + h  # h from before the split point is used after it
+
+    torch.manual_seed(0)
+    base = HardSharingModel(Skip(), {"t0": nn.Linear(4, 2), "t1": nn.Linear(4, 2)})
+    reference = copy.deepcopy(base)
+    model = BranchedModel(base, ["b"])
+    x = torch.randn(3, 4)
+    out = model(x)
+    assert not model.prefix_once
+    for t, v in reference(x).items():
+        torch.testing.assert_close(out[t], v)
+
+
+def test_recon_reinitialises_each_copy_as_recon_s_code():
+    from mtlbench.mitigations.recon import TaskBranch
+
+    base = tiny_resnet_model()
+    shared = copy.deepcopy(base.trunk.get_submodule("layer2.0.conv1").weight)
+    model = BranchedModel(base, ["layer2.0.conv1", "layer2.0.bn1"], init="reinit", generator=torch.Generator().manual_seed(5))
+    conv = model.trunk.get_submodule("layer2.0.conv1")
+    assert isinstance(conv, TaskBranch)
+    w0, w1 = (c.weight for c in conv.copies)
+    assert not torch.equal(w0, w1) and not torch.equal(w0, shared)
+    fan_out = w0.shape[0] * w0.shape[2] * w0.shape[3]
+    for w in (w0, w1):  # Kaiming normal, fan_out, ReLU gain: std sqrt(2 / fan_out)
+        assert float(w.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+    bn = model.trunk.get_submodule("layer2.0.bn1")
+    assert all(torch.equal(c.weight, torch.ones_like(c.weight)) and torch.equal(c.bias, torch.zeros_like(c.bias)) for c in bn.copies)
+    copied = BranchedModel(tiny_resnet_model(), ["layer2.0.conv1"], init="copy").trunk.get_submodule("layer2.0.conv1")
+    assert all(torch.equal(c.weight, shared) for c in copied.copies)
+    with pytest.raises(ValueError, match="init='kaiming'; valid: reinit, copy"):
+        Recon(init="kaiming")
+
+
+def test_resnet18_recon_is_recon_s_network_and_its_ranking_branches_1_43_percent():
+    """41 layers named as in Recon's S-conflict scores (its MultiFashion+MNIST log, vendored in
+    tests/data), no zero-initialised batch norm, and the paper's K = 25 branching 1.43% of it."""
+    from mtlbench.backbones.build import build_trunk
+    from mtlbench.core.spec import BackboneSpec
+    from mtlbench.mitigations.recon import rank_layers, select_layers
+
+    torch.manual_seed(0)
+    trunk, dim = build_trunk(BackboneSpec("r", "resnet18_recon"), (1, 36, 36))
+    assert dim == 100 and trunk.fc.in_features == 512
+    layers = module_layers(trunk)
+    assert len(layers) == 41
+    assert all(float(m.weight.abs().min()) > 0 for m in trunk.modules() if isinstance(m, nn.BatchNorm2d))
+    scores = json.loads((Path(__file__).parent / "data" / "recon_multifashion_sconflict.json").read_text())
+    names, sizes = [n for n, _ in layers], [sum(p.numel() for p in ps) for _, ps in layers]
+    assert set(scores) == set(names)
+    ranking = rank_layers(names, sizes, [scores[n] for n in names], branchable_layers(trunk))
+    assert [r["layer"] for r in ranking] == list(scores)  # the log lists layers by score
+    chosen = select_layers(ranking, 25, 0.0, sum(sizes))
+    share = sum(r["params"] for r in ranking if r["layer"] in chosen) / sum(sizes)
+    assert share == pytest.approx(0.01428, abs=5e-5)
+    x = torch.randn(2, 1, 36, 36)
+    assert (trunk(x) >= 0).all()  # the ReLU before the heads

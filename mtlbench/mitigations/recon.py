@@ -11,8 +11,9 @@ Conflicting Gradients from the Root for Multi-Task Learning", ICLR 2023
 2. S-conflict score of a layer: the number of task pairs with per-layer cosine < S, summed over
    the search iterations. Layers are ranked by score (ties: network order).
 3. The top-K layers (``k``), or the top layers that fit a parameter ``budget`` (a fraction of the
-   shared parameters), become task-specific: one copy per task, initialised from the shared
-   weights of the cell's freshly initialised model.
+   shared parameters; ``budget_rule``), become task-specific: one copy per task, each
+   re-initialised independently as Recon's code does (``init = "reinit"``, the default) or
+   copied from the shared weights of the cell's freshly initialised model (``init = "copy"``).
 4. The modified network is trained from scratch with the cell's method.
 
 Paper settings: MultiFashion+MNIST ResNet18 S=-0.1 K=25; CityScapes SegNet S=0 K=39; NYUv2
@@ -25,8 +26,9 @@ a branched layer applies copy t to stream t; a shared layer runs once per stream
 layers normalise each stream separately, with their own running statistics per stream, so a
 stream sees exactly what a separate per-task forward pass would, in training and in eval mode;
 version 1 kept one blended set of running statistics, which cost a trained model 25 points of
-eval-mode accuracy in a MultiMNIST check). This works for any trunk whose only batch-coupled layers are batch norms
-(timm ResNets, ViTs, ConvNeXts ...), at the cost of running the shared prefix T times. Leaf
+eval-mode accuracy in a MultiMNIST check). This works for any trunk whose only batch-coupled
+layers are batch norms (timm ResNets, ViTs, ConvNeXts ...). The layers before the first branched
+layer run once on the batch (see :func:`split_point`); the streams split there. Leaf
 modules owning parameters can be branched; parameters held by a container itself (a ViT's
 cls_token/pos_embed, layer ``<root>``) cannot and are skipped in the ranking's selection.
 """
@@ -114,10 +116,73 @@ def branchable_layers(trunk: nn.Module) -> set[str]:
     }
 
 
-class BranchedModel(MultiTaskModel):
-    """A hard-sharing model whose ``branched`` trunk layers are task-specific (Recon's surgery)."""
+class StreamSplit:
+    """The forward pre-hook at the split point: stacks T copies of the module's input."""
 
-    def __init__(self, base: HardSharingModel, branched: list[str]) -> None:
+    def __init__(self, n_tasks: int, active: bool = True) -> None:
+        self.n_tasks, self.active = n_tasks, active
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not self.active:
+            return None
+        x = args[0]
+        return (x.repeat(self.n_tasks, *([1] * (x.ndim - 1))), *args[1:])
+
+
+def split_point(trunk: nn.Module, branched: list[str]) -> str | None:
+    """Where the task streams start: the deepest ancestor of the first branched layer (in
+    registration order) reached from the trunk through direct children and nn.Sequential
+    elements only — a module whose input is the previous module's output alone, so everything
+    before it can run once for all tasks. None when nothing is branched."""
+    if not branched:
+        return None
+    order = {name: i for i, (name, _) in enumerate(trunk.named_modules())}
+    parts = min(branched, key=order.__getitem__).split(".")
+    point = parts[0]
+    for i in range(1, len(parts)):
+        if not isinstance(trunk.get_submodule(point), nn.Sequential):
+            break
+        point = f"{point}.{parts[i]}"
+    return point
+
+
+INIT_RULES = {
+    "reinit": "each task copy re-initialised independently with the backbone's initialiser, as Recon's code "
+    "(which builds the branched network afresh): Kaiming-normal convolutions (fan_out, ReLU) for ResNets, "
+    "Xavier-normal convolutions and linears for SegNet; batch norms 1/0; other layers copied",
+    "copy": "every task copy starts from the shared layer's weights",
+}
+
+
+def reinitialise(module: nn.Module, style: str, generator: torch.Generator) -> None:
+    """Re-draw a branched layer copy's weights (see :data:`INIT_RULES`); ``style`` ``kaiming``
+    (timm and Recon ResNets) or ``xavier`` (SegNet, MTAN's initialisation)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d) and style == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and style == "xavier":
+                nn.init.xavier_normal_(m.weight, generator=generator)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, _BatchNorm) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class BranchedModel(MultiTaskModel):
+    """A hard-sharing model whose ``branched`` trunk layers are task-specific (Recon's surgery).
+
+    The trunk runs once on the batch up to :func:`split_point` (batch norms there stay plain
+    shared layers: every task sees the same statistics, as its own single-task network would),
+    and on the T stacked task streams from there on. The first forward pass checks, in eval mode
+    and without side effects, that this equals running the whole trunk per stream; a trunk whose
+    forward is not sequential at the split point (a skip connection crossing it) runs every
+    stream from the input instead (``prefix_once`` False, in Recon's report)."""
+
+    def __init__(
+        self, base: HardSharingModel, branched: list[str], init: str = "copy", generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         tasks = list(base.heads)
         self.n_tasks = len(tasks)
@@ -126,17 +191,68 @@ class BranchedModel(MultiTaskModel):
         for name in branched:
             if name not in allowed:
                 raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters)")
-            _set_submodule(trunk, name, TaskBranch(trunk.get_submodule(name), self.n_tasks))
-        for name, m in list(trunk.named_modules()):
+        self.split_at = split_point(trunk, branched)
+        order = [name for name, _ in trunk.named_modules()]
+        first = order.index(self.split_at) if self.split_at is not None else len(order)
+        style = "xavier" if type(trunk).__module__.endswith("segnet") else "kaiming"
+        for name in branched:
+            layer = TaskBranch(trunk.get_submodule(name), self.n_tasks)
+            if init == "reinit":
+                for c in layer.copies:
+                    reinitialise(c, style, generator if generator is not None else torch.Generator().manual_seed(0))
+            _set_submodule(trunk, name, layer)
+        for i, (name, m) in enumerate(list(trunk.named_modules())):
             if isinstance(m, _BatchNorm) and not any(name == b or name.startswith(b + ".") for b in branched):
-                _set_submodule(trunk, name, PerStream(m, self.n_tasks))
+                if i >= first:  # after the streams split (registration order = execution order, checked)
+                    _set_submodule(trunk, name, PerStream(m, self.n_tasks))
         self.trunk = trunk
         self.heads = base.heads
         self.branched = list(branched)
+        self._splitter = StreamSplit(self.n_tasks, active=self.split_at is not None)
+        self._checked = False
+        if self.split_at is not None:
+            trunk.get_submodule(self.split_at).register_forward_pre_hook(self._splitter)
+
+    @property
+    def prefix_once(self) -> bool:
+        return self._splitter.active
+
+    @prefix_once.setter
+    def prefix_once(self, value: bool) -> None:
+        self._splitter.active = value
+
+    def _per_stream_input(self, x: Tensor) -> Tensor:
+        return x.repeat(self.n_tasks, *([1] * (x.ndim - 1)))
+
+    def _check_prefix(self, x: Tensor) -> None:
+        """Once: the shared prefix computed once equals the trunk run per stream (eval mode, no
+        gradient, no running-statistics update)."""
+        self._checked = True
+        if not self.prefix_once:
+            return
+        modes = {m: m.training for m in self.trunk.modules()}
+        try:
+            self.trunk.eval()
+            with torch.no_grad():
+                sample = x[: min(len(x), 4)]
+                try:
+                    once: Tensor | None = self.trunk(sample)
+                except RuntimeError:  # a tensor from before the split point is used after it
+                    once = None
+                self.prefix_once = False
+                per_stream = self.trunk(self._per_stream_input(sample))
+            if once is not None and once.shape == per_stream.shape:
+                scale = float(per_stream.abs().max()) + 1e-12
+                self.prefix_once = float((once - per_stream).abs().max()) <= 1e-4 * scale
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         b = x.shape[0]
-        z = self.trunk(x.repeat(self.n_tasks, *([1] * (x.ndim - 1))))
+        if not self._checked:
+            self._check_prefix(x)
+        z = self.trunk(x if self.prefix_once else self._per_stream_input(x))
         return {t: head(s) for (t, head), s in zip(self.heads.items(), z.split(b))}
 
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -196,7 +312,7 @@ class Recon(Mitigation):
     description = "turn the most conflicting shared layers task-specific, then retrain (Recon)"
     citation = "Shi et al., Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, ICLR 2023"
     reference = "github.com/moukamisama/Recon (S-conflict scores over the search phase, top-K layers)"
-    version = "2"  # per-stream batch-norm statistics
+    version = "3"  # 2: per-stream batch-norm statistics; 3: copies re-initialised as Recon's code, shared prefix once
 
     def __init__(
         self,
@@ -209,6 +325,7 @@ class Recon(Mitigation):
         search_method: str = "ew",
         search_seed: int = 0,
         budget_rule: str = "prefix",
+        init: str = "reinit",
     ) -> None:
         if not -1.0 < s <= 0.0:
             raise ValueError(f"recon: s={s} must satisfy -1 < s <= 0")
@@ -224,8 +341,11 @@ class Recon(Mitigation):
         self.search_fraction, self.search_steps, self.search_every = float(search_fraction), int(search_steps), int(search_every)
         if budget_rule not in BUDGET_RULES:
             raise ValueError(f"recon: budget_rule={budget_rule!r}; valid: {', '.join(BUDGET_RULES)}")
-        self.search_method, self.search_seed, self.budget_rule = search_method, int(search_seed), budget_rule
+        if init not in INIT_RULES:
+            raise ValueError(f"recon: init={init!r}; valid: {', '.join(INIT_RULES)}")
+        self.search_method, self.search_seed, self.budget_rule, self.init = search_method, int(search_seed), budget_rule, init
         self._report: dict[str, Any] | None = None
+        self._model: BranchedModel | None = None
 
     def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         searcher = methods.get(self.search_method)
@@ -302,8 +422,15 @@ class Recon(Mitigation):
             "branched_params": branched_params,
             "branched_pct_of_shared": 100.0 * branched_params / shared_total if shared_total else 0.0,
             "added_params": branched_params * (n_tasks - 1),
+            "budget_rule": self.budget_rule,
+            "init": self.init,
         }
-        return BranchedModel(model, chosen)
+        generator = torch.Generator().manual_seed(ctx.seed + 3_000_017)  # the copies' own draws
+        self._model = BranchedModel(model, chosen, init=self.init, generator=generator)
+        return self._model
 
     def report(self) -> dict[str, Any] | None:
+        if self._report is not None and self._model is not None:
+            m = self._model
+            self._report["streams"] = {"split_at": m.split_at, "prefix_once": m.prefix_once}
         return self._report
