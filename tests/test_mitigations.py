@@ -480,7 +480,7 @@ def test_resnet18_recon_is_recon_s_network_and_its_ranking_branches_1_43_percent
     assert dim == 100 and trunk.fc.in_features == 512
     layers = module_layers(trunk)
     assert len(layers) == 41
-    assert all(float(m.weight.abs().min()) > 0 for m in trunk.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(float(m.weight.detach().abs().min()) > 0 for m in trunk.modules() if isinstance(m, nn.BatchNorm2d))
     scores = json.loads((Path(__file__).parent / "data" / "recon_multifashion_sconflict.json").read_text())
     names, sizes = [n for n, _ in layers], [sum(p.numel() for p in ps) for _, ps in layers]
     assert set(scores) == set(names)
@@ -491,3 +491,67 @@ def test_resnet18_recon_is_recon_s_network_and_its_ranking_branches_1_43_percent
     assert share == pytest.approx(0.01428, abs=5e-5)
     x = torch.randn(2, 1, 36, 36)
     assert (trunk(x) >= 0).all()  # the ReLU before the heads
+
+
+def _reference_matrix(model, losses, n_tasks):
+    from mtlbench.train.conflict import ConflictRecorder
+    from mtlbench.train.trainer import reference_conflict
+
+    shared = model.shared_parameters()
+    recorder = ConflictRecorder([f"t{i}" for i in range(n_tasks)], ["x"], [1], every=1)
+    ref = reference_conflict(model, shared, [f"t{i}" for i in range(n_tasks)], recorder)
+    if ref.per_task is None:
+        from mtlbench.train.gradients import task_gradients
+
+        return None, task_gradients(losses, shared, retain_graph=True)[0]
+    return ref, ref.gradients(losses)
+
+
+@pytest.mark.parametrize("make, layers", [
+    (tiny_resnet_model, ["layer1.0.conv1", "layer2.0.bn1", "layer3.1.conv2"]),
+    (tiny_vit_model, ["blocks.0.attn.qkv", "norm"]),
+])
+def test_reference_set_of_a_branched_model_is_the_unmodified_trunk(make, layers):
+    """Before any training (copies equal to the shared layers), each task's gradient on the
+    reference set of the branched model equals its gradient on the unmodified model's shared
+    trunk: the set, its order and its values are the same, so p% compares across mitigations."""
+    base = make()
+    reference = copy.deepcopy(base)
+    model = BranchedModel(base, layers, init="copy")
+    x = torch.randn(4, 1, 36, 36, generator=torch.Generator().manual_seed(2))
+    n = len(model.heads)
+    with torch.no_grad():
+        model.train(), reference.train()
+    losses_b = [o.square().mean() for o in model(x).values()]
+    losses_r = [o.square().mean() for o in reference(x).values()]
+    ref, grads = _reference_matrix(model, losses_b, n)
+    assert ref is not None  # a separate gradient computation: the branched layers' copies are per task
+    assert [name for name, _ in model.reference_layers(n)] == [name for name, _ in reference.shared_layers()]
+    _, expected = _reference_matrix(reference, losses_r, n)
+    torch.testing.assert_close(grads, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_reference_conflict_is_reported_for_every_mitigation(tmp_path):
+    """Each run reports p% on the parameters it updates and on the reference set, with the
+    number of samples and a 95% interval; without a mitigation the two coincide; under ST the
+    reference set is the whole trunk (masked coordinates included)."""
+    from mtlbench.cli import main
+
+    toml = TINY_TOML.replace('mitigations = ["none"]', 'mitigations = ["none", { name = "recon", options = { k = 3, search_steps = 2 } }, "st"]')
+    assert "recon" in toml
+    config = make_project(tmp_path / "p", toml)
+    results = tmp_path / "r"
+    assert main(["run", "--config", str(config), "--results", str(results), "--no-progress", "--only", "method=ew", "--only", "seed=0"]) == 0
+    files = {p.name.split("__")[1]: json.loads(p.read_text()) for p in results.rglob("*.json") if ".cache" not in p.parts}
+    assert set(files) == {"none", "recon", "st"}
+    for name, r in files.items():
+        c = r["conflict"]
+        ref = c["reference"]
+        assert ref["n_samples"] == c["n_samples"] > 0 and "unmodified model" in ref["set"]
+        assert 0 <= c["p_pct_ci95"][0] <= c["p_pct"] <= c["p_pct_ci95"][1] <= 100
+        assert 0 <= ref["p_pct_ci95"][0] <= ref["p_pct"] <= ref["p_pct_ci95"][1] <= 100
+        assert ref["params"] == files["none"]["cost"]["params_shared"]  # the unmodified trunk, whatever the mitigation
+        assert c["parameters"].startswith("the shared parameters the method updates")
+    assert files["none"]["conflict"]["reference"]["p_pct"] == files["none"]["conflict"]["p_pct"]
+    assert files["recon"]["conflict"]["reference"]["layers"]["names"] == files["none"]["conflict"]["layers"]["names"]
+    assert sum(files["recon"]["conflict"]["layers"]["params"]) < files["none"]["cost"]["params_shared"]

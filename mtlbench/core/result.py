@@ -149,15 +149,32 @@ class Layers(Open):
     s_conflict: dict[str, list[Int]] = {}
 
 
+class ReferenceConflict(Open):
+    """Conflict statistics on the reference parameter set (the unmodified model's shared
+    trunk), comparable across the mitigations of a cell."""
+
+    set: str
+    params: Annotated[Int, Field(ge=0)]
+    n_samples: Annotated[Int, Field(ge=0)]
+    p_pct: Pct | None = None
+    p_pct_ci95: list[Pct] | None = None
+    mean_cos: Cosine | None = None
+    histogram: Histogram | None = None
+    layers: Layers | None = None
+
+
 class Conflict(Open):
     every: Int = 0
     n_samples: Annotated[Int, Field(ge=0)]
+    parameters: str = ""  # which parameters p% is taken on (older results leave it out)
     pairs: list[list[str]] = []
     p_pct: Pct | None = None
+    p_pct_ci95: list[Pct] | None = None  # 95% Wilson interval over the pooled pair observations
     mean_cos: Cosine | None = None
     histogram: Histogram | None = None
     series: dict[str, Any] = {}
     layers: Layers | None = None
+    reference: ReferenceConflict | None = None
 
 
 class Cost(Open):

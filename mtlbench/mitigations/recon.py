@@ -267,6 +267,21 @@ class BranchedModel(MultiTaskModel):
             out.append((parent if leaf == "inner" and parent in wrapped else name, params))
         return out
 
+    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
+        """The unmodified trunk's layers in order; a branched layer as each task's own copy."""
+        branches = {name: m for name, m in self.trunk.named_modules() if isinstance(m, TaskBranch)}
+        wrapped = {name for name, m in self.trunk.named_modules() if isinstance(m, PerStream)}
+        out: list[tuple[str, list[list[nn.Parameter]]]] = []
+        for name, params in module_layers(self.trunk):
+            owner = next((b for b in branches if name.startswith(b + ".")), None)
+            if owner is not None:
+                if not out or out[-1][0] != owner:
+                    out.append((owner, [list(c.parameters()) for c in branches[owner].copies]))
+                continue
+            parent, _, leaf = name.rpartition(".")
+            out.append((parent if leaf == "inner" and parent in wrapped else name, [params] * n_tasks))
+        return out
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         i = list(self.heads).index(task)
         own = [p for m in self.trunk.modules() if isinstance(m, TaskBranch) for p in m.copies[i].parameters()]

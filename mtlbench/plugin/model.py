@@ -32,6 +32,13 @@ class MultiTaskModel(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for _, ps in self.shared_layers() for p in ps]
 
+    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
+        """The shared layers of the *unmodified* model, each with every task's own parameters
+        for it (one list per task): where a mitigation made a layer task-specific, task t's
+        copy. Conflict statistics on this set compare across mitigations. Default: the shared
+        layers, the same parameters for every task."""
+        return [(name, [ps] * n_tasks) for name, ps in self.shared_layers()]
+
     def encode(self, x: Tensor) -> Tensor:
         """The shared representation (needed only by representation-gradient methods)."""
         raise NotImplementedError(

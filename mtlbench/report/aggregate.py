@@ -175,6 +175,8 @@ def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], di
     conflict, cost = result.conflict, result.cost
     row = {**base, "device": result.provenance.device}
     row["p_pct"] = _nan(conflict.p_pct if conflict is not None else None)
+    reference = conflict.reference if conflict is not None else None
+    row["p_pct_ref"] = _nan(reference.p_pct if reference is not None else None)
     row["mean_cos"] = _nan(conflict.mean_cos if conflict is not None else None)
     for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
         row[k] = float(getattr(cost, k))
@@ -187,7 +189,7 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-MITIGATION_DELTAS = ("dm_flat", "dm_task", "p_pct")
+MITIGATION_DELTAS = ("dm_flat", "dm_task", "p_pct", "p_pct_ref")
 # per-row descriptions carried into the summary table (the same in every seed of a row)
 DESCRIPTIVE = [
     "task_version",
@@ -198,7 +200,7 @@ DESCRIPTIVE = [
     "mitigation_version",
     *ROLE_COLUMNS,
 ]
-COST = ("p_pct", "mean_cos", "step_time_ms", "peak_memory_mb", "params", "wall_time_s")
+COST = ("p_pct", "p_pct_ref", "mean_cos", "step_time_ms", "peak_memory_mb", "params", "wall_time_s")
 
 
 def run_delta_m(loaded: Loaded) -> pd.DataFrame:

@@ -335,8 +335,17 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
         for k in dict.fromkeys(list(info) + list(metrics.get("test") or {}))
     ]
     conflict = r.get("conflict") if isinstance(r.get("conflict"), dict) else None
+    report = r.get("mitigation_report") if isinstance(r.get("mitigation_report"), dict) else {}
+    chosen = set(report.get("chosen") or [])
+    ranking = [
+        (str(row.get("layer")), row.get("score"), row.get("params"), row.get("layer") in chosen)
+        for row in report.get("ranking") or []
+        if isinstance(row, dict)
+    ]
     return {
         "r": r,
+        "mitigation": flatten({k: v for k, v in report.items() if k not in ("ranking", "chosen")}),
+        "ranking": ranking,
         "metric_rows": rows,
         "conflict": conflict,
         "layers": _layer_rows(conflict),

@@ -79,6 +79,16 @@ def layer_cosines(grads: Tensor, sizes: Sequence[int]) -> Tensor:
     return torch.stack(out) if out else torch.zeros(0, 0, dtype=torch.float64)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval (in %) of a proportion k/n; (0, 100) when n = 0."""
+    if n == 0:
+        return 0.0, 100.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half) * 100, min(1.0, centre + half) * 100
+
+
 def _r(x: float) -> float:
     return float(f"{x:.6g}") if math.isfinite(x) else x
 
@@ -132,11 +142,13 @@ class ConflictRecorder:
         n = len(self.steps)
         mean = lambda rows, k: _r(sum(r[k] for r in rows) / n)  # noqa: E731
         flat_cos = [v for row in self.pair_cos for v in row]
+        lo, hi = wilson_interval(sum(1 for v in flat_cos if v < 0), len(flat_cos))
         return {
             "every": self.every,
             "n_samples": n,
             "pairs": [[a, b] for i, a in enumerate(self.tasks) for b in self.tasks[i + 1 :]],
             "p_pct": _r(sum(self.p_pct) / n),
+            "p_pct_ci95": [_r(lo), _r(hi)],
             "mean_cos": _r(sum(flat_cos) / len(flat_cos)),
             "histogram": {"edges": list(self.edges), "labels": bin_labels(self.edges), "counts": self.counts},
             "series": {"step": self.steps, "p_pct": self.p_pct, "pair_cos": self.pair_cos},
@@ -149,3 +161,39 @@ class ConflictRecorder:
             },
             "layer_series": {"mean_cos": self.layer_mean_cos, "p_pct": self.layer_p_pct},
         }
+
+    def reference_summary(self, description: str) -> dict[str, Any] | None:
+        """The headline statistics of a recorder on the reference parameter set."""
+        full = self.summary()
+        if full is None:
+            return None
+        keep = ("n_samples", "p_pct", "p_pct_ci95", "mean_cos", "histogram")
+        layers = {k: full["layers"][k] for k in ("names", "params", "mean_cos", "p_pct")}
+        return {"set": description, "params": sum(self.layer_sizes), **{k: full[k] for k in keep}, "layers": layers}
+
+
+REFERENCE_SET = (
+    "the shared trunk of the unmodified model: a layer a mitigation made task-specific contributes "
+    "each task's gradient on its own copy; masked (sparse-training) coordinates included"
+)
+
+
+class ReferenceConflict:
+    """Conflict statistics on the reference parameter set (:data:`REFERENCE_SET`), sampled at
+    the same steps as the recorder of the updated parameters, so p% compares across
+    mitigations of one cell. ``per_task`` (each task's reference parameters) is None when the
+    reference set is the shared parameters themselves: then the unmasked per-task gradients the
+    step computes anyway are recorded (no extra cost); otherwise T extra backward passes run on
+    sampled steps (timed with the conflict statistics, not the step)."""
+
+    def __init__(self, recorder: ConflictRecorder, per_task: Sequence[Sequence[Tensor]] | None) -> None:
+        self.recorder, self.per_task = recorder, per_task
+
+    def gradients(self, losses: Sequence[Tensor]) -> Tensor:
+        """(T, P_ref) per-task gradients on the reference set (the graph is kept)."""
+        assert self.per_task is not None
+        rows = []
+        for loss, params in zip(losses, self.per_task):
+            found = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, found)]))
+        return torch.stack(rows)

@@ -27,7 +27,7 @@ from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
 from mtlbench.train.checkpoint import Checkpoint
-from mtlbench.train.conflict import ConflictRecorder
+from mtlbench.train.conflict import REFERENCE_SET, ConflictRecorder, ReferenceConflict
 from mtlbench.train.gradients import assign_flat_grad, clip_grad_norm, default_strategy, pullback_rows, task_gradients
 
 AnySplit = Split | MultiInputSplit
@@ -174,6 +174,7 @@ class Trainer:
             edges=HISTOGRAMS[conflict.histogram],
             s_values=conflict.s,
         )
+        self.reference = reference_conflict(model, self.shared, tasks, self.recorder)
         params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
         self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
         self.scheduler = make_scheduler(self.optimizer, protocol)
@@ -199,6 +200,7 @@ class Trainer:
             "scheduler": self.scheduler,
             "method": self.method,
             "recorder": self.recorder,
+            "reference_recorder": self.reference.recorder,
             "data_order": self.data_gen,
             "augment": self.aug_gen,
             "method_rng": self.method_gen,
@@ -223,6 +225,9 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.out.conflict = self.recorder.summary()
+        if self.out.conflict is not None:
+            self.out.conflict["parameters"] = UPDATED_SET
+            self.out.conflict["reference"] = self.reference.recorder.reference_summary(REFERENCE_SET)
         if max_steps is None or self.step < max_steps:
             self.select()
         return self.out
@@ -282,6 +287,7 @@ class Trainer:
             z,
             rep,
             mitigation,
+            self.reference,
         )
         if mitigation is not None:
             mitigation.before_step()  # masks the update first: clipping then sees only what is trained
@@ -345,6 +351,22 @@ def _mean_of(window: list[dict[str, Any]], split: str) -> dict[str, float]:
     return {k: statistics.fmean(e[split][k] for e in window) for k in window[0][split]}
 
 
+UPDATED_SET = "the shared parameters the method updates (after a mitigation's surgery and mask)"
+
+
+def reference_conflict(
+    model: MultiTaskModel, shared: list[nn.Parameter], tasks: Sequence[str], recorder: ConflictRecorder
+) -> ReferenceConflict:
+    """The reference-set statistics of a model (see :class:`ReferenceConflict`), sampled at the
+    steps ``recorder`` samples."""
+    layers = model.reference_layers(len(tasks))
+    per_task = [[p for _, per in layers for p in per[t]] for t in range(len(tasks))]
+    same = all(len(ps) == len(shared) and all(a is b for a, b in zip(ps, shared)) for ps in per_task)
+    sizes = [sum(p.numel() for p in per[0]) for _, per in layers]
+    ref = ConflictRecorder(tasks, [n for n, _ in layers], sizes, every=recorder.every, edges=recorder.edges)
+    return ReferenceConflict(ref, None if same else per_task)
+
+
 def step_batches(train: AnySplit, batch_size: int, generator: torch.Generator, steps: int, samples: int) -> Iterator[list[Any]]:
     """An epoch's steps, each a list of ``samples`` training batches. One sample per step: one
     pass over the shuffled training data. More (multi-sample methods): the data is cycled, each
@@ -398,39 +420,55 @@ def backward_update(
     z: Tensor | None,
     rep: Tensor | None,
     mitigation: Mitigation | None = None,
+    reference: ReferenceConflict | None = None,
 ) -> float:
     """Fill the parameters' ``.grad`` with the method's update; return the seconds spent on
     conflict statistics (excluded from the step time). A mitigation masks the task gradients
     of the shared parameters before the method and the conflict statistics see them.
     ``losses``: the (T,) task losses; for a multi-sample method a list, one (T,) per batch
-    (separate graphs: one stacked tensor would join them)."""
+    (separate graphs: one stacked tensor would join them). ``reference``: the conflict
+    statistics on the reference parameter set, sampled at the recorder's steps."""
     step, measured = info.step, 0.0
     grad_kwargs: dict[str, Any] = {"strategy": strategy[0], "chunk_size": strategy[1]}
     mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
+    due = recorder.due(step)
+    if due and reference is not None and reference.per_task is not None:  # its own gradients, before the graph is freed
+        tm = time.perf_counter()
+        first = losses[0] if isinstance(losses, list) else losses
+        reference.recorder.record(step, reference.gradients(list(first)))
+        measured += time.perf_counter() - tm
+    # the unmasked per-task gradients of the shared parameters are the reference set's otherwise
+    unmasked = reference.recorder if due and reference is not None and reference.per_task is None else None
     if isinstance(method, MultiSampleAggregator):
         if not isinstance(losses, list):
             raise TypeError(f"{method.name} draws {method.samples_per_step} batches per step: pass one loss vector per batch")
-        return _multi_sample_update(method, losses, info, shared, head_params, recorder, grad_kwargs, mask)
+        return measured + _multi_sample_update(method, losses, info, shared, head_params, recorder, grad_kwargs, mask, unmasked)
     if isinstance(losses, list):
         raise TypeError("one loss vector per step: only multi-sample methods take several")
     if not isinstance(method, GradientAggregator):
-        if recorder.due(step):
+        if due:
             tm = time.perf_counter()
-            recorder.record(step, mask(task_gradients(list(losses), shared, retain_graph=True, **grad_kwargs)[0]))
-            measured = time.perf_counter() - tm
+            raw = task_gradients(list(losses), shared, retain_graph=True, **grad_kwargs)[0]
+            recorder.record(step, mask(raw))
+            if unmasked is not None:
+                unmasked.record(step, raw)
+            measured += time.perf_counter() - tm
         total = method.loss(losses, info) if isinstance(method, LossWeighting) else losses.sum()
         if not torch.isfinite(total):
             raise NonFiniteError(f"non-finite objective from method {getattr(method, 'name', 'sum')!r} at step {step}")
         total.backward()
         return measured
-    grads, private = task_gradients(list(losses), shared if rep is None else [rep], head_params, **grad_kwargs)
-    if rep is None:
-        grads = mask(grads)
-    if recorder.due(step):  # conflict statistics are defined on parameter gradients
+    raw, private = task_gradients(list(losses), shared if rep is None else [rep], head_params, **grad_kwargs)
+    grads = mask(raw) if rep is None else raw
+    if due:  # conflict statistics are defined on parameter gradients
         tm = time.perf_counter()
         assert rep is None or z is not None
-        recorder.record(step, grads if z is None else mask(pullback_rows(z, grads, shared)))
-        measured = time.perf_counter() - tm
+        if z is not None:
+            raw = pullback_rows(z, raw, shared)
+        recorder.record(step, mask(raw))
+        if unmasked is not None:
+            unmasked.record(step, raw)
+        measured += time.perf_counter() - tm
     update = method.aggregate(grads, losses.detach(), info)
     if not torch.isfinite(update).all():
         raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
@@ -454,6 +492,7 @@ def _multi_sample_update(
     recorder: ConflictRecorder,
     grad_kwargs: dict[str, Any],
     mask: Any,
+    unmasked: ConflictRecorder | None = None,
 ) -> float:
     """backward_update for a method that draws several batches per step: ``losses``, one (T,)
     per batch; the conflict statistics see the first batch's gradients; each head gets the sum
@@ -465,6 +504,8 @@ def _multi_sample_update(
     if recorder.due(info.step):
         tm = time.perf_counter()
         recorder.record(info.step, grads[0])
+        if unmasked is not None:
+            unmasked.record(info.step, per_sample[0][0])
         measured = time.perf_counter() - tm
     update = method.aggregate_samples(grads, torch.stack([row.detach() for row in losses]), info)
     if not torch.isfinite(update).all():
