@@ -335,7 +335,8 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
         for k in dict.fromkeys(list(info) + list(metrics.get("test") or {}))
     ]
     conflict = r.get("conflict") if isinstance(r.get("conflict"), dict) else None
-    report = r.get("mitigation_report") if isinstance(r.get("mitigation_report"), dict) else {}
+    raw_report = r.get("mitigation_report")
+    report: dict[str, Any] = raw_report if isinstance(raw_report, dict) else {}
     chosen = set(report.get("chosen") or [])
     ranking = [
         (str(row.get("layer")), row.get("score"), row.get("params"), row.get("layer") in chosen)
