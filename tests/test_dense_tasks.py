@@ -318,6 +318,19 @@ last_n = 1
 batch_size = 2
 max_train_samples = 4
 
+[suites.recon-mtan]
+backbones = ["mtan-t"]
+methods = ["pcgrad"]
+mitigations = [{ name = "recon", options = { s = -0.02, k = 6, search_steps = 2 } }]
+seeds = [0]
+conflict = { every = 1 }
+
+[suites.recon-mtan.tasks.nyuv2]
+epochs = 1
+last_n = 1
+batch_size = 2
+max_train_samples = 4
+
 [suites.st]
 backbones = ["mtan-t", "segnet-t"]
 methods = ["pcgrad"]
@@ -334,11 +347,15 @@ max_train_samples = 4
 def test_recon_branches_segnet_layers_and_st_masks_segnet_mtan(prepared, tmp_path, capsys):
     config = make_project(tmp_path / "proj", MITIGATION_TOML)
     results = tmp_path / "results"
-    code = main(["run", "--config", str(config), "--suite", "recon", "--suite", "st", "--results", str(results),
-                 "--data", str(prepared), "--no-progress"])
+    code = main(["run", "--config", str(config), "--suite", "recon", "--suite", "recon-mtan", "--suite", "st",
+                 "--results", str(results), "--data", str(prepared), "--no-progress"])
     assert code == 0, capsys.readouterr()
     runs = {(r["mitigation"], r["backbone"]): r for r in (json.loads(p.read_text()) for p in results.rglob("*__seed0.json"))}
-    assert set(runs) == {("recon", "segnet-t"), ("st", "mtan-t"), ("st", "segnet-t")}
+    assert set(runs) == {("recon", "segnet-t"), ("recon", "mtan-t"), ("st", "mtan-t"), ("st", "segnet-t")}
+    mtan = runs["recon", "mtan-t"]
+    assert mtan["status"] == "ok" and len(mtan["mitigation_report"]["chosen"]) == 6
+    assert all(n.startswith(("segnet.", "encoder_link.", "decoder_link.")) for n in mtan["mitigation_report"]["chosen"])
+    assert mtan["conflict"]["reference"]["params"] == sum(r["params"] for r in mtan["mitigation_report"]["ranking"])
     recon = runs["recon", "segnet-t"]["mitigation_report"]
     assert len(recon["chosen"]) == 4 and all(name.startswith(("encoder.", "decoder.")) for name in recon["chosen"])
     for backbone in ("mtan-t", "segnet-t"):

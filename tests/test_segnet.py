@@ -131,3 +131,45 @@ def test_config_rejects_a_stem_on_a_native_model(tmp_path):
     toml = DENSE_TOML.replace("BACKBONE", "s").replace("TASK", "nyuv2").replace('model = "segnet"', 'model = "segnet"\nstem = "3x3"')
     with pytest.raises(ConfigError, match=r"backbones\.s: .*takes neither `stem` nor `pretrained`"):
         load_benchmark(make_project(tmp_path / "p", toml))
+
+
+def _tiny_mtan(tasks=("a", "b")):
+    torch.manual_seed(0)
+    return SegNetMTAN({t: torch.nn.Conv2d(4, 3, 1) for t in tasks}, in_chans=3, widths=(4, 8, 8, 16, 16))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("layers", [
+    ["segnet.encoder.1.first.0", "segnet.decoder.2.rest.0.1", "encoder_link.2.0", "decoder_link.0.1"],
+    ["encoder_link.0.0", "decoder_link.3.0"],  # link blocks only: the SegNet stays one stream
+])
+def test_recon_surgery_on_segnet_mtan_keeps_outputs(layers, mode):
+    """Recon on SegNet-MTAN (Recon's Table 5 network): branching shared SegNet layers and the
+    shared link blocks between attention stages leaves the outputs unchanged (copied weights),
+    in training and eval mode; each task's copies and attention are its own parameters."""
+    import copy
+
+    from mtlbench.mitigations.recon import BranchedMTAN
+
+    base = _tiny_mtan()
+    reference = copy.deepcopy(base)
+    model = BranchedMTAN(base, layers, init="copy")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model.train(mode == "train")
+    reference.train(mode == "train")
+    with torch.no_grad():
+        got, expected = model(x), reference(x)
+    for t in expected:
+        torch.testing.assert_close(got[t], expected[t], rtol=1e-5, atol=1e-6)
+    names = [n for n, _ in model.shared_layers()]
+    assert not set(layers) & set(names)
+    assert [n for n, _ in model.reference_layers(2)] == [n for n, _ in reference.shared_layers()]
+    model.train()
+    out = model(x)
+    out["b"].sum().backward()
+    for name in layers:
+        copies = model.base.get_submodule(name).copies
+        assert copies[0].weight.grad is None or copies[0].weight.grad.abs().sum() == 0
+        assert copies[1].weight.grad is not None and copies[1].weight.grad.abs().sum() > 0
+        own = {id(p) for p in model.task_parameters("b")}
+        assert id(copies[1].weight) in own and id(copies[0].weight) not in own

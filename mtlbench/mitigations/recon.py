@@ -49,14 +49,26 @@ from mtlbench.plugin.mitigation import Mitigation, MitigationContext
 from mtlbench.plugin.model import HardSharingModel, MultiTaskModel, module_layers
 
 
-class TaskBranch(nn.Module):
-    """One copy of a layer per task; the input holds the T task streams stacked on the batch axis."""
+class CurrentTask:
+    """Which task's features a layer is processing, where a model runs its task branches one at a
+    time (SegNet-MTAN's attention path); None: the input holds all T streams stacked."""
 
-    def __init__(self, module: nn.Module, n_tasks: int) -> None:
+    def __init__(self) -> None:
+        self.task: int | None = None
+
+
+class TaskBranch(nn.Module):
+    """One copy of a layer per task; the input holds the T task streams stacked on the batch axis
+    (or, when ``current.task`` is set, one task's features: that task's copy applies)."""
+
+    def __init__(self, module: nn.Module, n_tasks: int, current: CurrentTask | None = None) -> None:
         super().__init__()
         self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(n_tasks))
+        self.current = current
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.current is not None and self.current.task is not None:
+            return self.copies[self.current.task](x)
         streams = x.split(x.shape[0] // len(self.copies))
         return torch.cat([m(s) for m, s in zip(self.copies, streams)])
 
@@ -257,35 +269,120 @@ class BranchedModel(MultiTaskModel):
 
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
         """The trunk's layers minus the task copies, under their names before surgery."""
-        task_owned = {id(p) for m in self.trunk.modules() if isinstance(m, TaskBranch) for p in m.parameters()}
-        wrapped = {name for name, m in self.trunk.named_modules() if isinstance(m, PerStream)}
-        out = []
-        for name, params in module_layers(self.trunk):
-            if id(params[0]) in task_owned:
-                continue
-            parent, _, leaf = name.rpartition(".")
-            out.append((parent if leaf == "inner" and parent in wrapped else name, params))
-        return out
+        return shared_after_surgery([("", self.trunk)])
 
     def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
         """The unmodified trunk's layers in order; a branched layer as each task's own copy."""
-        branches = {name: m for name, m in self.trunk.named_modules() if isinstance(m, TaskBranch)}
-        wrapped = {name for name, m in self.trunk.named_modules() if isinstance(m, PerStream)}
-        out: list[tuple[str, list[list[nn.Parameter]]]] = []
-        for name, params in module_layers(self.trunk):
-            owner = next((b for b in branches if name.startswith(b + ".")), None)
-            if owner is not None:
-                if not out or out[-1][0] != owner:
-                    out.append((owner, [list(c.parameters()) for c in branches[owner].copies]))
-                continue
-            parent, _, leaf = name.rpartition(".")
-            out.append((parent if leaf == "inner" and parent in wrapped else name, [params] * n_tasks))
-        return out
+        return reference_after_surgery([("", self.trunk)], n_tasks)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         i = list(self.heads).index(task)
-        own = [p for m in self.trunk.modules() if isinstance(m, TaskBranch) for p in m.copies[i].parameters()]
-        return own + [p for p in self.heads[task].parameters() if p.requires_grad]
+        return task_copies(self.trunk, i) + [p for p in self.heads[task].parameters() if p.requires_grad]
+
+
+def _label(prefix: str, name: str, wrapped: set[str]) -> str:
+    """A layer's name before surgery (a PerStream norm's ``.inner`` dropped), under ``prefix``."""
+    parent, _, leaf = name.rpartition(".")
+    name = parent if leaf == "inner" and parent in wrapped else name
+    return f"{prefix}.{name}" if prefix else name
+
+
+def shared_after_surgery(parts: list[tuple[str, nn.Module]]) -> list[tuple[str, list[nn.Parameter]]]:
+    """The shared layers of the (prefix, module) parts, task copies left out, under their names
+    before surgery."""
+    out = []
+    for prefix, root in parts:
+        task_owned = {id(p) for m in root.modules() if isinstance(m, TaskBranch) for p in m.parameters()}
+        wrapped = {name for name, m in root.named_modules() if isinstance(m, PerStream)}
+        out += [(_label(prefix, n, wrapped), ps) for n, ps in module_layers(root) if id(ps[0]) not in task_owned]
+    return out
+
+
+def reference_after_surgery(parts: list[tuple[str, nn.Module]], n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
+    """The layers of the (prefix, module) parts as before surgery, in order, each with every
+    task's parameters: a branched layer as each task's own copy."""
+    out: list[tuple[str, list[list[nn.Parameter]]]] = []
+    for prefix, root in parts:
+        branches = {name: m for name, m in root.named_modules() if isinstance(m, TaskBranch)}
+        wrapped = {name for name, m in root.named_modules() if isinstance(m, PerStream)}
+        for name, params in module_layers(root):
+            owner = next((b for b in branches if name.startswith(b + ".")), None)
+            if owner is None:
+                out.append((_label(prefix, name, wrapped), [params] * n_tasks))
+            elif not out or out[-1][0] != _label(prefix, owner, wrapped):
+                out.append((_label(prefix, owner, wrapped), [list(c.parameters()) for c in branches[owner].copies]))
+        # (a branch's copies are consecutive layers of module_layers: one entry per branch)
+    return out
+
+
+def task_copies(root: nn.Module, i: int) -> list[nn.Parameter]:
+    """Task i's copies of the branched layers under ``root``."""
+    return [p for m in root.modules() if isinstance(m, TaskBranch) for p in m.copies[i].parameters()]
+
+
+class BranchedMTAN(MultiTaskModel):
+    """Recon's surgery on SegNet-MTAN: the candidates are the shared layers (the SegNet and the
+    shared conv blocks between attention stages, as in Recon's MTAN code); each task's
+    attention modules and head stay its own. A branched SegNet layer makes the SegNet compute
+    T streams (from the input: its un-pooling indices cross stages, so no prefix runs once;
+    unbranched SegNet batch norms keep per-stream statistics); each task's attention path reads
+    its own stream. A branched link block (applied per task in the attention path, as in MTAN)
+    applies task t's copy to task t's features; unbranched link norms keep MTAN's behaviour."""
+
+    def __init__(self, base: Any, branched: list[str], init: str = "copy", generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        tasks = list(base.heads)
+        self.n_tasks = len(tasks)
+        self.current = CurrentTask()
+        allowed = {f"{p}.{n}" for p in ("segnet", "encoder_link", "decoder_link") for n in branchable_layers(getattr(base, p))}
+        for name in branched:
+            if name not in allowed:
+                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared SegNet)")
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        for name in branched:
+            layer = TaskBranch(base.get_submodule(name), self.n_tasks, self.current)
+            if init == "reinit":
+                for c in layer.copies:
+                    reinitialise(c, "xavier", gen)
+            _set_submodule(base, name, layer)
+        self.streams = any(b.startswith("segnet.") for b in branched)
+        if self.streams:
+            for name, m in list(base.segnet.named_modules()):
+                full = f"segnet.{name}"
+                if isinstance(m, _BatchNorm) and not any(full == b or full.startswith(b + ".") for b in branched):
+                    _set_submodule(base.segnet, name, PerStream(m, self.n_tasks))
+        self.base = base
+        self.heads = base.heads
+        self.branched = list(branched)
+        self.split_at: str | None = "input" if self.streams else None
+        self.prefix_once = False
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        b, base = x.shape[0], self.base
+        f = base.segnet.features(x.repeat(self.n_tasks, *([1] * (x.ndim - 1))) if self.streams else x)
+        out = {}
+        try:
+            for i, (t, head) in enumerate(self.heads.items()):
+                own = type(f)(*[[m[i * b : (i + 1) * b] if self.streams else m for m in maps] for maps in vars(f).values()])
+                self.current.task = i
+                out[t] = head(base.attend(base.attention[t], own))
+        finally:
+            self.current.task = None
+        return out
+
+    def _parts(self) -> list[tuple[str, nn.Module]]:
+        return [(p, getattr(self.base, p)) for p in ("segnet", "encoder_link", "decoder_link")]
+
+    def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
+        return shared_after_surgery(self._parts())
+
+    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
+        return reference_after_surgery(self._parts(), n_tasks)
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        i = list(self.heads).index(task)
+        own = task_copies(self.base, i) + list(self.base.attention[task].parameters()) + list(self.heads[task].parameters())
+        return [p for p in own if p.requires_grad]
 
 
 def rank_layers(names: list[str], sizes: list[int], scores: list[int], branchable: set[str]) -> list[dict[str, Any]]:
@@ -360,7 +457,7 @@ class Recon(Mitigation):
             raise ValueError(f"recon: init={init!r}; valid: {', '.join(INIT_RULES)}")
         self.search_method, self.search_seed, self.budget_rule, self.init = search_method, int(search_seed), budget_rule, init
         self._report: dict[str, Any] | None = None
-        self._model: BranchedModel | None = None
+        self._model: BranchedModel | BranchedMTAN | None = None
 
     def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         searcher = methods.get(self.search_method)
@@ -409,13 +506,22 @@ class Recon(Mitigation):
         return summary, {**key, "hash": digest}, False
 
     def prepare(self, model: MultiTaskModel, ctx: MitigationContext) -> MultiTaskModel:
-        if not isinstance(model, HardSharingModel):
-            raise ConfigError(f"recon: supports hard-sharing models (a trunk and one head per task), not {type(model).__name__}")
+        from mtlbench.backbones.segnet import SegNetMTAN
+
+        if not isinstance(model, (HardSharingModel, SegNetMTAN)):
+            raise ConfigError(
+                f"recon: supports hard-sharing models (a trunk and one head per task) and SegNet-MTAN, not {type(model).__name__}"
+            )
         summary, key, cached = self.search_summary(ctx)
         layers = summary["layers"]
         scores = layers["s_conflict"][f"{self.s:g}"]
         shared_total = sum(layers["params"])
-        ranking = rank_layers(layers["names"], layers["params"], scores, branchable_layers(model.trunk))
+        if isinstance(model, HardSharingModel):
+            branchable = branchable_layers(model.trunk)
+        else:
+            parts = ("segnet", "encoder_link", "decoder_link")
+            branchable = {f"{p}.{n}" for p in parts for n in branchable_layers(getattr(model, p))}
+        ranking = rank_layers(layers["names"], layers["params"], scores, branchable)
         chosen = select_layers(ranking, self.k, self.budget, shared_total, self.budget_rule)
         branched_params = sum(r["params"] for r in ranking if r["layer"] in chosen)
         n_tasks = len(ctx.tasks)
@@ -441,7 +547,10 @@ class Recon(Mitigation):
             "init": self.init,
         }
         generator = torch.Generator().manual_seed(ctx.seed + 3_000_017)  # the copies' own draws
-        self._model = BranchedModel(model, chosen, init=self.init, generator=generator)
+        if isinstance(model, HardSharingModel):
+            self._model = BranchedModel(model, chosen, init=self.init, generator=generator)
+        else:
+            self._model = BranchedMTAN(model, chosen, init=self.init, generator=generator)
         return self._model
 
     def report(self) -> dict[str, Any] | None:
