@@ -294,15 +294,19 @@ def test_published_tables_point_at_presets_that_run_their_task_and_backbone():
     from mtlbench.report.published import read_table
 
     bench = load_benchmark(REPO / "benchmark.toml")
-    linked = 0
-    for path in sorted((REPO / "leaderboard" / "published").glob("*.toml")):
-        target = read_table(path).reproduce
-        if "suite" not in target:
-            continue
-        cells = bench.cells([target["suite"]])
-        assert any(c.task == target["task"] and c.backbone == target.get("backbone", c.backbone) for c in cells), path.name
-        linked += 1
-    assert linked >= 6  # the four dense presets cover the Nash-MTL, ST and Recon NYUv2/CityScapes tables
+    paths = sorted((REPO / "leaderboard" / "published").glob("*.toml"))
+    assert len(paths) == 16
+    for path in paths:
+        table = read_table(path)
+        target = table.reproduce
+        cells = [c for c in bench.cells([target["suite"]]) if c.task == target["task"] and c.backbone == target["backbone"]]
+        assert cells, path.name
+        runs = {(c.method, c.mitigation) for c in cells}
+        for row in table.rows:
+            # a row labelled with one of ours is one the preset runs; a row no preset runs carries no label
+            assert row.ours is None or (row.ours, row.mitigation) in runs, (path.name, row.method, row.ours, row.mitigation)
+            if row.ours is None:
+                assert row.method.split(" (")[0] not in {"STL", "LS", "EW", "MGDA", "PCGrad", "CAGrad"}, (path.name, row.method)
 
 
 MITIGATION_TOML = TINY_BACKBONES + """

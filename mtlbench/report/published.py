@@ -50,6 +50,7 @@ TABLE_KEYS = {
 }
 METRIC_KEYS = {"key", "of", "task", "higher_is_better", "label", "scale"}
 ROW_KEYS = {"method", "ours", "mitigation", "values", "dm", "dm_check", "note"}
+REPRODUCE_KEYS = ("task", "suite", "backbone")
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,15 @@ def read_table(path: Path) -> PublishedTable:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     _unknown(err, "top level", raw, TABLE_KEYS)
-    for key in ("paper", "table", "dataset", "backbone", "convention", "dm_sign", "baseline"):
+    for key in ("paper", "table", "dataset", "backbone", "convention", "dm_sign"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise err(key, "required: a non-empty string")
+    if not isinstance(raw.get("baseline"), str):
+        raise err("baseline", 'required: the single-task row\'s method name ("" when the table prints none)')
+    reproduce = raw.get("reproduce")
+    if not isinstance(reproduce, dict) or any(not isinstance(reproduce.get(k), str) or not reproduce[k] for k in REPRODUCE_KEYS):
+        raise err("reproduce", 'required: { task = "...", suite = "...", backbone = "..." }: the preset whose runs the table is compared with')
+    _unknown(err, "reproduce", reproduce, set(REPRODUCE_KEYS))
     if raw["convention"] not in CONVENTIONS:
         raise err("convention", f"{raw['convention']!r}; valid: {', '.join(CONVENTIONS)}")
     if raw["dm_sign"] not in DM_SIGNS:
@@ -133,8 +140,10 @@ def read_table(path: Path) -> PublishedTable:
     keys = [m.key for m in metrics]
     rows = _read_rows(err, raw.get("rows", []), keys)
     methods = [r.method for r in rows]
-    if raw["baseline"] not in methods:
+    if raw["baseline"] and raw["baseline"] not in methods:
         raise err("baseline", f"{raw['baseline']!r} is not one of the rows ({', '.join(methods)})")
+    if not raw["baseline"] and any(r.dm is not None for r in rows):
+        raise err("baseline", "rows print Δm, so the table needs its single-task row as baseline")
     if len(set(methods)) != len(methods):
         raise err("rows", "two rows share a method name")
     return PublishedTable(
@@ -150,7 +159,7 @@ def read_table(path: Path) -> PublishedTable:
         baseline=raw["baseline"],
         metrics=metrics,
         rows=rows,
-        reproduce=dict(raw.get("reproduce", {})),
+        reproduce=dict(reproduce),
         dm_over=list(raw.get("dm_over", keys)),
         notes=raw.get("notes", ""),
     )
@@ -303,6 +312,7 @@ def reproduction_table(
     for table in tables:
         ours = _our_rows(table, summary)
         base = next((r for r in ours.values() if r.get("is_baseline") and r.get("unmitigated")), None)
+        checks = {c.method: c for c in check_table(table)}
         for row in table.rows:
             match = ours.get((row.ours, row.mitigation)) if row.ours else None
             common = {
@@ -314,23 +324,31 @@ def reproduction_table(
                 "ours_method": row.ours or "",
                 "ours_mitigation": row.mitigation if row.ours else "",
                 "n_seeds": int(match["n_seeds"]) if match is not None else 0,
+                "note": row.note,
             }
             for m in table.metrics:
-                published = float(row.values[m.key]) if row.values else math.nan
+                text = row.values.get(m.key, "")
+                published = float(text) if text else math.nan
                 value = _our_value(m, match) * m.scale if match is not None else math.nan
                 records.append(
-                    {**common, "metric": m.label, "published": published, "ours": value, "difference": value - published}
-                )
-            if row.dm is not None or row.method == table.baseline:
+                    {**common, "metric": m.label, "published_text": text, "published": published, "ours": value,
+                     "difference": value - published}
+                )  # fmt: skip
+            if row.dm is not None or (table.baseline and row.method == table.baseline):
                 published = float(row.dm) if row.dm is not None else 0.0
                 value = _our_dm(table, match, base, metric_info)
+                check = checks.get(row.method)
                 records.append(
                     {
                         **common,
                         "metric": f"Δm % ({table.convention}, {'↑' if table.dm_sign == 'improvement' else '↓'})",
+                        "published_text": row.dm if row.dm is not None else "0",
                         "published": published,
                         "ours": value,
                         "difference": value - published,
+                        "dm_recomputed": check.recomputed if check is not None and check.recomputed is not None else math.nan,
+                        "dm_consistent": check.consistent if check is not None else None,
+                        "dm_check": row.dm_check,
                     }
                 )
     return pd.DataFrame.from_records(
@@ -344,21 +362,25 @@ def reproduction_table(
             "ours_method",
             "ours_mitigation",
             "n_seeds",
+            "note",
             "metric",
+            "published_text",
             "published",
             "ours",
             "difference",
+            "dm_recomputed",
+            "dm_consistent",
+            "dm_check",
         ],
     )
 
 
 def _our_rows(table: PublishedTable, summary: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
-    if summary.empty or not table.reproduce.get("task"):
+    if summary.empty:
         return {}
-    rows = summary[summary["task"] == table.reproduce["task"]]
-    for key in ("suite", "backbone"):
-        if table.reproduce.get(key):
-            rows = rows[rows[key] == table.reproduce[key]]
+    rows = summary  # runs of the preset the table names, on its task and backbone: never of another suite
+    for key in REPRODUCE_KEYS:
+        rows = rows[rows[key] == table.reproduce[key]]
     return {(r["method"], r["mitigation"]): r for r in rows.to_dict("records")}
 
 

@@ -442,17 +442,22 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
                 "ours": g["ours_method"].iloc[0],
                 "mitigation": g["ours_mitigation"].iloc[0],
                 "n_seeds": int(g["n_seeds"].iloc[0]),
+                "note": g["note"].iloc[0],
                 "cells": {r["metric"]: r for r in g.to_dict("records")},
             }
             for m, g in rows.groupby("method", sort=False)
         ]
         checks = check_table(t)
+        fillable = [m for m in methods if m["ours"]]
         sections.append(
             {
                 "t": t,
                 "metrics": metrics,
                 "methods": methods,
+                "n_fillable": len(fillable),
+                "n_filled": sum(1 for m in fillable if m["n_seeds"] > 0),
                 "n_checked": sum(c.recomputed is not None for c in checks),
+                "n_inconsistent": sum(1 for c in checks if c.consistent is False or c.dm_check == "inconsistent"),
                 "flagged": [c for c in checks if c.dm_check != "recompute"],
             }
         )
