@@ -69,11 +69,10 @@ def check_backbone(spec: BackboneSpec, representation: str) -> None:
     given = representation_of(spec)
     if given != representation:
         fitting = [n for n, m in native_models().items() if m.representation == representation]
-        hint = (
-            f"use a native dense model: {', '.join(fitting)}"
-            if fitting
-            else "use a timm model (its pooled features feed the heads)"
-        )
+        if representation == "pooled":
+            hint = "use a timm model (its pooled features feed the heads)" + (f" or {', '.join(fitting)}" if fitting else "")
+        else:
+            hint = f"use a native {representation} model: {', '.join(fitting)}"
         raise ConfigError(
             f"backbone {spec.id!r} ({spec.model}) gives {REPRESENTATIONS[given]}, but the task needs "
             f"{REPRESENTATIONS[representation]}; {hint}"

@@ -32,8 +32,10 @@ class Protocol:
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
-    scheduler: str = "none"  # none | step | cosine
-    step_size: int = 0  # epochs between decays for scheduler="step"
+    scheduler: str = "none"  # none | step | cosine | plateau
+    # scheduler="step": epochs between decays; "plateau": epochs without a better validation
+    # score before the learning rate is multiplied by gamma (down to lr / 100)
+    step_size: int = 0
     gamma: float = 0.1
     selection: str = "best_val"  # best_val | last_mean
     last_n: int = 1
@@ -41,7 +43,7 @@ class Protocol:
     max_train_samples: int = 0  # 0 = use the whole training split
 
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adam", "adamw")
-    SCHEDULERS: ClassVar[tuple[str, ...]] = ("none", "step", "cosine")
+    SCHEDULERS: ClassVar[tuple[str, ...]] = ("none", "step", "cosine", "plateau")
     SELECTIONS: ClassVar[tuple[str, ...]] = ("best_val", "last_mean")
 
     @classmethod

@@ -348,6 +348,11 @@ class _Parser:
             raise self.err(f"{key}.last_n", f"last_n={p['last_n']} exceeds epochs={p['epochs']}")
         if p["scheduler"] == "step" and p["step_size"] < 1:
             raise self.err(f"{key}.step_size", 'scheduler = "step" needs step_size >= 1 (epochs between decays)')
+        if p["scheduler"] == "plateau" and (p["step_size"] < 1 or not 0 < p["gamma"] < 1):
+            raise self.err(
+                f"{key}.step_size",
+                'scheduler = "plateau" needs step_size >= 1 (epochs without a better validation score) and 0 < gamma < 1',
+            )
 
     def entries(self, key: str, raw: Any, registry: Mapping[str, Any], what: str) -> list[tuple[str, str, dict]]:
         if not isinstance(raw, list) or not raw:

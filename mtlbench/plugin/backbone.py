@@ -13,6 +13,7 @@ from mtlbench.core.registry import Plugin
 REPRESENTATIONS = {
     "pooled": "a feature vector per image (N, D)",
     "dense": "a feature map at the input resolution (N, C, H, W)",
+    "graph": "a feature vector per molecular graph (N, D), from a graph network",
 }
 
 

@@ -40,8 +40,10 @@ class Task(Plugin):
     delta_m_convention: ClassVar[str] = "flat"  # the Δm the leaderboard ranks by: "flat" or "task"
     protocol: ClassVar[Protocol] = Protocol()
     input_shape: tuple[int, int, int] = (1, 32, 32)
-    # What the heads read: "pooled" (the trunk's feature vector, (N, D); ``build_head`` gets D)
-    # or "dense" (a feature map at the input resolution, (N, C, H, W); ``build_head`` gets C).
+    # What the heads read: "pooled" (the trunk's feature vector, (N, D); ``build_head`` gets D),
+    # "dense" (a feature map at the input resolution, (N, C, H, W); ``build_head`` gets C) or
+    # "graph" (a feature vector per molecular graph from a graph network; ``input_shape[0]`` is
+    # the number of atom features).
     representation: ClassVar[str] = "pooled"
 
     def __init__(self, **options: Any) -> None:
@@ -52,6 +54,11 @@ class Task(Plugin):
         """Return ``{"train": ..., "val": ..., "test": ...}``, building the store if needed
         (a :class:`MultiInputSplit` each when the task is ``multi_input``)."""
         raise NotImplementedError
+
+    def attach(self, splits: Mapping[str, Any]) -> None:
+        """Called with the splits this task instance trains and evaluates on, also when they
+        come from a cache that another instance loaded (default: nothing). A task whose heads,
+        losses or metrics depend on the data (QM9's target scales) takes what it needs here."""
 
     def prepare(self, source: Path, data_dir: Path) -> Path:
         """Convert a dataset in its standard on-disk format into the suite's store."""

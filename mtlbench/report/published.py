@@ -130,7 +130,10 @@ def read_table(path: Path) -> PublishedTable:
         raise err("baseline", 'required: the single-task row\'s method name ("" when the table prints none)')
     reproduce = raw.get("reproduce")
     if not isinstance(reproduce, dict) or any(not isinstance(reproduce.get(k), str) or not reproduce[k] for k in REPRODUCE_KEYS):
-        raise err("reproduce", 'required: { task = "...", suite = "...", backbone = "..." }: the preset whose runs the table is compared with')
+        raise err(
+            "reproduce",
+            'required: { task = "...", suite = "...", backbone = "..." }: the preset whose runs the table is compared with',
+        )
     _unknown(err, "reproduce", reproduce, set(REPRODUCE_KEYS))
     if raw["convention"] not in CONVENTIONS:
         raise err("convention", f"{raw['convention']!r}; valid: {', '.join(CONVENTIONS)}")

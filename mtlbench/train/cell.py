@@ -154,9 +154,11 @@ def load_splits(task: Task, cell: Cell, data_dir: Path, data_cache: dict | None)
     keyed by task, version, options and data folder (the splits are read-only during training)."""
     cache_key = (cell.task, cell.task_version, repr(sorted(cell.task_options.items())), str(data_dir))
     if data_cache is not None and cache_key in data_cache:
+        task.attach(data_cache[cache_key])
         return data_cache[cache_key]
     splits = task.load(data_dir)
     check_inputs(task, splits)
+    task.attach(splits)
     if data_cache is not None:
         data_cache.clear()  # keep one dataset in memory at a time
         data_cache[cache_key] = splits

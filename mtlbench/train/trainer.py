@@ -83,6 +83,10 @@ def make_scheduler(opt: torch.optim.Optimizer, p: Protocol) -> Any:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma)
     if p.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.epochs)
+    if p.scheduler == "plateau":  # stepped with the validation score after each epoch
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=p.gamma, patience=p.step_size, min_lr=p.lr / 100
+        )
     return None
 
 
@@ -311,9 +315,11 @@ class Trainer:
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, validation, the epoch's record, selection bookkeeping, checkpoint."""
         p = self.protocol
-        if self.scheduler is not None:
+        if self.scheduler is not None and p.scheduler != "plateau":
             self.scheduler.step()
         val = evaluate(self.model, self.task, self.tasks, self.splits["val"], p.eval_batch_size, self.device)
+        if p.scheduler == "plateau":
+            self.scheduler.step(self.task.selection_score(val, self.tasks))
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": {t: float(self.loss_sums[i] / max(self.n_batches, 1)) for i, t in enumerate(self.tasks)},

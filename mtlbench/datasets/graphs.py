@@ -1,0 +1,119 @@
+"""Molecular graphs held in memory and batched the way PyTorch Geometric's QM9 examples batch
+them: each molecule a complete graph (every ordered pair of distinct atoms), the edge features
+its bond type one-hot (zeros where the atoms share no bond) followed by the interatomic
+distance (PyG's ``Complete()`` + ``Distance(norm=False)`` transforms), molecules stacked into
+one disjoint graph with a ``batch`` vector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlbench.datasets.splits import Split
+
+
+@dataclass
+class GraphBatch:
+    """A batch of molecules as one disjoint graph: node features ``x`` (N, F), ``edge_index``
+    (2, E; source row 0, target row 1), ``edge_attr`` (E, D), ``batch`` (N,) the molecule of each
+    node, ``num_graphs``."""
+
+    x: Tensor
+    edge_index: Tensor
+    edge_attr: Tensor
+    batch: Tensor
+    num_graphs: int
+
+    def to(self, device: torch.device | str) -> "GraphBatch":
+        return GraphBatch(
+            self.x.to(device), self.edge_index.to(device), self.edge_attr.to(device), self.batch.to(device), self.num_graphs
+        )
+
+    def __len__(self) -> int:
+        return self.num_graphs
+
+
+class GraphSplit(Split):
+    """Molecules in flat arrays with offsets: ``x`` (atoms, F) and ``pos`` (atoms, 3) by
+    ``atom_offsets`` (molecules + 1); bonds ``bonds`` (pairs, 2; atom indices local to the
+    molecule) and ``bond_attr`` (pairs, B) by ``bond_offsets``; targets one tensor per sub-task
+    (molecules,). Same interface as :class:`mtlbench.datasets.splits.Split` (``len``,
+    ``batch(index)``, ``batches``, ``subset``)."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        atom_offsets: Tensor,
+        bonds: Tensor,
+        bond_attr: Tensor,
+        bond_offsets: Tensor,
+        targets: Mapping[str, Tensor],
+    ) -> None:
+        # (Split's interface, not its storage: no call to Split.__init__)
+        n = atom_offsets.numel() - 1
+        if bond_offsets.numel() != n + 1 or any(t.shape[0] != n for t in targets.values()):
+            raise ValueError(f"graph split: {n} molecules, but offsets or targets disagree")
+        self.x, self.pos, self.atom_offsets = x, pos, atom_offsets
+        self.bonds, self.bond_attr, self.bond_offsets = bonds, bond_attr, bond_offsets
+        self.targets = dict(targets)
+        self.meta: dict[str, object] = {}  # what the task stored with the split (e.g. target scales)
+
+    def __len__(self) -> int:
+        return int(self.atom_offsets.numel() - 1)
+
+    def subset(self, n: int) -> "GraphSplit":
+        """The first ``n`` molecules."""
+        a, b = int(self.atom_offsets[n]), int(self.bond_offsets[n])
+        out = GraphSplit(
+            self.x[:a], self.pos[:a], self.atom_offsets[: n + 1], self.bonds[:b], self.bond_attr[:b],
+            self.bond_offsets[: n + 1], {k: v[:n] for k, v in self.targets.items()},
+        )  # fmt: skip
+        out.meta = dict(self.meta)
+        return out
+
+    def batch(self, index: Tensor) -> tuple[GraphBatch, dict[str, Tensor]]:  # type: ignore[override]
+        return self.graph(index), {k: v[index] for k, v in self.targets.items()}
+
+    def graph(self, index: Tensor) -> GraphBatch:
+        """The molecules ``index`` as complete graphs with bond one-hot + distance edge features."""
+        xs, edges, attrs, owners = [], [], [], []
+        start = 0
+        n_bond_features = self.bond_attr.shape[1]
+        for g, i in enumerate(index.tolist()):
+            a0, a1 = int(self.atom_offsets[i]), int(self.atom_offsets[i + 1])
+            n = a1 - a0
+            pos = self.pos[a0:a1]
+            src = torch.arange(n).repeat_interleave(n)
+            dst = torch.arange(n).repeat(n)
+            keep = src != dst  # no self loops
+            src, dst = src[keep], dst[keep]
+            bond = torch.zeros(n * n, n_bond_features, dtype=self.bond_attr.dtype)
+            b0, b1 = int(self.bond_offsets[i]), int(self.bond_offsets[i + 1])
+            pairs = self.bonds[b0:b1]
+            bond[pairs[:, 0] * n + pairs[:, 1]] = self.bond_attr[b0:b1]
+            dist = (pos[src] - pos[dst]).norm(dim=-1, keepdim=True)
+            attrs.append(torch.cat([bond.view(n, n, -1)[src, dst], dist.to(bond.dtype)], dim=1))
+            edges.append(torch.stack([src, dst]) + start)
+            xs.append(self.x[a0:a1])
+            owners.append(torch.full((n,), g, dtype=torch.long))
+            start += n
+        return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
+
+    def batches(  # type: ignore[override]
+        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[GraphBatch, dict[str, Tensor]]]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        stop = n - (n % batch_size) if drop_last else n
+        for start in range(0, stop, batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+def offsets(lengths: np.ndarray) -> Tensor:
+    """Offsets (len + 1) of consecutive runs of the given lengths."""
+    return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
