@@ -14,6 +14,7 @@ the whole multi-task model (:class:`mtlbench.backbones.segnet.SegNetMTAN`) aroun
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -134,10 +135,23 @@ def build_trunk(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> tuple[
             f"backbone {spec.id!r}: unknown timm model {spec.model!r}"
             + (f"; close matches: {', '.join(hint)}" if hint else "; see `timm.list_models()`")
         )
+    overlay = cached_weights(spec) if spec.pretrained else None
+    extra: dict[str, Any] = dict(spec.kwargs)
+    if overlay is not None:
+        extra["pretrained_cfg_overlay"] = {"file": str(overlay)}
     try:
-        trunk = timm.create_model(spec.model, pretrained=spec.pretrained, num_classes=0, in_chans=in_chans, **spec.kwargs)
+        trunk = timm.create_model(spec.model, pretrained=spec.pretrained, num_classes=0, in_chans=in_chans, **extra)
     except TypeError as e:
         raise ConfigError(f"backbone {spec.id!r}: timm rejected kwargs {spec.kwargs}: {e}") from None
+    except (OSError, RuntimeError) as e:
+        if not spec.pretrained:
+            raise
+        raise ConfigError(
+            f"backbone {spec.id!r}: the pretrained weights of {spec.model!r} are not in the local HuggingFace cache "
+            f"and could not be fetched ({type(e).__name__}). Fetch them once where there is network "
+            f"(python -c \"import timm; timm.create_model('{spec.model}', pretrained=True)\") and copy the cache "
+            "(HF_HOME, default ~/.cache/huggingface) here"
+        ) from None
     if spec.stem != "default":
         _replace_resnet_stem(trunk, spec, in_chans)
     try:
@@ -154,6 +168,25 @@ def build_trunk(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> tuple[
     if out.ndim != 2:
         raise ConfigError(f"backbone {spec.id!r} returns features of shape {tuple(out.shape)}; expected (batch, dim)")
     return trunk, int(out.shape[1])
+
+
+def cached_weights(spec: BackboneSpec) -> Path | None:
+    """The file of ``spec.model``'s pretrained weights in the local HuggingFace cache, or None.
+    Found there, timm loads it without touching the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        return None
+    cfg = get_pretrained_cfg(spec.model)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    for filename in ("open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def _replace_resnet_stem(trunk: nn.Module, spec: BackboneSpec, in_chans: int) -> None:
