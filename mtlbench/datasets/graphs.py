@@ -36,6 +36,10 @@ class GraphBatch:
     def __len__(self) -> int:
         return self.num_graphs
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
 
 class GraphSplit(Split):
     """Molecules in flat arrays with offsets: ``x`` (atoms, F) and ``pos`` (atoms, 3) by
