@@ -175,6 +175,30 @@ def test_rebuild_takes_unchanged_plots_from_the_cache(results, tmp_path):
     assert strip((tmp_path / "site" / GROUP_PAGE).read_text()) == strip(page)
 
 
+def test_rebuild_keeps_unchanged_run_pages_and_renders_changed_ones(results, tmp_path):
+    """Run pages are incremental: a rebuild from the same files keeps them byte for byte (their
+    result files are not read again); a changed result file, or a changed baseline that moves
+    its Δm, renders the page again, and a fresh folder gets the same pages."""
+    src = copy_results(results, tmp_path / "r")
+    out = tmp_path / "site"
+    build_site([src], out)
+    page = out / "runs/site--multimnist--vit1--pcgrad--none--seed0.html"
+    other = out / "runs/site--multimnist--vit1--ew--none--seed0.html"
+    before, before_other = page.read_text(), other.read_text()
+    build_site([src], out)
+    assert page.read_text() == before and other.read_text() == before_other  # kept (even the generated time)
+    path = src / "site/multimnist/vit1/pcgrad__none__seed0.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["device_name"] = "edited"
+    path.write_text(json.dumps(data))
+    build_site([src], out)
+    assert "edited" in page.read_text() and other.read_text() == before_other
+    fresh = tmp_path / "fresh"
+    build_site([src], fresh)
+    strip = lambda html: re.sub(r"generated [^ ]+ ", "", html)  # noqa: E731
+    assert strip((fresh / page.relative_to(out)).read_text()) == strip(page.read_text())
+
+
 def test_plots_drawn_by_two_worker_processes_equal_those_drawn_in_one(tmp_path):
     points = [plots.Point(f"m{i}", "gradient", "none", 0.8 + i / 100, 0.9 - i / 90, 0.01, math.nan) for i in range(5)]
     jobs = [(plots.pareto_plot, (points, points[:2], None, "a", "b", True, False, f"s{i}"), {}) for i in range(3)]

@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 
 import mtlbench
+from mtlbench.core.errors import ResultError
 from mtlbench.core.registry import Registry, discover
 from mtlbench.site.data import SiteData, load_site_data
 from mtlbench.site.pages import Page, PageType, index_page
@@ -131,14 +132,24 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     common = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sources": [str(d) for d in result_dirs]}
     written: list[Path] = []
     listed: list[Page] = []
+    manifest = read_manifest(out, json.dumps(common["sources"]))
+    kept: dict[str, str] = {}
     for name, page_type in page_types().items():
         for page in page_type().pages(data):
-            written.append(render(env, page, out, common))
+            path = render(env, page, out, common, manifest)
+            if path is None:
+                continue
+            written.append(path)
+            if page.key and page.path in manifest:
+                kept[page.path] = manifest[page.path]
             if page.title:
                 listed.append(page)
         lap(name.replace("-", " "))
     written.extend(write_downloads(data, out))
-    written.insert(0, render(env, index_page(data, listed), out, common))
+    index = render(env, index_page(data, listed), out, common)
+    assert index is not None
+    written.insert(0, index)
+    written.append(write_file(out / PAGE_KEYS, json.dumps({"code": manifest.get("code"), "pages": kept})))
     remove_stale(out, written)
     data.plots.prune()
     lap("index and downloads")
@@ -154,12 +165,52 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     )
 
 
-def render(env: jinja2.Environment, page: Page, out: Path, common: dict[str, Any]) -> Path:
+PAGE_KEYS = ".mtlbench-pages.json"  # page -> key of the incremental pages the last build wrote
+
+
+def site_code_key() -> str:
+    """Digest of the site's code and templates: a change to them re-renders every page."""
+    digest = hashlib.sha256(mtlbench.__version__.encode())
+    for path in sorted([*Path(__file__).parent.glob("*.py"), *TEMPLATES.rglob("*")]):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def render(
+    env: jinja2.Environment, page: Page, out: Path, common: dict[str, Any], manifest: dict[str, str] | None = None
+) -> Path | None:
+    """Write ``page``; an incremental page whose key the manifest holds for an existing file is
+    kept as it is. None when its result file can no longer be read (the page is left out)."""
     if page.text is not None:
         return write_file(out / page.path, page.text)
+    target = out / page.path
+    if page.key and manifest is not None and manifest.get(page.path) == page.key and target.exists():
+        return target
+    context = page.context
+    if page.lazy is not None:
+        try:
+            context = page.lazy()
+        except ResultError:
+            return None
     root = "../" * page.path.count("/")
-    html = env.get_template(page.template).render(root=root, **common, **page.context)
-    return write_file(out / page.path, html)
+    html = env.get_template(page.template).render(root=root, **common, **context)
+    if page.key and manifest is not None:
+        manifest[page.path] = page.key
+    return write_file(target, html)
+
+
+def read_manifest(out: Path, sources: str) -> dict[str, str]:
+    """The incremental pages of the previous build into ``out`` (page -> key), {} when the site's
+    code or the result folders (``sources``) changed since, or there is none; its "code" entry is
+    this build's key of code and sources."""
+    code = hashlib.sha256((site_code_key() + sources).encode()).hexdigest()[:16]
+    try:
+        saved = json.loads((out / PAGE_KEYS).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    pages = saved.get("pages", {}) if isinstance(saved, dict) and saved.get("code") == code else {}
+    return {**(pages if isinstance(pages, dict) else {}), "code": code}
 
 
 def write_file(path: Path, text: str) -> Path:

@@ -5,15 +5,15 @@ and the index. Each is a function of :class:`~mtlbench.site.data.SiteData` yield
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
-from mtlbench.core.errors import ResultError
 from mtlbench.core.files import read_result
 from mtlbench.core.registry import Plugin
 from mtlbench.report.aggregate import GROUP, ROW
@@ -35,6 +35,11 @@ class Page:
     context: dict[str, Any] = field(default_factory=dict)
     title: str = ""
     text: str | None = None
+    # An incremental page: ``key`` names everything its content depends on besides the site's
+    # code; when the previous build wrote the page under the same key it is kept as it is, and
+    # ``lazy`` (which builds the context) is not called.
+    key: str = ""
+    lazy: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -294,22 +299,25 @@ def run_pages(data: SiteData) -> Iterator[Page]:
     groups = {group_page(*k) for k in data.table[GROUP].itertuples(index=False)} if not data.table.empty else set()
     for frame in (data.runs, data.failed):
         for run in frame.to_dict("records"):
+            path = Path(run["path"])
             try:
-                result = read_result(Path(run["path"]))
-            except ResultError:
+                stat = path.stat()
+            except OSError:
                 continue
             page = group_page(run["suite"], run["task"], run["backbone"])
-            yield Page(
-                run["page"],
-                "run.html",
-                {
-                    **run_context(result),
-                    "run": run,
-                    "method_page": method_page(run["method_name"]),
-                    "group_page": page if page in groups else None,
-                    "source": source_name(Path(run["path"]), data.result_dirs),
-                },
-            )
+            fixed = {
+                "run": run,
+                "method_page": method_page(run["method_name"]),
+                "group_page": page if page in groups else None,
+                "source": source_name(path, data.result_dirs),
+            }
+
+            def lazy(path: Path = path, fixed: dict[str, Any] = fixed) -> dict[str, Any]:
+                return {**run_context(read_result(path)), **fixed}
+
+            # the page shows the result file and the row's aggregates (Δm against the baseline, links)
+            key = json.dumps([str(path), stat.st_mtime_ns, stat.st_size, fixed], sort_keys=True, default=str)
+            yield Page(run["page"], "run.html", key=hashlib.sha256(key.encode()).hexdigest(), lazy=lazy)
 
 
 def source_name(path: Path, dirs: Sequence[Path]) -> str:
