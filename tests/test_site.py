@@ -199,6 +199,30 @@ def test_rebuild_keeps_unchanged_run_pages_and_renders_changed_ones(results, tmp
     assert strip((fresh / page.relative_to(out)).read_text()) == strip(page.read_text())
 
 
+def test_rebuild_reads_only_changed_result_files(results, tmp_path, monkeypatch):
+    """The build keeps what it read from each result file (by path, size and mtime): a rebuild
+    from unchanged files parses none of them, and a changed file is read again."""
+    import mtlbench.report.aggregate as aggregate
+
+    src = copy_results(results, tmp_path / "r")
+    out = tmp_path / "site"
+    build_site([src], out)
+    reads: list[str] = []
+    real = aggregate.read_result
+    monkeypatch.setattr(aggregate, "read_result", lambda p: (reads.append(p.name), real(p))[1])
+    build_site([src], out)
+    assert reads == []
+    path = src / "site/multimnist/vit1/ew__none__seed0.json"
+    data = json.loads(path.read_text())
+    data["metrics"]["test"]["left.acc"] = 0.123456
+    path.write_text(json.dumps(data))
+    build_site([src], out)
+    assert reads == ["ew__none__seed0.json"]
+    runs = pd.read_csv(out / "runs.csv")
+    mine = runs[(runs["method"] == "ew") & (runs["seed"] == 0)]
+    assert mine["test:left.acc"].tolist() == [0.123456]
+
+
 def test_plots_drawn_by_two_worker_processes_equal_those_drawn_in_one(tmp_path):
     points = [plots.Point(f"m{i}", "gradient", "none", 0.8 + i / 100, 0.9 - i / 90, 0.01, math.nan) for i in range(5)]
     jobs = [(plots.pareto_plot, (points, points[:2], None, "a", "b", True, False, f"s{i}"), {}) for i in range(3)]

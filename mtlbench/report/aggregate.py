@@ -13,7 +13,11 @@ mean ± sample std of those per-seed values (the mean equals Δm of the seed-mea
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -76,45 +80,72 @@ class Loaded:
     problems: list[str] = field(default_factory=list)
 
 
-def load_results(dirs: Iterable[Path], visit: Callable[[Path, Result], None] | None = None) -> Loaded:
+def load_results(
+    dirs: Iterable[Path],
+    visit: Callable[[Path, Result], Any] | None = None,
+    cache: Path | None = None,
+    revisit: Callable[[Path, Any], None] | None = None,
+) -> Loaded:
     """Read every result file under ``dirs`` into one row per ok run (plus a table of failures).
     Each file is read as the typed result (mtlbench.core.result); one that does not hold is
     skipped and reported. ``visit(path, result)``, when given, sees each result that is kept,
-    ok or failed (one read per file)."""
+    ok or failed (one read per file).
+
+    ``cache`` (a file): what an earlier call extracted from each readable file, keyed by the
+    file's path, size and modification time (and this code): an unchanged file is not read
+    again; ``visit``'s return value is kept with it and handed to ``revisit(path, value)``."""
     rows, failed, problems = [], [], []
     infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
     seen: dict[tuple, str] = {}
     other_schemas: dict[str, list[Path]] = {}
+    stored = _read_parse_cache(cache)
+    kept: dict[str, Any] = {}
     for path in iter_result_files(list(dirs)):
         try:
-            result, found = parse_result(read_result(path), lenient=True)
-        except SchemaMismatch as e:
-            other_schemas.setdefault(e.schema, []).append(path)
+            stat = path.stat()
+        except OSError as e:
+            problems.append(f"{path}: cannot be read ({e.strerror}); skipped")
             continue
-        except ResultError as e:
-            problems.append(str(e))
-            continue
-        if result is None or found:
-            problems.append(
-                f"{path}: malformed result ({found[0] if found else 'unreadable'}); skipped. "
-                "`mtlbench validate` explains every problem"
-            )
-            continue
-        key = (result.suite, result.task, result.backbone, result.method, result.mitigation, result.seed)
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        entry = stored.get(str(path))
+        if entry is None or entry[0] != stamp:
+            try:
+                result, found = parse_result(read_result(path), lenient=True)
+            except SchemaMismatch as e:
+                other_schemas.setdefault(e.schema, []).append(path)
+                continue
+            except ResultError as e:
+                problems.append(str(e))
+                continue
+            if result is None or found:
+                problems.append(
+                    f"{path}: malformed result ({found[0] if found else 'unreadable'}); skipped. "
+                    "`mtlbench validate` explains every problem"
+                )
+                continue
+            key = (result.suite, result.task, result.backbone, result.method, result.mitigation, result.seed)
+            base = {k: getattr(result, k) for k in IDENTITY_FIELDS} | result.roles() | {"path": str(path)}
+            if isinstance(result, OkResult):
+                extract: tuple = ("ok", *_run_row(result, base))
+            else:
+                extract = ("failed", {**base, "reason": result.reason}, None)
+            payload = visit(path, result) if visit is not None else None
+            entry = (stamp, key, result.config_hash, (result.task, result.task_version), extract, payload)
+        elif revisit is not None:
+            revisit(path, entry[5])
+        kept[str(path)] = entry
+        _, key, config_hash, task_key, (kind, row, info), _ = entry
         if key in seen:
-            if seen[key] != result.config_hash:
+            if seen[key] != config_hash:
                 problems.append(f"{path}: another result for the same cell with a different config hash was read first; skipped")
             continue
-        seen[key] = result.config_hash
-        base = {k: getattr(result, k) for k in IDENTITY_FIELDS} | result.roles() | {"path": str(path)}
-        if isinstance(result, OkResult):
-            row, info = _run_row(result, base)
-            infos.setdefault((result.task, result.task_version), info)
+        seen[key] = config_hash
+        if kind == "ok":
+            infos.setdefault(task_key, info)
             rows.append(row)
         else:
-            failed.append({**base, "reason": result.reason})
-        if visit is not None:
-            visit(path, result)
+            failed.append(row)
+    _write_parse_cache(cache, kept)
     _refuse_mixed_schemas(other_schemas)
     runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
     if not runs.empty:
@@ -127,6 +158,36 @@ def load_results(dirs: Iterable[Path], visit: Callable[[Path, Result], None] | N
                 + ". Keep one version per result folder (re-run the stale cells)."
             )
     return Loaded(runs, infos, failed_runs, problems)
+
+
+def _parse_cache_version() -> str:
+    """This code's key for the parse cache: a change to the result schema or to the rows built
+    from it drops the cache."""
+    digest = hashlib.sha256(RESULT_SCHEMA.encode())
+    for module in (sys.modules[__name__], sys.modules[OkResult.__module__]):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _read_parse_cache(cache: Path | None) -> dict[str, Any]:
+    if cache is None:
+        return {}
+    try:
+        with open(cache, "rb") as fh:
+            version, entries = pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+        return {}
+    return entries if version == _parse_cache_version() and isinstance(entries, dict) else {}
+
+
+def _write_parse_cache(cache: Path | None, entries: dict[str, Any]) -> None:
+    if cache is None:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump((_parse_cache_version(), entries), fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, cache)
 
 
 def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:

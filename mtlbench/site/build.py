@@ -122,9 +122,9 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
         timings[step] = now - clock
         clock = now
 
-    data = load_site_data(result_dirs)
-    lap("read and aggregate results")
     out = Path(out)
+    data = load_site_data(result_dirs, cache=out / PARSE_CACHE)
+    lap("read and aggregate results")
     data.plots = PlotCache(out / PLOT_CACHE, workers)
     data.published = published
     out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +166,7 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
 
 
 PAGE_KEYS = ".mtlbench-pages.json"  # page -> key of the incremental pages the last build wrote
+PARSE_CACHE = ".mtlbench-results.pickle"  # what was read from each result file (by path, size, mtime)
 
 
 def site_code_key() -> str:

@@ -101,20 +101,34 @@ class SiteData:
         return out
 
 
-def load_site_data(result_dirs: Iterable[Path]) -> SiteData:
+def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None) -> SiteData:
+    """The site's data from the result files; ``cache`` (a file) keeps what was read from each
+    unchanged file for the next build (see :func:`mtlbench.report.aggregate.load_results`)."""
     dirs = [Path(d) for d in result_dirs]
     task_info: dict[str, dict[str, Any]] = {}
     method_info: dict[str, dict[str, Any]] = {}
     details: dict[str, RunDetail] = {}
 
-    def visit(path: Path, result: Result) -> None:
-        if result.task_info is not None and result.task not in task_info:
-            task_info[result.task] = result.task_info.model_dump()
-        if result.method_info is not None and result.method_name not in method_info:
-            method_info[result.method_name] = result.method_info.model_dump()
-        details[str(path)] = run_detail(result)
+    def revisit(path: Path, payload: tuple[str, Any, str, Any, RunDetail]) -> None:
+        task, t_info, method, m_info, detail = payload
+        if t_info is not None and task not in task_info:
+            task_info[task] = t_info
+        if m_info is not None and method not in method_info:
+            method_info[method] = m_info
+        details[str(path)] = detail
 
-    loaded = load_results(dirs, visit)
+    def visit(path: Path, result: Result) -> tuple[str, Any, str, Any, RunDetail]:
+        payload = (
+            result.task,
+            result.task_info.model_dump() if result.task_info is not None else None,
+            result.method_name,
+            result.method_info.model_dump() if result.method_info is not None else None,
+            run_detail(result),
+        )
+        revisit(path, payload)
+        return payload
+
+    loaded = load_results(dirs, visit, cache=cache, revisit=revisit)
     runs = run_delta_m(loaded)
     failed = loaded.failed.copy()
     for frame in (runs, failed):
