@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from mtlbench.api import MappedSplit, MetricSpec, Protocol, Task, arrow_columns
+from mtlbench.api import MetricSpec
 from mtlbench.core.errors import DataError
-from mtlbench.datasets.classification import Accuracy
-from mtlbench.datasets.images import check_image_size, decode_resized
-from mtlbench.datasets.splits import build_store_for, content_hash, open_store
-from mtlbench.datasets.vtab import ResizeNormalize, vtab_rows
+from mtlbench.datasets.images import decode_resized
+from mtlbench.datasets.splits import build_store_for, content_hash
+from mtlbench.datasets.vtab import VTABPairTask, vtab_rows
 
 DISTANCE_EDGES = (0.0, 8.0, 8.5, 9.0, 9.5, 10.0)  # VTAB's closest-object-distance bins (upper bound 100)
 MIN_OBJECTS, MAX_OBJECTS = 3, 10
@@ -67,7 +64,7 @@ def read_scenes(root: Path, split: str) -> list[dict[str, Any]]:
     return sorted(scenes, key=lambda s: s["image_index"])
 
 
-class CLEVR(Task):
+class CLEVR(VTABPairTask):
     name = "clevr"
     version = "1"
     description = "CLEVR (VTAB): object count (8 classes) and closest-object distance (6 bins) from a rendered scene"
@@ -82,30 +79,12 @@ class CLEVR(Task):
         MetricSpec("distance.acc", "distance", True, "distance accuracy"),
     )
     main_metrics = {"count": "count.acc", "distance": "distance.acc"}
-    # VTAB-1k fine-tuning: SGD with momentum, batch 64; the paper's own schedule is not printed.
-    protocol = Protocol(epochs=100, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9, scheduler="cosine",
-                        selection="best_val", eval_batch_size=256)  # fmt: skip
     n_classes = {"count": MAX_OBJECTS - MIN_OBJECTS + 1, "distance": len(DISTANCE_EDGES)}
 
-    def __init__(self, image_size: int = 224, train_size: int = 1000) -> None:
-        self.image_size = check_image_size(self.name, image_size, 512)
-        if not isinstance(train_size, int) or train_size < 0:
-            raise ValueError(f"task clevr: option train_size={train_size!r}; expected 0 (VTAB's full split) or a count")
-        super().__init__(image_size=image_size, train_size=train_size)
-        self.train_size = train_size
-        self.input_shape = (3, image_size, image_size)
+    contents = "ROOT holding CLEVR v1.0's images/ and scenes/"
 
     def store_path(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.name / f"v{self.version}-{self.image_size}px-train{self.train_size}"
-
-    def load(self, data_dir: Path) -> dict[str, MappedSplit]:
-        path = self.store_path(data_dir)
-        dd = open_store(path, self.prepare_command("ROOT"), "ROOT holding CLEVR v1.0's images/ and scenes/")
-        out = {}
-        for split in ("train", "val", "test"):
-            cols = arrow_columns(dd[split], ["image", *self.tasks], f"{path} [{split}]")
-            out[split] = MappedSplit(cols["image"], {t: cols[t] for t in self.tasks}, transform=ResizeNormalize(self.image_size))
-        return out
 
     def prepare(self, source: Path, data_dir: Path) -> Path:
         source = Path(source)
@@ -146,12 +125,3 @@ class CLEVR(Task):
             }, indent=1))  # fmt: skip
 
         return build_store_for(self.store_path(data_dir), content, build)
-
-    def build_head(self, task: str, feature_dim: int) -> nn.Module:
-        return nn.Linear(feature_dim, self.n_classes[task])
-
-    def loss(self, task: str, output: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(output, target)
-
-    def evaluator(self, tasks: Sequence[str]) -> Accuracy:
-        return Accuracy(tasks)

@@ -22,18 +22,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import torch.nn.functional as F
-from torch import Tensor, nn
 
-from mtlbench.api import MappedSplit, MetricSpec, Protocol, Task, arrow_columns
+from mtlbench.api import MetricSpec
 from mtlbench.core.errors import DataError
-from mtlbench.datasets.classification import Accuracy
-from mtlbench.datasets.images import check_image_size
-from mtlbench.datasets.splits import build_store_for, content_hash, open_store
-from mtlbench.datasets.vtab import ResizeNormalize, vtab_rows
+from mtlbench.datasets.splits import build_store_for, content_hash
+from mtlbench.datasets.vtab import VTABPairTask, vtab_rows
 
 PREFIX = {"train": "smallnorb-5x46789x9x18x6x2x96x96-training", "test": "smallnorb-5x01235x9x18x6x2x96x96-testing"}
 MAGIC = {0x1E3D4C55: np.uint8, 0x1E3D4C54: np.int32}  # the format's magic numbers: byte matrix, int matrix
@@ -60,7 +55,7 @@ def read_mat(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-class SmallNORB(Task):
+class SmallNORB(VTABPairTask):
     name = "smallnorb"
     version = "1"
     description = "SmallNORB (VTAB): camera azimuth (18 classes) and elevation (9 classes) from one 96x96 grey image"
@@ -75,32 +70,12 @@ class SmallNORB(Task):
         MetricSpec("elevation.acc", "elevation", True, "elevation accuracy"),
     )
     main_metrics = {"azimuth": "azimuth.acc", "elevation": "elevation.acc"}
-    # VTAB-1k fine-tuning: SGD with momentum, batch 64; the paper's own schedule is not printed.
-    protocol = Protocol(epochs=100, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9, scheduler="cosine",
-                        selection="best_val", eval_batch_size=256)  # fmt: skip
     n_classes = {"azimuth": 18, "elevation": 9}
 
-    def __init__(self, image_size: int = 224, train_size: int = 1000) -> None:
-        self.image_size = check_image_size(self.name, image_size, 512)
-        if not isinstance(train_size, int) or train_size < 0:
-            raise ValueError(f"task smallnorb: option train_size={train_size!r}; expected 0 (VTAB's full split) or a count")
-        super().__init__(image_size=image_size, train_size=train_size)
-        self.train_size = train_size
-        self.input_shape = (3, image_size, image_size)
+    contents = "ROOT holding the six smallnorb-*.mat files"
 
     def store_path(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.name / f"v{self.version}-train{self.train_size}"
-
-    def load(self, data_dir: Path) -> dict[str, MappedSplit]:
-        path = self.store_path(data_dir)
-        dd = open_store(path, self.prepare_command("ROOT"), "ROOT holding the six smallnorb-*.mat files")
-        splits = {}
-        for split in ("train", "val", "test"):
-            cols = arrow_columns(dd[split], ["image", *self.tasks], f"{path} [{split}]")
-            splits[split] = MappedSplit(
-                cols["image"], {t: cols[t] for t in self.tasks}, transform=ResizeNormalize(self.image_size)
-            )
-        return splits
 
     def prepare(self, source: Path, data_dir: Path) -> Path:
         source = Path(source)
@@ -146,12 +121,3 @@ class SmallNORB(Task):
             }, indent=1))  # fmt: skip
 
         return build_store_for(self.store_path(data_dir), content, build)
-
-    def build_head(self, task: str, feature_dim: int) -> nn.Module:
-        return nn.Linear(feature_dim, self.n_classes[task])
-
-    def loss(self, task: str, output: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(output, target)
-
-    def evaluator(self, tasks: Sequence[str]) -> Accuracy:
-        return Accuracy(tasks)

@@ -7,7 +7,7 @@ one disjoint graph with a ``batch`` vector."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -108,14 +108,6 @@ class GraphSplit(Split):
             start += n
         return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
 
-    def batches(  # type: ignore[override]
-        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
-    ) -> Iterator[tuple[GraphBatch, dict[str, Tensor]]]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        stop = n - (n % batch_size) if drop_last else n
-        for start in range(0, stop, batch_size):
-            yield self.batch(order[start : start + batch_size])
 
 
 def offsets(lengths: np.ndarray) -> Tensor:

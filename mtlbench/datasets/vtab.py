@@ -4,14 +4,19 @@ resize + normalisation of stored uint8 images."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD
+from mtlbench.core.spec import Protocol
+from mtlbench.datasets.classification import Accuracy
+from mtlbench.datasets.images import IMAGENET_MEAN, IMAGENET_STD, check_image_size
+from mtlbench.datasets.splits import MappedSplit, arrow_columns, open_store
+from mtlbench.plugin.task import Task
 
 VTAB_1K = (800, 200)  # VTAB-1k: 800 training and 200 validation examples from the training split
 SPLIT_SEED = 0
@@ -50,3 +55,43 @@ class ResizeNormalize:
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return (x - self.mean) / self.std
+
+
+class VTABPairTask(Task):
+    """Two classification tasks on one image, as VTAB defines them: the options (``image_size``,
+    ``train_size``), the store of uint8 images with one label column per task, linear heads,
+    cross-entropy and accuracy. A subclass sets ``tasks``, ``metrics``, ``n_classes``,
+    ``contents`` (what ``prepare``'s ROOT holds) and implements ``prepare``."""
+
+    n_classes: ClassVar[dict[str, int]] = {}
+    contents: ClassVar[str] = ""
+    # VTAB-1k fine-tuning: SGD with momentum, batch 64; the paper's own schedule is not printed.
+    protocol = Protocol(epochs=100, batch_size=64, optimizer="sgd", lr=0.01, momentum=0.9, scheduler="cosine",
+                        selection="best_val", eval_batch_size=256)  # fmt: skip
+
+    def __init__(self, image_size: int = 224, train_size: int = 1000) -> None:
+        self.image_size = check_image_size(self.name, image_size, 512)
+        if not isinstance(train_size, int) or isinstance(train_size, bool) or train_size < 0:
+            raise ValueError(f"task {self.name}: option train_size={train_size!r}; expected 0 (VTAB's full split) or a count")
+        super().__init__(image_size=image_size, train_size=train_size)
+        self.train_size = train_size
+        self.input_shape = (3, image_size, image_size)
+
+    def load(self, data_dir: Path) -> dict[str, MappedSplit]:
+        path = self.store_path(data_dir)  # type: ignore[attr-defined]
+        dd = open_store(path, self.prepare_command("ROOT"), self.contents)
+        out = {}
+        for split in ("train", "val", "test"):
+            cols = arrow_columns(dd[split], ["image", *self.tasks], f"{path} [{split}]")
+            transform = ResizeNormalize(self.image_size)
+            out[split] = MappedSplit(cols["image"], {t: cols[t] for t in self.tasks}, transform=transform)
+        return out
+
+    def build_head(self, task: str, feature_dim: int) -> nn.Module:
+        return nn.Linear(feature_dim, self.n_classes[task])
+
+    def loss(self, task: str, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output, target)
+
+    def evaluator(self, tasks: Sequence[str]) -> Accuracy:
+        return Accuracy(tasks)
