@@ -109,7 +109,6 @@ class GraphSplit(Split):
         return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
 
 
-
 def offsets(lengths: np.ndarray) -> Tensor:
     """Offsets (len + 1) of consecutive runs of the given lengths."""
     return torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
