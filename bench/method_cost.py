@@ -32,7 +32,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.api import GradientAggregator, Method, StepInfo, Task  # noqa: E402
+from mtlbench.api import GradientAggregator, Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
 from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
@@ -86,7 +86,12 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
         opt.zero_grad(set_to_none=True)
         outputs, z, rep = _forward(model, x, per_rep)
         losses = torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks])
-        if reference:
+        if isinstance(method, MultiSampleAggregator):  # its S batches: here the same batch S times, each its own pass
+            more = [_forward(model, x, False)[0] for _ in range(method.samples_per_step - 1)]
+            per_sample = [losses] + [torch.stack([task.loss(t, o[t], y[t]) for t in tasks]) for o in more]
+            _backward(method, per_sample, info, shared, heads, recorder, strategy, z, rep)
+            opt.step()
+        elif reference:
             task_gradients(list(losses), shared, heads, strategy="loop")
         else:
             _backward(method, losses, info, shared, heads, recorder, strategy, z, rep)
