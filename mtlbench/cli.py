@@ -304,9 +304,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for bid, spec in bench.backbones.items():
             source = "native" if spec.model in native_models() else "timm"
             print(f"{bid:<14} {source + ':' + spec.model:<30} stem={spec.stem:<8} kwargs={spec.kwargs}")
-        print("native models (dense feature maps, for segmentation/depth/normal tasks):")
+        print("native models (the representation each gives the heads):")
         for name, native in native_models().items():
-            print(f"  {name:<12} v{native.version}  {native.description}")
+            print(f"  {name:<14} v{native.version}  [{native.representation}]  {native.description}")
         print('any timm model name can be declared as [backbones.<id>] model = "..." (pooled features)')
         return 0
     plugins = discover(root)

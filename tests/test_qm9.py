@@ -183,3 +183,9 @@ def test_bad_sources_and_backbones_get_clear_errors(tmp_path):
     toml = QM9_TOML.replace('model = "mpnn"\nkwargs = { dim = 8 }', 'model = "resnet18"')
     with pytest.raises(ConfigError, match=r"needs a feature vector per molecular graph .*use a native graph model: mpnn"):
         load_benchmark(make_project(tmp_path / "p", toml))
+
+
+def test_list_backbones_names_each_native_model_s_representation(capsys):
+    assert main(["list", "backbones", "--config", str(REPO / "benchmark.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "mpnn           v1  [graph]" in out and "segnet_mtan    v1  [dense]" in out and "resnet18_recon v1  [pooled]" in out
