@@ -462,6 +462,8 @@ def test_recon_reinitialises_each_copy_as_recon_s_code():
         assert float(w.detach().std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
     bn = model.trunk.get_submodule("layer2.0.bn1")
     assert all(torch.equal(c.weight, torch.ones_like(c.weight)) and torch.equal(c.bias, torch.zeros_like(c.bias)) for c in bn.copies)
+    default = BranchedModel(tiny_resnet_model(), ["layer2.0.conv1"], init="reinit").trunk.get_submodule("layer2.0.conv1")
+    assert not torch.equal(default.copies[0].weight, default.copies[1].weight)  # one generator for all copies
     copied = BranchedModel(tiny_resnet_model(), ["layer2.0.conv1"], init="copy").trunk.get_submodule("layer2.0.conv1")
     assert all(torch.equal(c.weight, shared) for c in copied.copies)
     with pytest.raises(ValueError, match="init='kaiming'; valid: reinit, copy"):

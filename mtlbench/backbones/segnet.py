@@ -183,6 +183,8 @@ class SegNetMTAN(MultiTaskModel):
     ``widths[3]`` must equal ``widths[4]`` (the deepest decoder attention concatenates the two).
     """
 
+    SHARED_PARTS = ("segnet", "encoder_link", "decoder_link")  # the shared sub-networks, in order
+
     def __init__(self, heads: Mapping[str, nn.Module], in_chans: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
         super().__init__()
         w = check_widths(widths)
@@ -218,7 +220,7 @@ class SegNetMTAN(MultiTaskModel):
 
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
         layers = []
-        for prefix in ("segnet", "encoder_link", "decoder_link"):
+        for prefix in self.SHARED_PARTS:
             layers += [(f"{prefix}.{name}", ps) for name, ps in module_layers(getattr(self, prefix))]
         return layers
 

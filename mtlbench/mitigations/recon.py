@@ -128,6 +128,54 @@ def branchable_layers(trunk: nn.Module) -> set[str]:
     }
 
 
+def surgery_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The shared sub-networks Recon may branch, as (name prefix, module): a hard-sharing
+    model's trunk (no prefix), or SegNet-MTAN's shared parts."""
+    from mtlbench.backbones.segnet import SegNetMTAN
+
+    if isinstance(model, SegNetMTAN):
+        return [(p, getattr(model, p)) for p in SegNetMTAN.SHARED_PARTS]
+    assert isinstance(model, HardSharingModel)
+    return [("", model.trunk)]
+
+
+def branchable_in(parts: list[tuple[str, nn.Module]]) -> set[str]:
+    """:func:`branchable_layers` of each part, under the part's prefix."""
+    return {f"{prefix}.{n}" if prefix else n for prefix, root in parts for n in branchable_layers(root)}
+
+
+def stack_streams(x: Tensor, n_tasks: int) -> Tensor:
+    """T copies of a batch stacked on the batch axis: one stream per task."""
+    return x.repeat(n_tasks, *([1] * (x.ndim - 1)))
+
+
+def _inside(name: str, branched: list[str]) -> bool:
+    return any(name == b or name.startswith(b + ".") for b in branched)
+
+
+def branch(
+    root: nn.Module, names: list[str], n_tasks: int, init: str, style: str,
+    generator: torch.Generator | None, current: CurrentTask | None = None,
+) -> None:  # fmt: skip
+    """Replace each named layer of ``root`` by a :class:`TaskBranch`, its copies re-initialised
+    one after another from ``generator`` (``init = "reinit"``, see :data:`INIT_RULES`)."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    for name in names:
+        layer = TaskBranch(root.get_submodule(name), n_tasks, current)
+        if init == "reinit":
+            for c in layer.copies:
+                reinitialise(c, style, generator)
+        _set_submodule(root, name, layer)
+
+
+def per_stream_norms(root: nn.Module, branched: list[str], n_tasks: int, before_split: frozenset[str] = frozenset()) -> None:
+    """Wrap ``root``'s batch norms in :class:`PerStream`, except those branched and those that
+    run before the streams split (``before_split``: their names)."""
+    for name, m in list(root.named_modules()):
+        if isinstance(m, _BatchNorm) and not _inside(name, branched) and name not in before_split:
+            _set_submodule(root, name, PerStream(m, n_tasks))
+
+
 class StreamSplit:
     """The forward pre-hook at the split point: stacks T copies of the module's input."""
 
@@ -137,8 +185,7 @@ class StreamSplit:
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not self.active:
             return None
-        x = args[0]
-        return (x.repeat(self.n_tasks, *([1] * (x.ndim - 1))), *args[1:])
+        return (stack_streams(args[0], self.n_tasks), *args[1:])
 
 
 def split_point(trunk: nn.Module, branched: list[str]) -> str | None:
@@ -205,18 +252,11 @@ class BranchedModel(MultiTaskModel):
                 raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters)")
         self.split_at = split_point(trunk, branched)
         order = [name for name, _ in trunk.named_modules()]
-        first = order.index(self.split_at) if self.split_at is not None else len(order)
+        # registration order = execution order before the split point (checked at the first forward)
+        before_split = frozenset(order[: order.index(self.split_at)] if self.split_at is not None else order)
         style = "xavier" if type(trunk).__module__.endswith("segnet") else "kaiming"
-        for name in branched:
-            layer = TaskBranch(trunk.get_submodule(name), self.n_tasks)
-            if init == "reinit":
-                for c in layer.copies:
-                    reinitialise(c, style, generator if generator is not None else torch.Generator().manual_seed(0))
-            _set_submodule(trunk, name, layer)
-        for i, (name, m) in enumerate(list(trunk.named_modules())):
-            if isinstance(m, _BatchNorm) and not any(name == b or name.startswith(b + ".") for b in branched):
-                if i >= first:  # after the streams split (registration order = execution order, checked)
-                    _set_submodule(trunk, name, PerStream(m, self.n_tasks))
+        branch(trunk, branched, self.n_tasks, init, style, generator)
+        per_stream_norms(trunk, branched, self.n_tasks, before_split)
         self.trunk = trunk
         self.heads = base.heads
         self.branched = list(branched)
@@ -232,9 +272,6 @@ class BranchedModel(MultiTaskModel):
     @prefix_once.setter
     def prefix_once(self, value: bool) -> None:
         self._splitter.active = value
-
-    def _per_stream_input(self, x: Tensor) -> Tensor:
-        return x.repeat(self.n_tasks, *([1] * (x.ndim - 1)))
 
     def _check_prefix(self, x: Tensor) -> None:
         """Once: the shared prefix computed once equals the trunk run per stream (eval mode, no
@@ -252,7 +289,7 @@ class BranchedModel(MultiTaskModel):
                 except RuntimeError:  # a tensor from before the split point is used after it
                     once = None
                 self.prefix_once = False
-                per_stream = self.trunk(self._per_stream_input(sample))
+                per_stream = self.trunk(stack_streams(sample, self.n_tasks))
             if once is not None and once.shape == per_stream.shape:
                 scale = float(per_stream.abs().max()) + 1e-12
                 self.prefix_once = float((once - per_stream).abs().max()) <= 1e-4 * scale
@@ -264,7 +301,7 @@ class BranchedModel(MultiTaskModel):
         b = x.shape[0]
         if not self._checked:
             self._check_prefix(x)
-        z = self.trunk(x if self.prefix_once else self._per_stream_input(x))
+        z = self.trunk(x if self.prefix_once else stack_streams(x, self.n_tasks))
         return {t: head(s) for (t, head), s in zip(self.heads.items(), z.split(b))}
 
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
@@ -334,23 +371,15 @@ class BranchedMTAN(MultiTaskModel):
         tasks = list(base.heads)
         self.n_tasks = len(tasks)
         self.current = CurrentTask()
-        allowed = {f"{p}.{n}" for p in ("segnet", "encoder_link", "decoder_link") for n in branchable_layers(getattr(base, p))}
+        allowed = branchable_in(surgery_parts(base))
         for name in branched:
             if name not in allowed:
                 raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared SegNet)")
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        for name in branched:
-            layer = TaskBranch(base.get_submodule(name), self.n_tasks, self.current)
-            if init == "reinit":
-                for c in layer.copies:
-                    reinitialise(c, "xavier", gen)
-            _set_submodule(base, name, layer)
-        self.streams = any(b.startswith("segnet.") for b in branched)
+        branch(base, branched, self.n_tasks, init, "xavier", generator, self.current)
+        in_segnet = [b[len("segnet.") :] for b in branched if b.startswith("segnet.")]
+        self.streams = bool(in_segnet)
         if self.streams:
-            for name, m in list(base.segnet.named_modules()):
-                full = f"segnet.{name}"
-                if isinstance(m, _BatchNorm) and not any(full == b or full.startswith(b + ".") for b in branched):
-                    _set_submodule(base.segnet, name, PerStream(m, self.n_tasks))
+            per_stream_norms(base.segnet, in_segnet, self.n_tasks)
         self.base = base
         self.heads = base.heads
         self.branched = list(branched)
@@ -359,7 +388,7 @@ class BranchedMTAN(MultiTaskModel):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         b, base = x.shape[0], self.base
-        f = base.segnet.features(x.repeat(self.n_tasks, *([1] * (x.ndim - 1))) if self.streams else x)
+        f = base.segnet.features(stack_streams(x, self.n_tasks) if self.streams else x)
         out = {}
         try:
             for i, (t, head) in enumerate(self.heads.items()):
@@ -370,14 +399,11 @@ class BranchedMTAN(MultiTaskModel):
             self.current.task = None
         return out
 
-    def _parts(self) -> list[tuple[str, nn.Module]]:
-        return [(p, getattr(self.base, p)) for p in ("segnet", "encoder_link", "decoder_link")]
-
     def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
-        return shared_after_surgery(self._parts())
+        return shared_after_surgery(surgery_parts(self.base))
 
     def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
-        return reference_after_surgery(self._parts(), n_tasks)
+        return reference_after_surgery(surgery_parts(self.base), n_tasks)
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         i = list(self.heads).index(task)
@@ -516,12 +542,7 @@ class Recon(Mitigation):
         layers = summary["layers"]
         scores = layers["s_conflict"][f"{self.s:g}"]
         shared_total = sum(layers["params"])
-        if isinstance(model, HardSharingModel):
-            branchable = branchable_layers(model.trunk)
-        else:
-            parts = ("segnet", "encoder_link", "decoder_link")
-            branchable = {f"{p}.{n}" for p in parts for n in branchable_layers(getattr(model, p))}
-        ranking = rank_layers(layers["names"], layers["params"], scores, branchable)
+        ranking = rank_layers(layers["names"], layers["params"], scores, branchable_in(surgery_parts(model)))
         chosen = select_layers(ranking, self.k, self.budget, shared_total, self.budget_rule)
         branched_params = sum(r["params"] for r in ranking if r["layer"] in chosen)
         n_tasks = len(ctx.tasks)
