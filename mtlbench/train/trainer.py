@@ -178,7 +178,9 @@ class Trainer:
             edges=HISTOGRAMS[conflict.histogram],
             s_values=conflict.s,
         )
-        self.reference = reference_conflict(model, self.shared, tasks, self.recorder)
+        masks = mitigation is not None and type(mitigation).mask_task_gradients is not Mitigation.mask_task_gradients
+        # None: the reference set is what the method updates, unmasked: the recorder's statistics are its
+        self.reference = reference_conflict(model, self.shared, tasks, self.recorder, masks)
         params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
         self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
         self.scheduler = make_scheduler(self.optimizer, protocol)
@@ -198,13 +200,14 @@ class Trainer:
 
     def resumable(self) -> dict[str, Any]:
         """Everything that changes during training, by name (what a checkpoint saves)."""
+        reference = {"reference_recorder": self.reference.recorder} if self.reference is not None else {}
         return {
+            **reference,
             "model": self.model,
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "method": self.method,
             "recorder": self.recorder,
-            "reference_recorder": self.reference.recorder,
             "data_order": self.data_gen,
             "augment": self.aug_gen,
             "method_rng": self.method_gen,
@@ -231,7 +234,8 @@ class Trainer:
         self.out.conflict = self.recorder.summary()
         if self.out.conflict is not None:
             self.out.conflict["parameters"] = UPDATED_SET
-            self.out.conflict["reference"] = self.reference.recorder.reference_summary(REFERENCE_SET)
+            source = self.reference.recorder if self.reference is not None else self.recorder
+            self.out.conflict["reference"] = source.reference_summary(REFERENCE_SET)
         if max_steps is None or self.step < max_steps:
             self.select()
         return self.out
@@ -361,13 +365,16 @@ UPDATED_SET = "the shared parameters the method updates (after a mitigation's su
 
 
 def reference_conflict(
-    model: MultiTaskModel, shared: list[nn.Parameter], tasks: Sequence[str], recorder: ConflictRecorder
-) -> ReferenceConflict:
+    model: MultiTaskModel, shared: list[nn.Parameter], tasks: Sequence[str], recorder: ConflictRecorder, masked: bool = True
+) -> ReferenceConflict | None:
     """The reference-set statistics of a model (see :class:`ReferenceConflict`), sampled at the
-    steps ``recorder`` samples."""
+    steps ``recorder`` samples; None when they are ``recorder``'s own (the reference set is the
+    shared parameters and no mitigation masks their gradients)."""
     layers = model.reference_layers(len(tasks))
     per_task = [[p for _, per in layers for p in per[t]] for t in range(len(tasks))]
     same = all(len(ps) == len(shared) and all(a is b for a, b in zip(ps, shared)) for ps in per_task)
+    if same and not masked:
+        return None
     sizes = [sum(p.numel() for p in per[0]) for _, per in layers]
     ref = ConflictRecorder(tasks, [n for n, _ in layers], sizes, every=recorder.every, edges=recorder.edges)
     return ReferenceConflict(ref, None if same else per_task)
