@@ -34,7 +34,6 @@ downloaded. QM9: Ramakrishnan, Dral, Rupp & von Lilienfeld, Scientific Data 2014
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import tempfile
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 from mtlbench.api import MetricSpec, Protocol, Task
 from mtlbench.core.errors import DataError
 from mtlbench.datasets.graphs import GraphSplit, offsets
-from mtlbench.datasets.splits import build_store_for, open_store
+from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 
 TARGET_COLUMNS = (0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)  # PyG's y columns, Nash-MTL's target_idx
 TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
@@ -231,16 +230,11 @@ class QM9(Task):
         molecules, files = read_source(source)
         if len(molecules) < 10:
             raise DataError(f"{source}: only {len(molecules)} molecules; QM9 has 130,831 (a subset needs at least 10)")
-        digest = hashlib.sha256()
-        for f in files:
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
 
         def build(out: Path) -> None:
             self._save(out, molecules, {"source": [str(f.resolve()) for f in files]})
 
-        return build_store_for(self.store_path(data_dir), digest.hexdigest()[:16], build)
+        return build_store_for(self.store_path(data_dir), content_hash(files, source), build)
 
     def _save(self, out: Path, molecules: list[dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
         import datasets

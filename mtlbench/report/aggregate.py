@@ -98,7 +98,8 @@ def load_results(
     infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
     seen: dict[tuple, str] = {}
     other_schemas: dict[str, list[Path]] = {}
-    stored = _read_parse_cache(cache)
+    version = _parse_cache_version() if cache is not None else ""
+    stored = _read_parse_cache(cache, version)
     kept: dict[str, Any] = {}
     for path in iter_result_files(list(dirs)):
         try:
@@ -145,7 +146,7 @@ def load_results(
             rows.append(row)
         else:
             failed.append(row)
-    _write_parse_cache(cache, kept)
+    _write_parse_cache(cache, version, kept)
     _refuse_mixed_schemas(other_schemas)
     runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
     if not runs.empty:
@@ -169,24 +170,24 @@ def _parse_cache_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_parse_cache(cache: Path | None) -> dict[str, Any]:
+def _read_parse_cache(cache: Path | None, version: str) -> dict[str, Any]:
     if cache is None:
         return {}
     try:
         with open(cache, "rb") as fh:
-            version, entries = pickle.load(fh)
+            saved_version, entries = pickle.load(fh)
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
         return {}
-    return entries if version == _parse_cache_version() and isinstance(entries, dict) else {}
+    return entries if saved_version == version and isinstance(entries, dict) else {}
 
 
-def _write_parse_cache(cache: Path | None, entries: dict[str, Any]) -> None:
+def _write_parse_cache(cache: Path | None, version: str, entries: dict[str, Any]) -> None:
     if cache is None:
         return
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp")
     with open(tmp, "wb") as fh:
-        pickle.dump((_parse_cache_version(), entries), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((version, entries), fh, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, cache)
 
 
