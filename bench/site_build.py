@@ -65,7 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="results", help="folder of real result files to derive from (default: results/)")
     parser.add_argument("--files", default="500,5000", help="comma-separated numbers of result files to build from")
-    parser.add_argument("--workers", default="1,2", help="comma-separated numbers of plot-drawing processes to compare")
+    parser.add_argument("--workers", default="1,2", help="comma-separated numbers of reading and rendering processes to compare")
     args = parser.parse_args()
     sources = [json.loads(p.read_text()) for p in iter_result_files([Path(args.source)])]
     sources = [r for r in sources if r.get("status") == "ok"]

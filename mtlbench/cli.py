@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="leaderboard/published",
         help="folder of published tables for the reproduction page (default: leaderboard/published; skipped if absent)",
     )
-    p.add_argument("--workers", type=int, default=0, help="processes that draw the plots (default 0: one per available CPU)")
+    p.add_argument("--workers", type=int, default=0, help="processes reading results and rendering run pages (0: one per CPU)")
 
     p = sub.add_parser("validate", help="check result files (a submission) and explain every problem")
     p.add_argument("paths", nargs="+", help="result files or folders")

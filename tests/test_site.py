@@ -223,14 +223,67 @@ def test_rebuild_reads_only_changed_result_files(results, tmp_path, monkeypatch)
     assert mine["test:left.acc"].tolist() == [0.123456]
 
 
-def test_plots_drawn_by_two_worker_processes_equal_those_drawn_in_one(tmp_path):
+def test_a_site_read_and_rendered_by_two_forked_workers_equals_the_one_process_build(results, tmp_path, monkeypatch):
+    import mtlbench.report.aggregate as aggregate
+    import mtlbench.site.build as build
+
+    monkeypatch.setattr(aggregate, "MIN_PARALLEL", 2)  # the real thresholds need hundreds of files
+    monkeypatch.setattr(build, "MIN_PARALLEL", 2)
+    one, two = build_site([results], tmp_path / "one"), build_site([results], tmp_path / "two", workers=2)
+    assert (one.n_runs, one.n_failed, one.problems) == (two.n_runs, two.n_failed, two.problems) == (10, 2, [])
+    strip = lambda html: re.sub(r"generated [^ ]+ ", "", html)  # noqa: E731
+    names = sorted(p.relative_to(tmp_path / "one").as_posix() for p in one.pages)
+    assert names == sorted(p.relative_to(tmp_path / "two").as_posix() for p in two.pages)
+    for name in names:
+        assert strip((tmp_path / "one" / name).read_text()) == strip((tmp_path / "two" / name).read_text()), name
+    assert json.loads((tmp_path / "two" / build.PAGE_KEYS).read_text())["pages"]  # the workers' pages are recorded
+    again = build_site([results], tmp_path / "two", workers=2)  # and kept by the next build
+    assert [p.stat().st_mtime_ns for p in again.pages if "/runs/" in p.as_posix()] == [
+        p.stat().st_mtime_ns for p in two.pages if "/runs/" in p.as_posix()
+    ]
+
+
+@pytest.mark.parametrize(
+    "xs, ys, std",
+    [
+        ([0.5], [0.5], math.nan),  # one point: an axis of zero range
+        ([1e-9, 2e-9, 3e-9], [1e9, 1e9, 1e9], 0.0),  # extreme scales, equal values
+        ([-5.0, 0.0, 7.5], [0.1, 0.1, 0.2], 1e-3),
+    ],
+)
+def test_scatter_plots_draw_every_point_inside_their_frame_on_hard_inputs(xs, ys, std):
+    points = [plots.Point(f"m{i}", "gradient", "none", x, y, std, std) for i, (x, y) in enumerate(zip(xs, ys))]
+    for svg in (
+        plots.pareto_plot(points, points[:1], points[0], "a <b>", "c", True, False),
+        plots.dm_conflict_plot(points, "flat"),
+    ):
+        assert svg.startswith('<svg class="plot"') and "<b>" not in svg and ' id="' not in svg
+        width, height = (float(v) for v in re.search(r'viewBox="0 0 (\S+) (\S+)"', svg).groups())
+        centres = [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([-\d.]+)" cy="([-\d.]+)" r="4.5"', svg)]
+        assert len(centres) == len(points) and all(0 <= x <= width and 0 <= y <= height for x, y in centres)
+        assert "nan" not in svg.lower() and "inf" not in svg.lower().replace("info", "")
+
+
+def test_heatmap_colours_follow_the_value_and_mark_missing_cells():
+    svg = plots.layer_heatmap(["ew", "pcgrad"], ["conv1", "fc"], [[0.0, math.nan], [50.0, 100.0]])
+    fills = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="16.0" fill="(#[0-9a-f]+)"><title>([^<]+)</title>', svg)
+    assert fills == [
+        (plots.REDS[0], "ew · conv1: 0.0"),
+        (plots.MISSING, "ew · fc: no data"),
+        (plots.REDS[4], "pcgrad · conv1: 50.0"),
+        (plots.REDS[-1], "pcgrad · fc: 100.0"),
+    ]
+
+
+def test_plot_cache_returns_what_it_drew(tmp_path):
     points = [plots.Point(f"m{i}", "gradient", "none", 0.8 + i / 100, 0.9 - i / 90, 0.01, math.nan) for i in range(5)]
-    jobs = [(plots.pareto_plot, (points, points[:2], None, "a", "b", True, False, f"s{i}"), {}) for i in range(3)]
-    jobs.append((plots.layer_heatmap, (["m0", "m1"], ["conv1", "fc"], [[10.0, math.nan], [50.0, 100.0]]), {"salt": "h"}))
+    jobs = [(plots.pareto_plot, (points, points[:k], None, "a", "b", True, False), {}) for k in range(3)]
+    jobs.append((plots.curves_plot, ({"loss": {"ew": ([1, 2], [0.5, 0.4])}, "val": {}}, "epoch"), {}))
     serial = plots.PlotCache(None).draw_many(jobs)
-    cache = plots.PlotCache(tmp_path / "cache", workers=2, min_parallel=2)
+    cache = plots.PlotCache(tmp_path / "cache")
     assert cache.draw_many(jobs) == serial and cache.misses == 4
-    assert plots.PlotCache(tmp_path / "cache").draw_many(jobs) == serial  # read back from the cache
+    again = plots.PlotCache(tmp_path / "cache")
+    assert again.draw_many(jobs) == serial and again.hits == 4  # read back from the cache
 
 
 def test_empty_folder_and_malformed_results(results, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import pickle
 import sys
@@ -85,15 +86,19 @@ def load_results(
     visit: Callable[[Path, Result], Any] | None = None,
     cache: Path | None = None,
     revisit: Callable[[Path, Any], None] | None = None,
+    workers: int = 1,
 ) -> Loaded:
     """Read every result file under ``dirs`` into one row per ok run (plus a table of failures).
     Each file is read as the typed result (mtlbench.core.result); one that does not hold is
-    skipped and reported. ``visit(path, result)``, when given, sees each result that is kept,
-    ok or failed (one read per file).
+    skipped and reported. ``visit(path, result)``, when given, extracts what the caller keeps of
+    each result that is kept, ok or failed (one read per file); ``revisit(path, value)`` then
+    receives that value, for every kept file in order.
 
     ``cache`` (a file): what an earlier call extracted from each readable file, keyed by the
     file's path, size and modification time (and this code): an unchanged file is not read
-    again; ``visit``'s return value is kept with it and handed to ``revisit(path, value)``."""
+    again, its stored ``visit`` value goes to ``revisit``. ``workers`` > 1 reads the files that
+    are not in the cache in that many forked processes (``visit`` must then be free of side
+    effects: it runs in the children)."""
     rows, failed, problems = [], [], []
     infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
     seen: dict[tuple, str] = {}
@@ -101,38 +106,25 @@ def load_results(
     version = _parse_cache_version() if cache is not None else ""
     stored = _read_parse_cache(cache, version)
     kept: dict[str, Any] = {}
+    files: list[tuple[Path, tuple[int, int]]] = []
     for path in iter_result_files(list(dirs)):
         try:
             stat = path.stat()
         except OSError as e:
             problems.append(f"{path}: cannot be read ({e.strerror}); skipped")
             continue
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        entry = stored.get(str(path))
-        if entry is None or entry[0] != stamp:
-            try:
-                result, found = parse_result(read_result(path), lenient=True)
-            except SchemaMismatch as e:
-                other_schemas.setdefault(e.schema, []).append(path)
-                continue
-            except ResultError as e:
-                problems.append(str(e))
-                continue
-            if result is None or found:
-                problems.append(
-                    f"{path}: malformed result ({found[0] if found else 'unreadable'}); skipped. "
-                    "`mtlbench validate` explains every problem"
-                )
-                continue
-            key = (result.suite, result.task, result.backbone, result.method, result.mitigation, result.seed)
-            base = {k: getattr(result, k) for k in IDENTITY_FIELDS} | result.roles() | {"path": str(path)}
-            if isinstance(result, OkResult):
-                extract: tuple = ("ok", *_run_row(result, base))
-            else:
-                extract = ("failed", {**base, "reason": result.reason}, None)
-            payload = visit(path, result) if visit is not None else None
-            entry = (stamp, key, result.config_hash, (result.task, result.task_version), extract, payload)
-        elif revisit is not None:
+        files.append((path, (stat.st_mtime_ns, stat.st_size)))
+    todo = [(path, stamp) for path, stamp in files if (stored.get(str(path)) or (None,))[0] != stamp]
+    extracted = dict(zip((p for p, _ in todo), _extract_all(todo, visit, workers)))
+    for path, _ in files:
+        entry = extracted.get(path) or stored[str(path)]
+        if entry[0] == "schema":
+            other_schemas.setdefault(entry[1], []).append(path)
+            continue
+        if entry[0] == "problem":
+            problems.append(entry[1])
+            continue
+        if revisit is not None:
             revisit(path, entry[5])
         kept[str(path)] = entry
         _, key, config_hash, task_key, (kind, row, info), _ = entry
@@ -159,6 +151,53 @@ def load_results(
                 + ". Keep one version per result folder (re-run the stale cells)."
             )
     return Loaded(runs, infos, failed_runs, problems)
+
+
+MIN_PARALLEL = 500  # files to read before extra processes pay for themselves (~0.7 ms a file)
+_VISIT: list[Callable[[Path, Result], Any] | None] = [None]  # what forked readers call
+
+
+def _extract_all(
+    todo: list[tuple[Path, tuple[int, int]]], visit: Callable[[Path, Result], Any] | None, workers: int
+) -> list[tuple]:
+    if workers < 2 or len(todo) < MIN_PARALLEL or "fork" not in multiprocessing.get_all_start_methods():
+        return [_extract(path, stamp, visit) for path, stamp in todo]
+    _VISIT[0] = visit
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.starmap(_extract_forked, todo, chunksize=max(1, len(todo) // (8 * workers)))
+    finally:
+        _VISIT[0] = None
+
+
+def _extract_forked(path: Path, stamp: tuple[int, int]) -> tuple:
+    return _extract(path, stamp, _VISIT[0])
+
+
+def _extract(path: Path, stamp: tuple[int, int], visit: Callable[[Path, Result], Any] | None) -> tuple:
+    """What is kept of one result file: (stamp, identity key, config hash, (task, version),
+    ("ok" | "failed", row, metric info), visit's value), or ("schema", its schema) for a file
+    of another result schema, or ("problem", message) for one that cannot be used."""
+    try:
+        result, found = parse_result(read_result(path), lenient=True)
+    except SchemaMismatch as e:
+        return ("schema", e.schema)
+    except ResultError as e:
+        return ("problem", str(e))
+    if result is None or found:
+        return (
+            "problem",
+            f"{path}: malformed result ({found[0] if found else 'unreadable'}); skipped. "
+            "`mtlbench validate` explains every problem",
+        )
+    key = (result.suite, result.task, result.backbone, result.method, result.mitigation, result.seed)
+    base = {k: getattr(result, k) for k in IDENTITY_FIELDS} | result.roles() | {"path": str(path)}
+    if isinstance(result, OkResult):
+        extract: tuple = ("ok", *_run_row(result, base))
+    else:
+        extract = ("failed", {**base, "reason": result.reason}, None)
+    payload = visit(path, result) if visit is not None else None
+    return (stamp, key, result.config_hash, (result.task, result.task_version), extract, payload)
 
 
 def _parse_cache_version() -> str:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import mtlbench
 from mtlbench.core.errors import ResultError
 from mtlbench.core.registry import Registry, discover
 from mtlbench.site.data import SiteData, load_site_data
+from mtlbench.site.format import fmt, sort_value, thousands
 from mtlbench.site.pages import Page, PageType, index_page
 from mtlbench.site.plots import PlotCache
 
@@ -54,14 +56,6 @@ class SiteReport:
     plots_reused: int = 0  # taken from the plot cache of an earlier build
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def pm(mean: Any, std: Any, digits: int = 2) -> str:
     """``mean ± std`` at ``digits`` decimals (a mean that rounds to zero shows no minus sign)."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -72,20 +66,6 @@ def pm(mean: Any, std: Any, digits: int = 2) -> str:
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return text
     return f"{text} ± {std:.{digits}f}"
-
-
-def thousands(value: Any) -> str:
-    """An integer count with thousands separators, ``–`` when missing."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "–"
-    return f"{int(value):,}"
-
-
-def sort_value(value: Any) -> str:
-    """The ``data-v`` a table cell sorts by: the full-precision number, empty when missing."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return ""
-    return repr(float(value))
 
 
 def script_hash(script: str) -> str:
@@ -112,7 +92,8 @@ def environment() -> jinja2.Environment:
 def build_site(result_dirs: list[Path], out: Path, published: Path | None = None, workers: int = 1) -> SiteReport:
     """Render every page of every page type, the index and the downloads into ``out``; with
     ``published`` (a folder of published tables) also the reproduction page. ``workers`` > 1
-    draws the plots that are not in the plot cache in that many processes."""
+    reads the result files and renders the run pages that changed in that many processes (where
+    the platform can fork)."""
     clock = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -123,9 +104,9 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
         clock = now
 
     out = Path(out)
-    data = load_site_data(result_dirs, cache=out / PARSE_CACHE)
+    data = load_site_data(result_dirs, cache=out / PARSE_CACHE, workers=workers)
     lap("read and aggregate results")
-    data.plots = PlotCache(out / PLOT_CACHE, workers)
+    data.plots = PlotCache(out / PLOT_CACHE)
     data.published = published
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
@@ -135,8 +116,8 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     manifest = read_manifest(out, json.dumps(common["sources"]))
     kept: dict[str, str] = {}
     for name, page_type in page_types().items():
-        for page in page_type().pages(data):
-            path = render(env, page, out, common, manifest)
+        pages = list(page_type().pages(data))
+        for page, path in zip(pages, render_all(env, pages, out, common, manifest, workers)):
             if path is None:
                 continue
             written.append(path)
@@ -199,6 +180,46 @@ def render(
     if page.key and manifest is not None:
         manifest[page.path] = page.key
     return write_file(target, html)
+
+
+MIN_PARALLEL = 200  # pages to render before extra processes pay for themselves (~2 ms a page)
+_JOB: tuple[jinja2.Environment, list[Page], Path, dict[str, Any]] | None = None  # what forked workers render
+
+
+def render_all(
+    env: jinja2.Environment, pages: list[Page], out: Path, common: dict[str, Any], manifest: dict[str, str], workers: int
+) -> list[Path | None]:
+    """:func:`render` for each page. The incremental pages that must be (re)rendered go to
+    ``workers`` forked processes when there are at least MIN_PARALLEL of them; the children
+    inherit the loaded data, so nothing but page numbers and paths crosses between processes."""
+    todo = [
+        i for i, p in enumerate(pages)
+        if p.lazy is not None and not (p.key and manifest.get(p.path) == p.key and (out / p.path).exists())
+    ]  # fmt: skip
+    if workers < 2 or len(todo) < MIN_PARALLEL or "fork" not in multiprocessing.get_all_start_methods():
+        return [render(env, p, out, common, manifest) for p in pages]
+    global _JOB
+    _JOB = (env, pages, out, common)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            done = dict(zip(todo, pool.map(_render_one, todo, chunksize=max(1, len(todo) // (8 * workers)))))
+    finally:
+        _JOB = None
+    paths = []
+    for i, page in enumerate(pages):
+        if i not in done:
+            paths.append(render(env, page, out, common, manifest))
+            continue
+        if done[i] is not None and page.key:
+            manifest[page.path] = page.key
+        paths.append(done[i])
+    return paths
+
+
+def _render_one(i: int) -> Path | None:
+    assert _JOB is not None
+    env, pages, out, common = _JOB
+    return render(env, pages[i], out, common)
 
 
 def read_manifest(out: Path, sources: str) -> dict[str, str]:

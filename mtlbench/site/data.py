@@ -101,9 +101,10 @@ class SiteData:
         return out
 
 
-def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None) -> SiteData:
+def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, workers: int = 1) -> SiteData:
     """The site's data from the result files; ``cache`` (a file) keeps what was read from each
-    unchanged file for the next build (see :func:`mtlbench.report.aggregate.load_results`)."""
+    unchanged file for the next build; ``workers`` processes read the others (see
+    :func:`mtlbench.report.aggregate.load_results`)."""
     dirs = [Path(d) for d in result_dirs]
     task_info: dict[str, dict[str, Any]] = {}
     method_info: dict[str, dict[str, Any]] = {}
@@ -118,17 +119,15 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None) -> Si
         details[str(path)] = detail
 
     def visit(path: Path, result: Result) -> tuple[str, Any, str, Any, RunDetail]:
-        payload = (
+        return (
             result.task,
             result.task_info.model_dump() if result.task_info is not None else None,
             result.method_name,
             result.method_info.model_dump() if result.method_info is not None else None,
             run_detail(result),
         )
-        revisit(path, payload)
-        return payload
 
-    loaded = load_results(dirs, visit, cache=cache, revisit=revisit)
+    loaded = load_results(dirs, visit, cache=cache, revisit=revisit, workers=workers)
     runs = run_delta_m(loaded)
     failed = loaded.failed.copy()
     for frame in (runs, failed):

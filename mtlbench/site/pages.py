@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
+from markupsafe import Markup, escape
 
 from mtlbench.core.files import read_result
 from mtlbench.core.registry import Plugin
 from mtlbench.report.aggregate import GROUP, ROW
 from mtlbench.site import plots, svgcharts
 from mtlbench.site.data import RunDetail, SiteData, group_page, method_page, number
+from mtlbench.site.format import fmt, sort_value, thousands
 
 CONVENTION_NAMES = {"flat": "flat", "task": "per-task"}
 MAX_CURVES = 10  # lines per training-curve panel
@@ -102,7 +104,7 @@ def group_pages(data: SiteData) -> Iterator[Page]:
                         "filters": filter_options(records, ["mitigation", "kind"]),
                     },
                 ),
-                group_plots(data, records, task, version, convention, "-".join((suite, task, backbone))),
+                group_plots(data, records, task, version, convention),
             )
         )
     svgs = iter(data.plots.draw_many([job for _, specs in pages for _, _, job in specs]))
@@ -133,7 +135,7 @@ def _point(r: dict[str, Any], x: str, y: str, y_std: str | None = None) -> plots
 
 
 def group_plots(
-    data: SiteData, records: list[dict[str, Any]], task: str, version: str, convention: str, salt: str
+    data: SiteData, records: list[dict[str, Any]], task: str, version: str, convention: str
 ) -> list[tuple[str, str, plots.PlotJob]]:
     """(title, caption, plot to draw) for each plot of a task × backbone page that has data."""
     out: list[tuple[str, str, plots.PlotJob]] = []
@@ -141,14 +143,14 @@ def group_plots(
     info = data.metric_info(task, version)
     multi = [r for r in records if not r["is_baseline"]]
     if len(main) == 2 and multi:
-        out += tradeoff_plot(records, multi, main, info, salt)
+        out += tradeoff_plot(records, multi, main, info)
     pts = [_point(r, "p_pct", "dm", "dm_std") for r in multi if _finite(r["p_pct"], r["dm"])]
     if pts:
         out.append(
             (
                 "Δm against conflict incidence",
                 f"Δm ({CONVENTION_NAMES[convention]}, lower is better) against p%, mean ± std over seeds.",
-                (plots.dm_conflict_plot, (pts, CONVENTION_NAMES[convention], salt + "-dm"), {}),
+                (plots.dm_conflict_plot, (pts, CONVENTION_NAMES[convention]), {}),
             )
         )
     heat = layer_matrix(data, multi)
@@ -157,7 +159,7 @@ def group_plots(
             (
                 "Per-layer conflict",
                 "p% of each shared layer (Recon's layers: every parameterised module of the trunk), mean over seeds.",
-                (plots.layer_heatmap, heat, {"salt": salt + "-layers"}),
+                (plots.layer_heatmap, heat, {}),
             )
         )
     panels = curve_panels(data, records, main, info)
@@ -168,14 +170,14 @@ def group_plots(
                 "Training curves",
                 "Per epoch, mean over seeds: training loss (mean over sub-tasks) and the "
                 f"validation value of each sub-task's main metric.{shown}",
-                (plots.curves_plot, (panels, "epoch", salt + "-curves"), {}),
+                (plots.curves_plot, (panels, "epoch"), {}),
             )
         )
     return out
 
 
 def tradeoff_plot(
-    records: list[dict[str, Any]], multi: list[dict[str, Any]], main: dict[str, str], info: dict, salt: str
+    records: list[dict[str, Any]], multi: list[dict[str, Any]], main: dict[str, str], info: dict
 ) -> list[tuple[str, str, plots.PlotJob]]:
     """The two-task trade-off: each method's point, the fixed-weight front, the single-task models."""
     (_, ka), (_, kb) = main.items()
@@ -186,7 +188,7 @@ def tradeoff_plot(
     if not (pts or fixed):
         return []
     la, lb = info[ka].label or ka, info[kb].label or kb
-    args = (pts, fixed, stl, la, lb, info[ka].higher_is_better, info[kb].higher_is_better, salt + "-pareto")
+    args = (pts, fixed, stl, la, lb, info[ka].higher_is_better, info[kb].higher_is_better)
     sweep = (
         "Dashed green: the fixed-weight sweep (method fixed), the reference front. "
         if fixed
@@ -357,7 +359,7 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
         "ranking": ranking,
         "metric_rows": rows,
         "conflict": conflict,
-        "layers": _layer_rows(conflict),
+        "layers": layer_table(_layer_rows(conflict)),
         "charts": run_charts(r, conflict),
         "config_json": json.dumps(r.get("cell"), indent=1, sort_keys=False, default=str),
         "provenance": flatten(r.get("provenance") or {}),
@@ -374,6 +376,21 @@ def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     for k, v in d.items():
         out.extend(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
+
+
+def layer_table(rows: list[tuple[str, float, float, float]]) -> Markup:
+    """The rows of a run page's per-layer table, written here rather than in the template: a
+    page has one per shared layer, and this is most of a run page's rendering time."""
+    out = []
+    for i, (name, params, cos, p) in enumerate(rows, 1):
+        bar = round(p * 1.2, 1) if p == p else 0
+        out.append(
+            f'<tr><td data-v="{sort_value(i)}">{i}</td><td class="l">{escape(name)}</td>'
+            f'<td data-v="{sort_value(params)}">{thousands(params)}</td><td data-v="{sort_value(cos)}">{fmt(cos, 3)}</td>'
+            f'<td data-v="{sort_value(p)}">{fmt(p, 1)}</td>\n'
+            f'<td class="l"><span class="bar" style="width: {bar}px"></span></td></tr>'
+        )
+    return Markup("\n".join(out))
 
 
 def _layer_rows(conflict: dict[str, Any] | None) -> list[tuple[str, float, float, float]]:

@@ -1,9 +1,8 @@
 """Small line charts written directly as inline SVG, for the per-run pages.
 
-A site holds one page per run (thousands of them); matplotlib costs about 80 ms a figure, so
-these pages draw their curves here in well under a millisecond. The aggregate plots (Pareto
-front, Δm vs p%, per-layer heatmap, training curves over seeds) use matplotlib
-(:mod:`mtlbench.site.plots`). Every label is escaped.
+A site holds one page per run (thousands of them), so these pages draw their curves here in
+well under a millisecond. The aggregate plots of the group pages are in
+:mod:`mtlbench.site.plots`. Every label is escaped.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [round(first + i * step, 12) for i in range(round((last - first) / step) + 1)]
 
 
-def _label(v: float) -> str:
+def tick_label(v: float) -> str:
     return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.1e}"
 
 
@@ -74,10 +73,10 @@ def line_chart(
     for t in yt:
         out.append(
             f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="g"/>'
-            f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{_label(t)}</text>'
+            f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{tick_label(t)}</text>'
         )
     for t in xt:
-        out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{_label(t)}</text>')
+        out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{tick_label(t)}</text>')
     if hline is not None:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(hline):.1f}" y2="{sy(hline):.1f}" class="z"/>')
     out.append(f'<text x="{left + pw / 2}" y="{top + ph + 30}" text-anchor="middle">{escape(xlabel)}</text>')
