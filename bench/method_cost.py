@@ -4,7 +4,8 @@ benchmark's backbones with T synthetic classification tasks, for each per-task g
 Each step is the trainer's own step (``mtlbench.train.cell``'s forward/backward helpers, the
 method's clipping and after-step hook, an Adam step) on a fixed random batch. Two reference
 costs are measured on the same model: EW (one forward + one backward) and "fwd + T bwd" (one
-forward + T single-task backward passes, the per-task gradient loop with no method). Targets
+forward + T single-task backward passes, the per-task gradient loop with no method, their sum
+written as the update and the same Adam step: the floor of any per-task-gradient method). Targets
 (issue 3): a per-task-gradient method at most 1.1 x "fwd + T bwd"; a loss-weighting method at
 most 1.05 x EW.
 
@@ -37,7 +38,13 @@ from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 from mtlbench.train.conflict import ConflictRecorder  # noqa: E402
-from mtlbench.train.gradients import STRATEGIES, clip_grad_norm, default_strategy, task_gradients  # noqa: E402
+from mtlbench.train.gradients import (  # noqa: E402
+    STRATEGIES,
+    assign_flat_grad,
+    clip_grad_norm,
+    default_strategy,
+    task_gradients,
+)
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
 from mtlbench.train.trainer import backward_update as _backward  # noqa: E402
 from mtlbench.train.trainer import forward_for_method as _forward
@@ -91,8 +98,13 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
             per_sample = [losses] + [torch.stack([task.loss(t, o[t], y[t]) for t in tasks]) for o in more]
             _backward(method, per_sample, info, shared, heads, recorder, strategy, z, rep)
             opt.step()
-        elif reference:
-            task_gradients(list(losses), shared, heads, strategy="loop")
+        elif reference:  # the floor: T backward passes, their sum as the update, the same optimizer step
+            matrix, private = task_gradients(list(losses), shared, heads, strategy="loop")
+            assign_flat_grad(shared, matrix.sum(0))
+            for ps, gs in zip(heads, private):
+                for p, g in zip(ps, gs):
+                    p.grad = g
+            opt.step()
         else:
             _backward(method, losses, info, shared, heads, recorder, strategy, z, rep)
             clip_grad_norm(shared, method.max_norm)
