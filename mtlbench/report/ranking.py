@@ -1,57 +1,39 @@
-"""Leaderboard ranking: Δm in each task's declared convention, the rank it gives, and a
-significance mark against equal weighting.
+"""Leaderboard ranking: Δm in each task's declared convention, the rank it gives, and paired
+comparisons against equal weighting and against the same method without its mitigation.
 
-The significance mark is Welch's unequal-variance t-test (two-sided) between a row's per-seed Δm
-values and those of the reference row (the unmitigated runs of the method whose class declares
-the role ``reference``: ``ew``) of the same suite,
-task and backbone. It needs at least two seeds on both sides; with three seeds it only flags
-large, consistent gaps, which is the point: a gap without the mark may be seed noise.
-Reads aggregated tables only (no torch).
+A row is compared with the reference row (the unmitigated runs of the method whose class
+declares the role ``reference``: ``ew``) of the same suite, task and backbone, and a mitigated
+row with its method's unmitigated row, seed by seed (:func:`mtlbench.report.stats.paired`:
+paired t-test of the per-seed Δm, mean difference with a 95% CI). The comparisons of one
+task × backbone page are one family, Holm-corrected together; the marks (better / worse /
+n.s.) use the corrected p-values. Reads aggregated tables only (no torch).
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from mtlbench.report.aggregate import CONVENTIONS, GROUP, ROW
+from mtlbench.report.stats import ALPHA, NOT_TESTABLE, Paired, holm, mark, paired
 
-ALPHA = 0.05
-
-
-def welch_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p-value of Welch's t-test; NaN with fewer than two values a side or no variance."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def significance(p: float, mean: float, ref_mean: float, alpha: float = ALPHA) -> str:
-    """``better`` / ``worse`` (lower Δm is better) when p < alpha, ``n.s.`` above, ``n/a`` untestable."""
-    if math.isnan(p):
-        return "n/a"
-    if p >= alpha:
-        return "n.s."
-    return "better" if mean < ref_mean else "worse"
+COMPARISONS = ("vs_ew", "vs_none")
 
 
 def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str, str], alpha: float = ALPHA) -> pd.DataFrame:
     """Add to ``table`` (from :func:`~mtlbench.report.aggregate.summarize`) the declared Δm and its rank,
-    and the Welch test against the reference row computed from the per-run Δm in ``runs``
-    (from :func:`~mtlbench.report.aggregate.run_delta_m`). ``conventions`` maps a task to ``flat`` or
+    and the paired comparisons computed from the per-run Δm in ``runs`` (from
+    :func:`~mtlbench.report.aggregate.run_delta_m`). ``conventions`` maps a task to ``flat`` or
     ``task`` (default ``flat``).
 
     New columns: ``dm_convention``, ``dm``, ``dm_std`` (declared), ``dm_other``, ``dm_other_std``,
-    ``dm_vs_none`` (declared Δm change over the same method without mitigation), ``rank`` (by
-    declared Δm, 1 = best), ``vs_ew`` (better / worse / n.s. / n/a / reference /
-    empty when the group has no reference) and ``vs_ew_p``.
+    ``dm_vs_none`` (declared Δm change of the means over the same method without mitigation),
+    ``rank`` (by declared Δm, 1 = best); for each comparison C in ``vs_ew`` and ``vs_none``:
+    ``C`` (better / worse / n.s. / n/a; for vs_ew also ``reference`` on the reference row; empty
+    where there is nothing to compare with), ``C_n`` (paired seeds), ``C_diff``, ``C_low``,
+    ``C_high`` (mean per-seed difference of the declared Δm, 95% CI), ``C_p`` and ``C_p_holm``.
     """
     out = table.copy()
     if out.empty:
@@ -71,22 +53,70 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
 
     per_row = {key: g for key, g in runs.groupby(GROUP + ROW, sort=False)} if not runs.empty else {}
     refs = {group: _reference_key(rows) for group, rows in out.groupby(GROUP, sort=False)}
-    marks, pvalues = [], []
-    for row in out[GROUP + ROW + ["dm_convention"]].to_dict("records"):
+    bases = {group: _base_keys(rows) for group, rows in out.groupby(GROUP, sort=False)}
+    records = out[GROUP + ROW + ["dm_convention"]].to_dict("records")
+    found: dict[str, list[tuple[str, Paired | None]]] = {c: [] for c in COMPARISONS}
+    for row in records:
         group = tuple(row[k] for k in GROUP)
-        ref, key = refs[group], (row["method"], row["mitigation"])
-        if ref is None or key == ref:
-            marks.append("" if ref is None else "reference")
-            pvalues.append(math.nan)
-            continue
-        c = row["dm_convention"]
-        a = per_row[group + key][f"dm_{c}"].dropna().to_numpy()
-        b = per_row[group + ref][f"dm_{c}"].dropna().to_numpy()
-        p = welch_p(a, b)
-        pvalues.append(p)
-        marks.append(significance(p, float(np.mean(a)) if len(a) else math.nan, float(np.mean(b)) if len(b) else math.nan, alpha))
-    out["vs_ew"], out["vs_ew_p"] = marks, pvalues
+        key, c = (row["method"], row["mitigation"]), row["dm_convention"]
+
+        def seeds(k: tuple[str, str], group: tuple = group, c: str = c) -> dict[int, float]:
+            return per_seed(per_row.get(group + k), f"dm_{c}")
+
+        ref, base = refs[group], bases[group].get(key)
+        if ref is None:
+            found["vs_ew"].append(("", None))
+        elif key == ref:
+            found["vs_ew"].append(("reference", None))
+        else:
+            found["vs_ew"].append(("", paired(seeds(key), seeds(ref))))
+        found["vs_none"].append(("", paired(seeds(key), seeds(base)) if base is not None else None))
+    # Holm within each page (group), over both kinds of comparison
+    adjusted: dict[str, list[float]] = {c: [float("nan")] * len(records) for c in COMPARISONS}
+    by_group: dict[tuple, list[tuple[str, int]]] = {}
+    for i, row in enumerate(records):
+        by_group.setdefault(tuple(row[k] for k in GROUP), []).extend((c, i) for c in COMPARISONS)
+    for members in by_group.values():
+        tested = [(c, i) for c, i in members if found[c][i][1] is not None]
+        for (c, i), p in zip(tested, holm([found[c][i][1].p for c, i in tested])):  # type: ignore[union-attr]
+            adjusted[c][i] = p
+    for c in COMPARISONS:
+        cols: dict[str, list[Any]] = {k: [] for k in ("", "_n", "_diff", "_low", "_high", "_p", "_p_holm")}
+        for (label, result), p_holm in zip(found[c], adjusted[c]):
+            r = result or NOT_TESTABLE
+            cols[""].append(label if result is None else mark(r, p_holm, alpha=alpha))
+            cols["_n"].append(r.n)
+            cols["_diff"].append(r.diff)
+            cols["_low"].append(r.low)
+            cols["_high"].append(r.high)
+            cols["_p"].append(r.p)
+            cols["_p_holm"].append(p_holm)
+        for suffix, values in cols.items():
+            out[c + suffix] = values
     return out.sort_values(GROUP + ["rank", "method", "mitigation"]).reset_index(drop=True)
+
+
+def per_seed(runs: pd.DataFrame | None, column: str) -> dict[int, float]:
+    """seed → value of ``column`` for one row's runs (none: empty)."""
+    if runs is None or runs.empty:
+        return {}
+    return {int(s): float(v) for s, v in zip(runs["seed"], runs[column])}
+
+
+def _base_keys(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
+    """For each mitigated row of a group, (method label, mitigation label) of the same method
+    label's unmitigated row; with several, the one labelled by its mitigation's own name (as
+    :func:`~mtlbench.report.aggregate.summarize` picks it for ``dm_vs_none``)."""
+    plain: dict[str, str] = {}
+    unmitigated = rows[rows["unmitigated"]]
+    for method, mitigation, name in unmitigated[ROW + ["mitigation_name"]].itertuples(index=False, name=None):
+        if method not in plain or mitigation == name:
+            plain[method] = mitigation
+    return {
+        (method, mitigation): (method, plain[method])
+        for method, mitigation in rows[~rows["unmitigated"]][ROW].itertuples(index=False, name=None)
+        if method in plain
+    }
 
 
 def _reference_key(rows: pd.DataFrame) -> tuple[str, str] | None:
