@@ -492,6 +492,54 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
     yield Page("reproduction.csv", text=view.to_csv(index=False))
 
 
+# --------------------------------------------------------------------------- claims
+
+
+def claims_pages(data: SiteData) -> Iterator[Page]:
+    """``claims.html``: the seed papers' claims about Recon and sparse training, judged on
+    every suite × task × backbone whose runs compare a mitigation with none
+    (:mod:`mtlbench.report.claims`), with the budget each verdict holds for and the cost
+    beside it. Nothing when no runs use a mitigation."""
+    from mtlbench.report.claims import CLAIMS, MARGINS, MEASURE_NAMES, compare, judge
+
+    conventions = {t: str(i.get("delta_m_convention", "flat")) for t, i in data.task_info.items()}
+    comparisons = compare(data.runs, conventions)
+    if not comparisons:
+        return
+    verdicts = judge(comparisons)
+    groups: list[dict[str, Any]] = []
+    for group in sorted({c.group for c in comparisons}):
+        runs = data.runs[(data.runs[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)]
+        epochs = [max(d.epochs) for p in runs["path"] if (d := data.details.get(str(p))) is not None and d.epochs]
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for c in (c for c in comparisons if c.group == group):
+            row = rows.setdefault(
+                (c.method, c.mitigation),
+                {"method": c.method, "kind": c.kind, "mitigation": c.mitigation, "step_ratio": c.step_ratio,
+                 "added_params": c.added_params},
+            )  # fmt: skip
+            row[c.measure] = c
+        groups.append(
+            {
+                "suite": group[0],
+                "task": group[1],
+                "backbone": group[2],
+                "page": group_page(*group),
+                "convention": CONVENTION_NAMES[conventions.get(group[1], "flat")],
+                "seeds": sorted({int(s) for s in runs["seed"]}),
+                "epochs": sorted(set(epochs)),
+                "verdicts": [v for v in verdicts if v.group == group],
+                "rows": [rows[k] for k in sorted(rows, key=lambda k: (k[1], k[0]))],
+            }
+        )
+    yield Page(
+        "claims.html",
+        "claims.html",
+        {"claims": CLAIMS, "margins": MARGINS, "measures": MEASURE_NAMES, "groups": groups},
+        title="Claims: do Recon and sparse training do what their papers say?",
+    )
+
+
 # --------------------------------------------------------------------------- index
 
 
@@ -592,6 +640,14 @@ class RunPages(PageType):
 
     def pages(self, data: SiteData) -> Iterable[Page]:
         return run_pages(data)
+
+
+class ClaimsPages(PageType):
+    name = "claims-pages"
+    description = "the seed papers' claims about their mitigations, judged on this grid's paired runs"
+
+    def pages(self, data: SiteData) -> Iterable[Page]:
+        return claims_pages(data)
 
 
 class ReproductionPages(PageType):

@@ -1,0 +1,159 @@
+"""The seed papers' claims about their mitigations, checked on a grid's own runs.
+
+For each suite × task × backbone that runs a mitigation beside ``none``, every mitigated row
+is compared with the same method without mitigation, seed by seed
+(:func:`mtlbench.report.stats.paired`), on two measures:
+
+- ΔΔm: the change of the task's declared Δm (lower is better);
+- Δp%: the change of the conflict incidence on the reference parameter set — the unmodified
+  model's whole shared trunk, the set every mitigation is measured on (``conflict.reference``;
+  p% on the updated parameters is not comparable across mitigations).
+
+All comparisons of one suite × task × backbone are one family, Holm-corrected together. A
+comparison supports a claim (held), refutes it (not held: significant the other way, or the 95%
+CI rules out an effect of the claim's size — ``MARGINS``) or neither (inconclusive); a claim
+about every method holds when it holds for each, fails when it fails for any
+(:func:`mtlbench.report.stats.verdict`, :func:`~mtlbench.report.stats.combine`). Reads
+numbers only (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import pandas as pd
+
+from mtlbench.report.aggregate import GROUP
+from mtlbench.report.ranking import per_seed
+from mtlbench.report.stats import INCONCLUSIVE, Paired, combine, holm, paired, verdict
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One line a seed paper claims about its mitigation, and how it is checked."""
+
+    text: str
+    source: str
+    mitigation: str  # the mitigation plugin's name
+    measure: str  # "dm" (ΔΔm) or "p_ref" (Δp% on the reference set)
+    kinds: tuple[str, ...] = ()  # method kinds the claim is about; () = every method
+
+
+RECON = "Shi et al., Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, ICLR 2023"
+ST = (
+    "Zhang et al., Proactive Gradient Conflict Mitigation in Multi-Task Learning: A Sparse Training Perspective, "
+    "arXiv 2411.18615, 2024"
+)
+CLAIMS = (
+    Claim("Recon reduces the occurrence of conflicting gradients", RECON, "recon", "p_ref"),
+    Claim("Recon improves every method it is added to", RECON, "recon", "dm"),
+    Claim("Sparse training reduces the occurrence of conflicting gradients", ST, "st", "p_ref"),
+    Claim("Sparse training improves every method it is added to", ST, "st", "dm"),
+    Claim("Sparse training is compatible with gradient-manipulation methods: it improves them further", ST, "st", "dm",
+          ("gradient",)),
+)  # fmt: skip
+# the smallest effect each claim is about: Δm points, p% points (a CI that excludes it refutes)
+MARGINS = {"dm": 0.5, "p_ref": 5.0}
+MEASURE_NAMES = {"dm": "ΔΔm (points)", "p_ref": "Δp% on the reference set (points)"}
+
+
+@dataclass
+class Comparison:
+    """One mitigated row against the same method without mitigation, on one measure."""
+
+    group: tuple[str, str, str]
+    method: str
+    kind: str
+    mitigation: str  # the row's mitigation label
+    mitigation_name: str
+    measure: str
+    result: Paired
+    p_holm: float = math.nan
+    verdict: str = INCONCLUSIVE
+    step_ratio: float = math.nan  # mean step time, mitigated / unmitigated
+    added_params: float = math.nan  # parameters added by the mitigation (mean over seeds)
+
+
+@dataclass
+class ClaimVerdict:
+    claim: Claim
+    group: tuple[str, str, str]
+    verdict: str
+    counts: dict[str, int]  # per-method verdicts: held / not held / inconclusive
+    n_seeds: int  # common seeds of the comparisons (the smallest)
+
+
+def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparison]:
+    """Every mitigated row of every group against its method's unmitigated row, on both
+    measures, with Holm-corrected p-values and verdicts (direction: both claims say lower)."""
+    out: list[Comparison] = []
+    if runs.empty:
+        return out
+    multi = runs[~runs["is_baseline"]]
+    for group, rows in multi.groupby(GROUP, sort=True):
+        column = f"dm_{conventions.get(str(group[1]), 'flat')}"
+        found: list[Comparison] = []
+        by_row = {key: g for key, g in rows.groupby(["method", "mitigation"], sort=True)}
+        plain = {m: g for (m, _), g in by_row.items() if bool(g["unmitigated"].iloc[0])}
+        for (method, mitigation), g in by_row.items():
+            if bool(g["unmitigated"].iloc[0]) or method not in plain:
+                continue
+            base = plain[method]
+            step_ratio = _mean(g["step_time_ms"]) / _mean(base["step_time_ms"])
+            added_params = _mean(g["params"]) - _mean(base["params"])
+            for measure, col in (("dm", column), ("p_ref", "p_pct_ref")):
+                result = paired(per_seed(g, col), per_seed(base, col))
+                found.append(
+                    Comparison(
+                        tuple(group),  # type: ignore[arg-type]
+                        str(method),
+                        str(g["method_kind"].iloc[0]),
+                        str(mitigation),
+                        str(g["mitigation_name"].iloc[0]),
+                        measure,
+                        result,
+                        step_ratio=step_ratio,
+                        added_params=added_params,
+                    )
+                )
+        for c, p in zip(found, holm([c.result.p for c in found])):
+            c.p_holm = p
+            c.verdict = verdict(c.result, p, -1, MARGINS[c.measure])
+        out += found
+    return out
+
+
+def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> list[ClaimVerdict]:
+    """Each claim's verdict in each group that has comparisons it is about."""
+    out = []
+    groups = sorted({c.group for c in comparisons})
+    for group in groups:
+        for claim in claims:
+            about = [
+                c
+                for c in comparisons
+                if c.group == group
+                and c.mitigation_name == claim.mitigation
+                and c.measure == claim.measure
+                and (not claim.kinds or c.kind in claim.kinds)
+            ]
+            if not about:
+                continue
+            verdicts = [c.verdict for c in about]
+            out.append(
+                ClaimVerdict(
+                    claim,
+                    group,
+                    combine(verdicts, every=True),
+                    {v: verdicts.count(v) for v in ("held", "not held", "inconclusive")},
+                    min(c.result.n for c in about),
+                )
+            )
+    return out
+
+
+def _mean(values: pd.Series) -> float:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return float(v.mean()) if len(v) else math.nan
