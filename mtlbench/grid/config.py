@@ -17,6 +17,7 @@ Layout::
     mitigations = ["none"]
     seeds = [0, 1, 2]
     conflict = { every = 10, histogram = "recon" }
+    tune = { lr = [3e-4, 1e-3, 3e-3], methods = ["ew"] }   # optional: a learning-rate grid per method
 
     [suites.<name>.tasks.<task>]          # training budget and task options
     epochs = 3                            # any Protocol field, or an option of the task
@@ -44,7 +45,9 @@ from mtlbench.grid.plugins import Plugins, discover
 from mtlbench.plugin.task import Task
 
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
-SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict"}
+SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune"}
+TUNE_KEYS = {"lr", "methods"}
+TUNED_LABEL = "{label}.lr{lr:g}"  # a tuned method's cells, one label per grid point (mtlbench.report.tuning)
 BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
 CONFLICT_KEYS = {"every", "histogram", "s"}
 
@@ -62,6 +65,7 @@ class Grid:
     mitigations: list[Entry]
     seeds: list[int]
     conflict: ConflictSettings
+    tune: dict[str, list[float]] = field(default_factory=dict)  # method label -> learning rates
 
 
 @dataclass
@@ -207,11 +211,12 @@ class _Parser:
         )
         seeds = self.seeds(f"{key}.seeds", raw["seeds"])
         conflict = self.conflict(f"{key}.conflict", raw.get("conflict", {}))
+        tune = self.tune(f"{key}.tune", raw.get("tune"), methods)
         self.check_options(key, tasks, methods, mitigations)
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise self.err(f"{key}.description", "expected a string")
-        grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict)
+        grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict, tune)
         return Suite(name, description, *self.expand(name, grid))
 
     def suite_backbones(
@@ -270,14 +275,49 @@ class _Parser:
                 if problem:
                     raise self.err(f"{key}.methods[{j}]", f"{problem} (or drop {g_name!r} from this suite's mitigations)")
 
+    def tune(self, key: str, raw: Any, methods: list[Entry]) -> dict[str, list[float]]:
+        """``tune = { lr = [...], methods = [labels] }``: each listed method runs once per
+        learning rate, under the label ``<label>.lr<lr>`` (the suite's own lr is not run unless
+        listed); the report keeps, per method and mitigation, the rate chosen on validation."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.err(key, 'expected a table { lr = [0.0003, 0.001, 0.003], methods = ["ew", ...] }')
+        _unknown(self, key, raw, TUNE_KEYS)
+        lrs = raw.get("lr")
+        if not isinstance(lrs, list) or len(lrs) < 2 or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+            raise self.err(f"{key}.lr", f"expected a list of at least two positive learning rates, got {lrs!r}")
+        if len({f"{float(v):g}" for v in lrs}) != len(lrs):
+            raise self.err(f"{key}.lr", f"learning rates must differ (as printed with %g): {lrs!r}")
+        labels = {label: name for label, name, _ in methods}
+        chosen = self.str_list(f"{key}.methods", raw.get("methods"))
+        for label in chosen:
+            if label not in labels:
+                raise self.err(f"{key}.methods", f"{label!r} is not a method label of this suite; labels: {', '.join(labels)}")
+            if self.plugins.methods[labels[label]].kind == "single_task":
+                raise self.err(f"{key}.methods", f"{label!r} is the single-task baseline Δm is measured against: not tunable")
+        for label in chosen:
+            made = [TUNED_LABEL.format(label=label, lr=float(v)) for v in lrs]
+            clash = [m for m in made if m in labels]
+            if clash:
+                raise self.err(f"{key}.methods", f"tuning {label!r} makes the label {clash[0]!r}, which another method entry has")
+        return {label: [float(v) for v in lrs] for label in chosen}
+
     def expand(self, suite: str, grid: Grid) -> tuple[list[Cell], list[str]]:
-        """The suite's cells (task × backbone × method × mitigation × seed), and the combinations
-        left out with the reason (single-task baselines with a mitigation)."""
+        """The suite's cells (task × backbone × method × mitigation × seed; a tuned method once
+        per learning rate), and the combinations left out with the reason (single-task
+        baselines with a mitigation)."""
         cells: list[Cell] = []
         skipped: list[str] = []
+        methods: list[tuple[str, str, dict, float | None]] = []
+        for label, name, opts in grid.methods:
+            if label in grid.tune:
+                methods += [(TUNED_LABEL.format(label=label, lr=lr), name, opts, lr) for lr in grid.tune[label]]
+            else:
+                methods.append((label, name, opts, None))
         for task_name, (task_cls, task_options, protocol) in grid.tasks.items():
             for bid, spec in grid.backbones.items():
-                for m_label, m_name, m_opts in grid.methods:
+                for m_label, m_name, m_opts, lr in methods:
                     for g_label, g_name, g_opts in grid.mitigations:
                         method_cls, mitigation_cls = self.plugins.methods[m_name], self.plugins.mitigations[g_name]
                         if method_cls.kind == "single_task" and "unmitigated" not in mitigation_cls.roles:
@@ -287,7 +327,8 @@ class _Parser:
                             continue
                         common: dict[str, Any] = dict(
                             suite=suite, task=task_name, task_version=str(task_cls.version), task_options=task_options,
-                            protocol=Protocol(**protocol), backbone=bid, backbone_spec=spec,
+                            protocol=Protocol(**(protocol if lr is None else {**protocol, "lr": lr})),
+                            backbone=bid, backbone_spec=spec,
                             method=m_label, method_name=m_name, method_version=str(method_cls.version), method_options=m_opts,
                             mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
                             mitigation_options=g_opts, conflict=grid.conflict,

@@ -281,8 +281,11 @@ def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], di
     row["mean_cos"] = _nan(conflict.mean_cos if conflict is not None else None)
     for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
         row[k] = float(getattr(cost, k))
+    row["lr"] = float((result.cell.get("protocol") or {}).get("lr", math.nan))
     for k, v in result.metrics.test.items():
         row[f"test:{k}"] = float(v)
+    for k, v in result.metrics.val.items():
+        row[f"val:{k}"] = float(v)
     return row, info
 
 
@@ -306,21 +309,26 @@ COST = ("p_pct", "p_pct_ref", "mean_cos", "step_time_ms", "peak_memory_mb", "par
 
 def run_delta_m(loaded: Loaded) -> pd.DataFrame:
     """``loaded.runs`` with each run's Δm (``dm_flat``, ``dm_task``) against the mean of the suite's
-    baseline runs (role ``baseline``, unmitigated) on the same task and backbone; NaN where there are none."""
+    baseline runs (role ``baseline``, unmitigated) on the same task and backbone; NaN where there are none.
+    The same on the validation metrics (``dm_val_flat``, ``dm_val_task``): what model selection,
+    e.g. a learning-rate grid, may look at."""
     runs = loaded.runs.copy()
     for conv in CONVENTIONS:
-        runs[f"dm_{conv}"] = math.nan
+        runs[f"dm_{conv}"] = runs[f"dm_val_{conv}"] = math.nan
     if runs.empty:
         return runs
     for (_, task, _), group in runs.groupby(GROUP, sort=False):
         info = loaded.metric_info[(task, str(group["task_version"].iloc[0]))]
-        cols = [f"test:{k}" for k in info]
         is_base = group["is_baseline"] & group["unmitigated"]
         if not is_base.any():
             continue
-        base = group.loc[is_base, cols].mean().to_numpy(dtype=float)
-        for conv, dm in delta_m_rows(group[cols].to_numpy(dtype=float), base, info).items():
-            runs.loc[group.index, f"dm_{conv}"] = dm
+        for split, prefix in (("test", "dm_"), ("val", "dm_val_")):
+            cols = [f"{split}:{k}" for k in info]
+            if not all(c in group for c in cols):
+                continue
+            base = group.loc[is_base, cols].mean().to_numpy(dtype=float)
+            for conv, dm in delta_m_rows(group[cols].to_numpy(dtype=float), base, info).items():
+                runs.loc[group.index, f"{prefix}{conv}"] = dm
     return runs
 
 
@@ -337,7 +345,7 @@ def summarize(loaded: Loaded) -> pd.DataFrame:
         metric_cols.update((f"test:{k}", None) for k in loaded.metric_info[(task, str(group["task_version"].iloc[0]))])
         stl = group[group["is_baseline"] & group["unmitigated"]]
         base_seeds[(suite, task, backbone)] = ",".join(str(s) for s in sorted(stl["seed"]))
-    values = [f"dm_{c}" for c in CONVENTIONS] + list(metric_cols) + list(COST)
+    values = [f"dm_{c}" for c in CONVENTIONS] + [f"dm_val_{c}" for c in CONVENTIONS] + list(metric_cols) + list(COST) + ["lr"]
     by_row = runs.groupby(keys, sort=True)
     mean, std = by_row[values].mean(), by_row[values].std(ddof=1)
     table = by_row.head(1).set_index(keys)[DESCRIPTIVE].reindex(mean.index)

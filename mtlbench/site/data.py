@@ -17,6 +17,7 @@ import pandas as pd
 from mtlbench.core.result import OkResult, Result
 from mtlbench.report.aggregate import GROUP, ROW, Loaded, load_results, run_delta_m, summarize
 from mtlbench.report.ranking import rank_table
+from mtlbench.report.tuning import Family, select_tuned
 from mtlbench.site.plots import PlotCache
 
 RUN_KEY = GROUP + ROW + ["seed"]
@@ -72,6 +73,7 @@ class SiteData:
     details: dict[str, RunDetail]
     plots: PlotCache = field(default_factory=lambda: PlotCache(None))  # set by the site build
     published: Path | None = None  # folder of published tables (the reproduction page)
+    tuning: list[Family] = field(default_factory=list)  # tuned methods' grid points (the kept row is chosen on validation)
     _runs_by_row: dict[tuple, list[tuple[Any, str, str]]] | None = field(default=None, repr=False)
 
     def runs_by_row(self) -> dict[tuple, list[tuple[Any, str, str]]]:
@@ -133,8 +135,9 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
     for frame in (runs, failed):
         frame["page"] = [run_page(*k) for k in frame[RUN_KEY].itertuples(index=False)] if not frame.empty else []
     conventions = {t: str(i.get("delta_m_convention", "flat")) for t, i in task_info.items()}
-    table = rank_table(summarize(loaded), runs, conventions)
-    return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details)
+    table, tuning = select_tuned(summarize(loaded), conventions)
+    table = rank_table(table, runs, conventions)
+    return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details, tuning=tuning)
 
 
 def run_detail(result: Result) -> RunDetail:

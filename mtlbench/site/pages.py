@@ -102,6 +102,7 @@ def group_pages(data: SiteData) -> Iterator[Page]:
                         "convention": CONVENTION_NAMES[convention],
                         "other_convention": CONVENTION_NAMES["task" if convention == "flat" else "flat"],
                         "filters": filter_options(records, ["mitigation", "kind"]),
+                        "tuning": [f for f in data.tuning if f.group == (suite, task, backbone)],
                     },
                 ),
                 group_plots(data, records, task, version, convention),
