@@ -94,7 +94,7 @@ def test_invalid_toml_names_the_file_and_the_line(tmp_path):
          r"suites\.tiny\.conflict\.histogram: unknown histogram 'fine'; valid: recon, 0\.02"),
         ("conflict = { every = 2 }", "conflict = { every = 2, S = [0.0] }", r"suites\.tiny\.conflict\.S: unknown key; valid keys: every, histogram, s"),
         ("conflict = { every = 2 }", "conflict = { every = 2 }\nseed = 3",
-         r"suites\.tiny\.seed: unknown key; valid keys: backbones, conflict, description, methods, mitigations, seeds, tasks"),
+         r"suites\.tiny\.seed: unknown key; valid keys: backbones, conflict, description, exclude, methods, mitigations, seeds, tasks, tune"),
         ('default_suite = "tiny"', 'default_suite = "big"', r"default_suite: 'big' is not a defined suite; defined: tiny, vit"),
         ('model = "resnet18"', 'model = "resnet18"\nstem = "5x5"', r"backbones\.r8\.stem: unknown stem '5x5'; valid: default, 3x3, 3x3-s2"),
         ("kwargs = { channels = [8, 8, 16, 16] }", "kwargs = { channels = [8, 8, 16, 16], in_chans = 3 }",
@@ -174,3 +174,24 @@ def test_a_missing_optional_solver_does_not_break_the_file(tmp_path, monkeypatch
     assert {c.method for c in bench.cells(["vit"])} == {"ew", "upgrad"}
     with pytest.raises(MissingDependencyError, match=r'pip install "mtlbench\[solvers\]"'):
         bench.plugins.methods["upgrad"](n_tasks=2)
+
+
+def test_an_excluded_pair_is_not_run_and_allows_an_incompatible_combination(tmp_path):
+    toml = TINY_TOML.replace(
+        'methods = ["stl", "ew", "mgda", "pcgrad"]\nmitigations = ["none"]',
+        'methods = ["stl", "ew", "mgda-ub"]\nmitigations = ["none", "recon", "st"]',
+    )
+    with pytest.raises(ConfigError, match=r'recon cannot run .mgda-ub.*`exclude` list') as e:
+        load_benchmark(make_project(tmp_path / "a", toml))
+    assert 'method = "mgda-ub", mitigation = "recon"' in str(e.value)
+    fixed = toml.replace("conflict = { every = 2 }", 'conflict = { every = 2 }\nexclude = [{ method = "mgda-ub", mitigation = "recon" }]', 1)
+    suite = load_benchmark(make_project(tmp_path / "b", fixed)).suites["tiny"]
+    pairs = {(c.method, c.mitigation) for c in suite.cells}
+    assert ("mgda-ub", "recon") not in pairs and {("mgda-ub", "none"), ("mgda-ub", "st"), ("ew", "recon")} <= pairs
+    assert any("mgda-ub/recon: excluded" in s for s in suite.skipped)
+    for bad, message in (('[{ method = "pcgrad", mitigation = "recon" }]', "not a method label"),
+                         ('[{ method = "ew", mitigation = "st2" }]', "not a mitigation label"),
+                         ('["ew"]', "expected a table"), ('{ method = "ew" }', "expected a list")):
+        with pytest.raises(ConfigError, match=message):
+            load_benchmark(make_project(tmp_path / f"c{len(message)}", fixed.replace(
+                '[{ method = "mgda-ub", mitigation = "recon" }]', bad)))

@@ -18,6 +18,7 @@ Layout::
     seeds = [0, 1, 2]
     conflict = { every = 10, histogram = "recon" }
     tune = { lr = [3e-4, 1e-3, 3e-3], methods = ["ew"] }   # optional: a learning-rate grid per method
+    exclude = [{ method = "mgda-ub", mitigation = "recon" }]  # optional: pairs not to run
 
     [suites.<name>.tasks.<task>]          # training budget and task options
     epochs = 3                            # any Protocol field, or an option of the task
@@ -45,7 +46,7 @@ from mtlbench.grid.plugins import Plugins, discover
 from mtlbench.plugin.task import Task
 
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
-SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune"}
+SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune", "exclude"}
 TUNE_KEYS = {"lr", "methods"}
 TUNED_LABEL = "{label}.lr{lr:g}"  # a tuned method's cells, one label per grid point (mtlbench.report.tuning)
 BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
@@ -66,6 +67,7 @@ class Grid:
     seeds: list[int]
     conflict: ConflictSettings
     tune: dict[str, list[float]] = field(default_factory=dict)  # method label -> learning rates
+    exclude: set[tuple[str, str]] = field(default_factory=set)  # (method label, mitigation label) pairs not run
 
 
 @dataclass
@@ -212,11 +214,12 @@ class _Parser:
         seeds = self.seeds(f"{key}.seeds", raw["seeds"])
         conflict = self.conflict(f"{key}.conflict", raw.get("conflict", {}))
         tune = self.tune(f"{key}.tune", raw.get("tune"), methods)
-        self.check_options(key, tasks, methods, mitigations)
+        exclude = self.exclude(f"{key}.exclude", raw.get("exclude", []), methods, mitigations)
+        self.check_options(key, tasks, methods, mitigations, exclude)
         description = raw.get("description", "")
         if not isinstance(description, str):
             raise self.err(f"{key}.description", "expected a string")
-        grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict, tune)
+        grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict, tune, exclude)
         return Suite(name, description, *self.expand(name, grid))
 
     def suite_backbones(
@@ -247,7 +250,35 @@ class _Parser:
             raise self.err(key, f"duplicate seeds in {seeds}")
         return seeds
 
-    def check_options(self, key: str, tasks: dict, methods: list[Entry], mitigations: list[Entry]) -> None:
+    def exclude(self, key: str, raw: Any, methods: list[Entry], mitigations: list[Entry]) -> set[tuple[str, str]]:
+        """``exclude = [{ method = label, mitigation = label }, ...]``: pairs of the suite's method
+        and mitigation labels that are not run (e.g. a method a mitigation cannot combine with)."""
+        if not isinstance(raw, list):
+            raise self.err(key, 'expected a list of tables, e.g. [{ method = "mgda-ub", mitigation = "recon" }]')
+        m_labels, g_labels = [m[0] for m in methods], [g[0] for g in mitigations]
+        out = set()
+        for i, item in enumerate(raw):
+            ikey = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise self.err(ikey, 'expected a table { method = "...", mitigation = "..." }')
+            _unknown(self, ikey, item, {"method", "mitigation"})
+            for field_name, labels in (("method", m_labels), ("mitigation", g_labels)):
+                if item.get(field_name) not in labels:
+                    raise self.err(
+                        f"{ikey}.{field_name}",
+                        f"{item.get(field_name)!r} is not a {field_name} label of this suite: {', '.join(labels)}",
+                    )
+            out.add((item["method"], item["mitigation"]))
+        return out
+
+    def check_options(
+        self,
+        key: str,
+        tasks: dict,
+        methods: list[Entry],
+        mitigations: list[Entry],
+        exclude: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset(),
+    ) -> None:
         """Methods and mitigations validate their option values in ``__init__``."""
         for task_name, (task_cls, task_options, _) in tasks.items():
             n_tasks = len(task_cls(**task_options).tasks)
@@ -260,7 +291,7 @@ class _Parser:
                     raise self.err(
                         f"{key}.methods[{i}]", f"method {m_name!r} rejects its options for task {task_name!r}: {e}"
                     ) from None
-        for i, (_, g_name, g_opts) in enumerate(mitigations):
+        for i, (g_label, g_name, g_opts) in enumerate(mitigations):
             try:
                 mitigation = self.plugins.mitigations[g_name](**g_opts)
             except (ValueError, TypeError) as e:
@@ -269,11 +300,17 @@ class _Parser:
             if errors:
                 option, message = next(iter(errors.items()))
                 raise self.err(f"{key}.mitigations[{i}].options.{option}", message)
-            for j, (_, m_name, _) in enumerate(methods):
+            for j, (m_label, m_name, _) in enumerate(methods):
                 method_cls = self.plugins.methods[m_name]
+                if (m_label, g_label) in exclude:
+                    continue
                 problem = None if method_cls.kind == "single_task" else mitigation.method_errors(method_cls)
                 if problem:
-                    raise self.err(f"{key}.methods[{j}]", f"{problem} (or drop {g_name!r} from this suite's mitigations)")
+                    raise self.err(
+                        f"{key}.methods[{j}]",
+                        f"{problem} (or drop {g_name!r} from this suite's mitigations, or add "
+                        f'{{ method = "{m_label}", mitigation = "{g_label}" }} to the suite\'s `exclude` list)',
+                    )
 
     def tune(self, key: str, raw: Any, methods: list[Entry]) -> dict[str, list[float]]:
         """``tune = { lr = [...], methods = [labels] }``: each listed method runs once per
@@ -309,16 +346,19 @@ class _Parser:
         baselines with a mitigation)."""
         cells: list[Cell] = []
         skipped: list[str] = []
-        methods: list[tuple[str, str, dict, float | None]] = []
+        methods: list[tuple[str, str, str, dict, float | None]] = []  # (label, listed label, plugin, options, lr)
         for label, name, opts in grid.methods:
             if label in grid.tune:
-                methods += [(TUNED_LABEL.format(label=label, lr=lr), name, opts, lr) for lr in grid.tune[label]]
+                methods += [(TUNED_LABEL.format(label=label, lr=lr), label, name, opts, lr) for lr in grid.tune[label]]
             else:
-                methods.append((label, name, opts, None))
+                methods.append((label, label, name, opts, None))
         for task_name, (task_cls, task_options, protocol) in grid.tasks.items():
             for bid, spec in grid.backbones.items():
-                for m_label, m_name, m_opts, lr in methods:
+                for m_label, listed, m_name, m_opts, lr in methods:
                     for g_label, g_name, g_opts in grid.mitigations:
+                        if (listed, g_label) in grid.exclude:
+                            skipped.append(f"{task_name}/{bid}/{m_label}/{g_label}: excluded by the suite's `exclude` list")
+                            continue
                         method_cls, mitigation_cls = self.plugins.methods[m_name], self.plugins.mitigations[g_name]
                         if method_cls.kind == "single_task" and "unmitigated" not in mitigation_cls.roles:
                             skipped.append(
