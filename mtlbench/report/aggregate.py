@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import multiprocessing
 import os
 import pickle
 import sys
@@ -29,6 +28,7 @@ import pandas as pd
 from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
+from mtlbench.core.parallel import fork_map
 from mtlbench.core.registry import version_key
 from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, OkResult, Result, parse_result
 
@@ -115,7 +115,8 @@ def load_results(
             continue
         files.append((path, (stat.st_mtime_ns, stat.st_size)))
     todo = [(path, stamp) for path, stamp in files if (stored.get(str(path)) or (None,))[0] != stamp]
-    extracted = dict(zip((p for p, _ in todo), _extract_all(todo, visit, workers)))
+    found = fork_map(lambda item: _extract(*item, visit), todo, workers, MIN_PARALLEL)
+    extracted = dict(zip((p for p, _ in todo), found))
     for path, _ in files:
         entry = extracted.get(path) or stored[str(path)]
         if entry[0] == "schema":
@@ -154,24 +155,6 @@ def load_results(
 
 
 MIN_PARALLEL = 500  # files to read before extra processes pay for themselves (~0.7 ms a file)
-_VISIT: list[Callable[[Path, Result], Any] | None] = [None]  # what forked readers call
-
-
-def _extract_all(
-    todo: list[tuple[Path, tuple[int, int]]], visit: Callable[[Path, Result], Any] | None, workers: int
-) -> list[tuple]:
-    if workers < 2 or len(todo) < MIN_PARALLEL or "fork" not in multiprocessing.get_all_start_methods():
-        return [_extract(path, stamp, visit) for path, stamp in todo]
-    _VISIT[0] = visit
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return pool.starmap(_extract_forked, todo, chunksize=max(1, len(todo) // (8 * workers)))
-    finally:
-        _VISIT[0] = None
-
-
-def _extract_forked(path: Path, stamp: tuple[int, int]) -> tuple:
-    return _extract(path, stamp, _VISIT[0])
 
 
 def _extract(path: Path, stamp: tuple[int, int], visit: Callable[[Path, Result], Any] | None) -> tuple:

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import jinja2
 
 import mtlbench
 from mtlbench.core.errors import ResultError
+from mtlbench.core.parallel import fork_map
 from mtlbench.core.registry import Registry, discover
 from mtlbench.site.data import SiteData, load_site_data
 from mtlbench.site.format import fmt, sort_value, thousands
@@ -167,7 +167,7 @@ def render(
     if page.text is not None:
         return write_file(out / page.path, page.text)
     target = out / page.path
-    if page.key and manifest is not None and manifest.get(page.path) == page.key and target.exists():
+    if manifest is not None and unchanged(page, out, manifest):
         return target
     context = page.context
     if page.lazy is not None:
@@ -183,28 +183,21 @@ def render(
 
 
 MIN_PARALLEL = 200  # pages to render before extra processes pay for themselves (~2 ms a page)
-_JOB: tuple[jinja2.Environment, list[Page], Path, dict[str, Any]] | None = None  # what forked workers render
+
+
+def unchanged(page: Page, out: Path, manifest: dict[str, str]) -> bool:
+    """An incremental page the previous build wrote under the same key, still on disk."""
+    return bool(page.key) and manifest.get(page.path) == page.key and (out / page.path).exists()
 
 
 def render_all(
     env: jinja2.Environment, pages: list[Page], out: Path, common: dict[str, Any], manifest: dict[str, str], workers: int
 ) -> list[Path | None]:
-    """:func:`render` for each page. The incremental pages that must be (re)rendered go to
-    ``workers`` forked processes when there are at least MIN_PARALLEL of them; the children
-    inherit the loaded data, so nothing but page numbers and paths crosses between processes."""
-    todo = [
-        i for i, p in enumerate(pages)
-        if p.lazy is not None and not (p.key and manifest.get(p.path) == p.key and (out / p.path).exists())
-    ]  # fmt: skip
-    if workers < 2 or len(todo) < MIN_PARALLEL or "fork" not in multiprocessing.get_all_start_methods():
-        return [render(env, p, out, common, manifest) for p in pages]
-    global _JOB
-    _JOB = (env, pages, out, common)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            done = dict(zip(todo, pool.map(_render_one, todo, chunksize=max(1, len(todo) // (8 * workers)))))
-    finally:
-        _JOB = None
+    """:func:`render` for each page; the lazy pages that must be (re)rendered go to ``workers``
+    forked processes when there are at least MIN_PARALLEL of them (:func:`fork_map`: the
+    children inherit the loaded data, only page numbers and paths cross)."""
+    todo = [i for i, p in enumerate(pages) if p.lazy is not None and not unchanged(p, out, manifest)]
+    done = dict(zip(todo, fork_map(lambda i: render(env, pages[i], out, common), todo, workers, MIN_PARALLEL)))
     paths = []
     for i, page in enumerate(pages):
         if i not in done:
@@ -214,12 +207,6 @@ def render_all(
             manifest[page.path] = page.key
         paths.append(done[i])
     return paths
-
-
-def _render_one(i: int) -> Path | None:
-    assert _JOB is not None
-    env, pages, out, common = _JOB
-    return render(env, pages[i], out, common)
 
 
 def read_manifest(out: Path, sources: str) -> dict[str, str]:
