@@ -315,10 +315,11 @@ def run_delta_m(loaded: Loaded) -> pd.DataFrame:
     return runs
 
 
-def summarize(loaded: Loaded) -> pd.DataFrame:
+def summarize(loaded: Loaded, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (suite, task, backbone, method, mitigation): mean ± sample std over seeds (NaN
-    values skipped; std NaN below two values) of Δm, the test metrics and cost; the number of seeds."""
-    runs = run_delta_m(loaded)
+    values skipped; std NaN below two values) of Δm, the test metrics and cost; the number of seeds.
+    ``runs``: :func:`run_delta_m` of ``loaded`` when the caller has it already."""
+    runs = run_delta_m(loaded) if runs is None else runs
     if runs.empty:
         return pd.DataFrame()
     keys = GROUP + ROW

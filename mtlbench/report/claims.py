@@ -92,6 +92,8 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
     if runs.empty:
         return out
     multi = runs[~runs["is_baseline"]]
+    if multi["unmitigated"].all():  # nothing to compare (most grids): skip the grouping
+        return out
     for group, rows in multi.groupby(GROUP, sort=True):
         column = f"dm_{conventions.get(str(group[1]), 'flat')}"
         found: list[Comparison] = []

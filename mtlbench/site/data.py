@@ -134,10 +134,15 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
     failed = loaded.failed.copy()
     for frame in (runs, failed):
         frame["page"] = [run_page(*k) for k in frame[RUN_KEY].itertuples(index=False)] if not frame.empty else []
-    conventions = {t: str(i.get("delta_m_convention", "flat")) for t, i in task_info.items()}
-    table, tuning = select_tuned(summarize(loaded), conventions)
+    conventions = delta_m_conventions(task_info)
+    table, tuning = select_tuned(summarize(loaded, runs), conventions)
     table = rank_table(table, runs, conventions)
     return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details, tuning=tuning)
+
+
+def delta_m_conventions(task_info: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """task -> the Δm convention it declares (``flat`` unless it says ``task``)."""
+    return {t: str(i.get("delta_m_convention", "flat")) for t, i in task_info.items()}
 
 
 def run_detail(result: Result) -> RunDetail:

@@ -19,7 +19,7 @@ from mtlbench.core.files import read_result
 from mtlbench.core.registry import Plugin
 from mtlbench.report.aggregate import GROUP, ROW
 from mtlbench.site import plots, svgcharts
-from mtlbench.site.data import RunDetail, SiteData, group_page, method_page, number
+from mtlbench.site.data import RunDetail, SiteData, delta_m_conventions, group_page, method_page, number
 from mtlbench.site.format import fmt, sort_value, thousands
 
 CONVENTION_NAMES = {"flat": "flat", "task": "per-task"}
@@ -503,7 +503,7 @@ def claims_pages(data: SiteData) -> Iterator[Page]:
     beside it. Nothing when no runs use a mitigation."""
     from mtlbench.report.claims import CLAIMS, MARGINS, MEASURE_NAMES, compare, judge
 
-    conventions = {t: str(i.get("delta_m_convention", "flat")) for t, i in data.task_info.items()}
+    conventions = delta_m_conventions(data.task_info)
     comparisons = compare(data.runs, conventions)
     if not comparisons:
         return
