@@ -27,3 +27,9 @@ def sort_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return ""
     return repr(float(value))
+
+
+def finite(*values: Any) -> bool:
+    """Whether every value is a finite int or float (not a bool, None, NaN or a string): result
+    files are data from outside."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)

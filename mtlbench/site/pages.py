@@ -20,7 +20,7 @@ from mtlbench.core.registry import Plugin
 from mtlbench.report.aggregate import GROUP, ROW
 from mtlbench.site import plots, svgcharts
 from mtlbench.site.data import RunDetail, SiteData, delta_m_conventions, group_page, method_page, number
-from mtlbench.site.format import fmt, sort_value, thousands
+from mtlbench.site.format import finite, fmt, sort_value, thousands
 
 CONVENTION_NAMES = {"flat": "flat", "task": "per-task"}
 MAX_CURVES = 10  # lines per training-curve panel
@@ -145,7 +145,7 @@ def group_plots(
     multi = [r for r in records if not r["is_baseline"]]
     if len(main) == 2 and multi:
         out += tradeoff_plot(records, multi, main, info)
-    pts = [_point(r, "p_pct", "dm", "dm_std") for r in multi if _finite(r["p_pct"], r["dm"])]
+    pts = [_point(r, "p_pct", "dm", "dm_std") for r in multi if finite(r["p_pct"], r["dm"])]
     if pts:
         out.append(
             (
@@ -183,8 +183,8 @@ def tradeoff_plot(
     """The two-task trade-off: each method's point, the fixed-weight front, the single-task models."""
     (_, ka), (_, kb) = main.items()
     cols = (f"test:{ka}", f"test:{kb}")
-    pts = [_point(r, *cols) for r in multi if not r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
-    fixed = [_point(r, *cols) for r in multi if r["is_front"] and _finite(r[cols[0]], r[cols[1]])]
+    pts = [_point(r, *cols) for r in multi if not r["is_front"] and finite(r[cols[0]], r[cols[1]])]
+    fixed = [_point(r, *cols) for r in multi if r["is_front"] and finite(r[cols[0]], r[cols[1]])]
     stl = next((_point(r, *cols) for r in records if is_baseline_row(r)), None)
     if not (pts or fixed):
         return []
@@ -258,13 +258,9 @@ def curve_rows(records: list[dict[str, Any]], n: int = MAX_CURVES) -> list[dict[
 def _mean_lists(lists: list[list[float]], n: int) -> list[float]:
     out = []
     for i in range(n):
-        vals = [v[i] for v in lists if i < len(v) and _finite(v[i])]
+        vals = [v[i] for v in lists if i < len(v) and finite(v[i])]
         out.append(sum(vals) / len(vals) if vals else math.nan)
     return out
-
-
-def _finite(*values: Any) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 # --------------------------------------------------------------------------- methods
@@ -549,7 +545,7 @@ def index_page(data: SiteData, listed: Sequence[Page]) -> Page:
     groups = []
     for key, rows in pd.DataFrame(records).groupby(GROUP, sort=True) if records else []:
         rows = rows.sort_values(["rank", "method"]).to_dict("records")
-        best = next((r for r in rows if not r["is_baseline"] and _finite(r["dm"])), None)
+        best = next((r for r in rows if not r["is_baseline"] and finite(r["dm"])), None)
         groups.append(
             {
                 "suite": key[0],

@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mtlbench.site.format import finite
 from mtlbench.site.svgcharts import nice_ticks, tick_label
 
 KIND_COLORS = {"weighting": "#2457c5", "gradient": "#d9730d", "single_task": "#5d6475"}
@@ -109,10 +110,6 @@ class PlotCache:
 
 
 # --------------------------------------------------------------------------- drawing primitives
-
-
-def _finite(*values: Any) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _svg(width: float, height: float, label: str, body: Sequence[str]) -> str:
@@ -222,8 +219,8 @@ def _extent(points: Sequence[Point]) -> tuple[list[float], list[float]]:
     """Every x and y a plot must show: the points and the ends of their error bars."""
     xs, ys = [], []
     for p in points:
-        dx = p.x_std if _finite(p.x_std) else 0.0
-        dy = p.y_std if _finite(p.y_std) else 0.0
+        dx = p.x_std if finite(p.x_std) else 0.0
+        dy = p.y_std if finite(p.y_std) else 0.0
         xs += [p.x - dx, p.x + dx]
         ys += [p.y - dy, p.y + dy]
     return xs, ys
@@ -236,9 +233,9 @@ def _draw_points(
     bars = []
     for p in points:
         x, y = f.sx(p.x), f.sy(p.y)
-        if _finite(p.x_std) and p.x_std > 0:
+        if finite(p.x_std) and p.x_std > 0:
             bars.append(f"M{f.sx(p.x - p.x_std):.1f} {y:.1f}H{f.sx(p.x + p.x_std):.1f}")
-        if _finite(p.y_std) and p.y_std > 0:
+        if finite(p.y_std) and p.y_std > 0:
             bars.append(f"M{x:.1f} {f.sy(p.y - p.y_std):.1f}V{f.sy(p.y + p.y_std):.1f}")
     out = [f'<path d="{"".join(bars)}" class="e"/>'] if bars else []
     for p, full in zip(points, filled):
@@ -308,7 +305,7 @@ def dm_conflict_plot(points: Sequence[Point], convention: str) -> str:
 
 def reds(v: float) -> str:
     """The heatmap colour of a p% in [0, 100]."""
-    if not _finite(v):
+    if not finite(v):
         return MISSING
     return REDS[min(len(REDS) - 1, max(0, int(v / 100 * len(REDS))))]
 
@@ -326,7 +323,7 @@ def layer_heatmap(rows: Sequence[str], layers: Sequence[str], values: Sequence[S
         y = top + ch * i
         body.append(f'<text x="{left - 5:.1f}" y="{y + ch - 4:.1f}" text-anchor="end">{escape(row)}</text>')
         for j, v in enumerate(vals):
-            tip = f"{v:.1f}" if _finite(v) else "no data"
+            tip = f"{v:.1f}" if finite(v) else "no data"
             body.append(
                 f'<rect x="{left + cw * j:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" fill="{reds(v)}">'
                 f"<title>{escape(row)} · {escape(layers[j])}: {tip}</title></rect>"
@@ -350,13 +347,13 @@ def curves_plot(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequenc
     body: list[str] = []
     labels: dict[str, str] = {}
     for k, (title, lines) in enumerate(panels.items()):
-        pts = [(x, y) for xs, ys in lines.values() for x, y in zip(xs, ys) if _finite(x, y)]
+        pts = [(x, y) for xs, ys in lines.values() for x, y in zip(xs, ys) if finite(x, y)]
         f = Frame([x for x, _ in pts], [y for _, y in pts], left + k * (pw + gap), top, pw, ph)
         body.append(f'<text x="{f.x0 + pw / 2:.1f}" y="{top - 10:.1f}" text-anchor="middle" class="t">{escape(title)}</text>')
         body += f.axes(xlabel, "", integer_x=True)
         for label, (xs, ys) in lines.items():
             color = labels.setdefault(label, LINE_COLORS[len(labels) % len(LINE_COLORS)])
-            line = [(f.sx(x), f.sy(y)) for x, y in zip(xs, ys) if _finite(x, y)]
+            line = [(f.sx(x), f.sy(y)) for x, y in zip(xs, ys) if finite(x, y)]
             coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in line)
             body.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.4"/>')
             body += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.8" fill="{color}"/>' for x, y in line]

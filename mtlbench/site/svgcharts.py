@@ -11,6 +11,8 @@ import math
 from html import escape
 from typing import Mapping, Sequence
 
+from mtlbench.site.format import finite
+
 PALETTE = ("#2457c5", "#d9730d", "#137333", "#a50e0e", "#7b3fb5", "#8c6d1f", "#00838f", "#c2185b", "#455a64", "#6d8f00")
 
 
@@ -44,9 +46,7 @@ def line_chart(
 ) -> str:
     """One polyline (with point markers) per named series of (x, y); NaN/None points are skipped."""
     left, right, top, bottom = 52, 12, 24, 40
-    clean = {
-        name: [(float(x), float(y)) for x, y in zip(xs, ys) if _finite(x) and _finite(y)] for name, (xs, ys) in series.items()
-    }
+    clean = {name: [(float(x), float(y)) for x, y in zip(xs, ys) if finite(x, y)] for name, (xs, ys) in series.items()}
     points = [p for pts in clean.values() for p in pts]
     legend_h = 16 * ((len(clean) + 2) // 3)
     h_total = height + legend_h
@@ -95,7 +95,3 @@ def line_chart(
         )
     out.append("</svg>")
     return "".join(out)
-
-
-def _finite(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
