@@ -87,8 +87,11 @@ def test_the_grid_point_is_chosen_on_validation_never_on_test():
     assert kept[kept["method"] == "pcgrad"].iloc[0]["tuned_from"] == ""
     (family,) = families
     assert family.chosen == "ew.lr0.001" and [p["lr"] for p in family.points] == [0.0003, 0.001, 0.003]
+    assert not family.at_edge  # inside the grid
     # a tie goes to the smaller rate; without validation Δm (no baseline) nothing is chosen
     assert select_tuned(_table([0.5, 0.5, 0.8], [0, 0, 0]), {})[1][0].chosen == "ew.lr0.0003"
+    assert select_tuned(_table([0.5, 0.5, 0.8], [0, 0, 0]), {})[1][0].at_edge  # the smallest rate
+    assert select_tuned(_table([0.9, 0.5, 0.4], [0, 0, 0]), {})[1][0].at_edge  # the largest rate
     untuned, none = select_tuned(_table([math.nan] * 3, [0, 0, 0]), {})
     assert len(untuned) == 4 and none == []
 
@@ -109,6 +112,7 @@ def test_a_tuned_suite_runs_and_its_page_shows_the_choice_and_cost(tmp_path):
     assert report.n_runs == 8 and not report.problems
     page = (tmp_path / "site" / "tuned--multimnist--vit1.html").read_text()
     assert "Learning-rate tuning" in page and "val Δm at lr 0.0005" in page and "val Δm at lr 0.005" in page
+    assert "at the grid's edge" in page  # with two rates either choice is at an edge
     summary = pd.read_csv(tmp_path / "site" / "summary.csv")
     tuned = summary[summary["tuned_from"] == "ew"]
     assert len(tuned) == 1 and tuned.iloc[0]["tuning_runs"] == 4  # two rates x two seeds

@@ -39,6 +39,13 @@ class Family:
     def wall_s(self) -> float:
         return float(sum(p["wall_s"] for p in self.points))
 
+    @property
+    def at_edge(self) -> bool:
+        """The chosen rate is the grid's smallest or largest: the best rate may lie outside it."""
+        lrs = [p["lr"] for p in self.points]
+        chosen = [p["lr"] for p in self.points if p["label"] == self.chosen]
+        return bool(chosen) and chosen[0] in (min(lrs), max(lrs))
+
 
 def select_tuned(table: pd.DataFrame, conventions: Mapping[str, str]) -> tuple[pd.DataFrame, list[Family]]:
     """Keep one row per tuned family (the lowest mean validation Δm in the task's declared
