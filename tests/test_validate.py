@@ -42,6 +42,7 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
         for p in parents:
             d = d[p]
         d[last] = value
+
     return change
 
 
@@ -51,14 +52,17 @@ def _del(path: str) -> Callable[[dict], None]:
         for p in parents:
             d = d[p]
         del d[last]
+
     return change
 
 
 def _rehash(change: Callable[[dict], None]) -> Callable[[dict], None]:
     """Apply ``change`` to the cell and store the matching hash (a consistent, wrong file)."""
+
     def wrapped(d: dict) -> None:
         change(d)
         d["config_hash"] = Cell(**d["cell"]).config_hash
+
     return wrapped
 
 
@@ -88,7 +92,11 @@ CASES = {
     "wrong method kind": (_set("method_kind", "weighting"), "method_kind", "is a 'gradient' method"),
     "unknown method option": (_rehash(_set("cell/method_options", {"alpha": 1})), "cell.method_options", "not options of pcgrad"),
     "unknown mitigation": (_rehash(_set("cell/mitigation_name", "recon2")), "cell.mitigation_name", "unknown mitigation"),
-    "metric direction flipped": (_set("metric_info/left.acc/higher_is_better", False), "metric_info", "differs from what multimnist declares"),
+    "metric direction flipped": (
+        _set("metric_info/left.acc/higher_is_better", False),
+        "metric_info",
+        "differs from what multimnist declares",
+    ),
     "html in a label": (_both("method", "<b>x</b>"), "method", "not a valid label"),
     "failed without reason": (lambda d: d.update(status="failed", reason=""), "reason", "needs the reason"),
     "missing required field": (_del("cell"), "file", "missing field(s) cell"),
@@ -135,7 +143,31 @@ def test_a_different_protocol_in_the_same_table_is_rejected(run, known, tmp_path
     path.write_text(json.dumps(data))
     report = validate_paths([results, path.parents[3]], known)
     assert report.rejected == [path]
-    assert [p.field for p in report.problems] == ["cell.protocol"] and "one table compares runs of one setting" in str(report.problems[0])
+    assert [p.field for p in report.problems] == ["cell.protocol.lr"] and "only a tuned method's cells" in str(report.problems[0])
+    data["cell"]["protocol"]["epochs"] = 99  # another field: the whole-protocol message
+    data["config_hash"] = Cell(**data["cell"]).config_hash
+    path.write_text(json.dumps(data))
+    problems = validate_paths([results, path.parents[3]], known).problems
+    assert "cell.protocol" in [p.field for p in problems] and "one table compares runs of one setting" in str(problems)
+
+
+def test_a_tuned_methods_cells_may_differ_in_the_learning_rate_only(run, known, tmp_path):
+    """Cells of a suite's `tune` grid (labels <method>.lr<lr>) use their own rate; nothing else may differ."""
+    _, results = run
+    data = json.loads((results / GOOD).read_text())
+    out = tmp_path / "x" / "site" / "multimnist" / "vit1"
+    out.mkdir(parents=True)
+    for lr in (0.1, 0.01):
+        data["method"] = data["cell"]["method"] = f"pcgrad.lr{lr:g}"
+        data["cell"]["protocol"]["lr"] = lr
+        data["config_hash"] = Cell(**data["cell"]).config_hash
+        (out / f"pcgrad.lr{lr:g}__none__seed0.json").write_text(json.dumps(data))
+    report = validate_paths([results, out.parents[2]], known)
+    assert not report.rejected, report.problems
+    data["cell"]["protocol"]["epochs"] = 99
+    data["config_hash"] = Cell(**data["cell"]).config_hash
+    (out / "pcgrad.lr0.01__none__seed0.json").write_text(json.dumps(data))
+    assert validate_paths([results, out.parents[2]], known).rejected == [out / "pcgrad.lr0.01__none__seed0.json"]
 
 
 def test_missing_path_dirty_checkout_warning_and_no_plugins(run, known, tmp_path, capsys):

@@ -14,6 +14,8 @@ from mtlbench.core.spec import BackboneSpec, ConflictSettings, Protocol
 RESULT_SCHEMA = "mtlbench.result/2"
 CELL_FILTER_KEYS = ("suite", "task", "backbone", "method", "mitigation", "seed")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # suite, backbone, method and mitigation labels
+# a tuned method's label, ``<method>.lr<lr>`` (mtlbench.grid.config.TUNED_LABEL; mtlbench.report.tuning)
+TUNED = re.compile(r"^(?P<base>.+)\.lr(?P<lr>\d[\d.e+-]*)$")
 
 
 @dataclass

@@ -10,15 +10,13 @@ aggregated tables only (no torch).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import pandas as pd
 
+from mtlbench.core.cell import TUNED
 from mtlbench.report.aggregate import GROUP
-
-TUNED = re.compile(r"^(?P<base>.+)\.lr(?P<lr>\d[\d.e+-]*)$")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from mtlbench.core.cell import LABEL_RE
+from mtlbench.core.cell import LABEL_RE, TUNED
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import check_hash, iter_result_files, read_result
 from mtlbench.core.result import parse_result
@@ -215,15 +215,36 @@ def check_same_setting(
 ) -> list[Problem]:
     """The runs of one suite, task and backbone form one table and share one setting (task
     version and options, protocol, backbone, conflict sampling); ``first`` remembers each
-    table's first file."""
+    table's first file. A tuned method's cells (labels ``<method>.lr<lr>``) may differ in the
+    learning rate only; the other runs share one."""
     cell: dict[str, Any] = data["cell"] if isinstance(data.get("cell"), dict) else {}
     setting = {k: cell.get(k) for k in SETTING}
     table = tuple(str(data.get(k)) for k in CELL_KEY[:3])
+    protocol = setting["protocol"]
+    if isinstance(protocol, dict):
+        setting["protocol"] = {k: v for k, v in protocol.items() if k != "lr"}
+        if not TUNED.match(str(data.get("method"))):
+            setting["lr"] = protocol.get("lr")
+    out: list[Problem] = []
+    if "lr" in setting:
+        lr_key = (*table, "lr")
+        if lr_key not in first:
+            first[lr_key] = (path, setting)
+        elif first[lr_key][1]["lr"] != setting["lr"]:
+            other = first[lr_key][0]
+            out.append(
+                Problem(
+                    path,
+                    "cell.protocol.lr",
+                    f"{setting['lr']!r} differs from {other} ({first[lr_key][1]['lr']!r}) in the same suite, task and "
+                    "backbone; only a tuned method's cells (suite `tune`) may use other rates",
+                )
+            )
     if table not in first:
         first[table] = (path, setting)
-        return []
+        return out
     other, expected = first[table]
-    return [
+    return out + [
         Problem(
             path,
             f"cell.{k}",
