@@ -178,12 +178,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         action = {id(s.cell): "run" for s in todo}
         action.update({id(s.cell): f"skip ({s.state}{': ' + s.reason if s.reason else ''})" for s in skipped})
         print(f"{len(cells)} cells ({len(todo)} would run) -> {results}")
-        print(f"{'suite':<10} {'task':<12} {'backbone':<14} {'method':<12} {'mitigation':<10} {'seed':>4}  {'hash':<16}  action")
-        for c in cells:
-            print(
-                f"{c.suite:<10} {c.task:<12} {c.backbone:<14} {c.method:<12} {c.mitigation:<10} {c.seed:>4}  "
-                f"{c.config_hash}  {action[id(c)]}"
-            )
+        header = ("suite", "task", "backbone", "method", "mitigation", "seed", "hash", "action")
+        rows = [(c.suite, c.task, c.backbone, c.method, c.mitigation, str(c.seed), c.config_hash, action[id(c)]) for c in cells]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+        for r in [header, *rows]:  # columns as wide as their longest entry; the seed right-aligned
+            cols = [v.rjust(w) if i == 5 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))]
+            print("  ".join([*cols, r[-1]]))
         for name in args.suite or [bench.default_suite]:
             for note in bench.suites[name].skipped:
                 print(f"not expanded: {note}")

@@ -88,6 +88,8 @@ def test_invalid_toml_names_the_file_and_the_line(tmp_path):
          r"suites\.tiny\.methods\[0\]: method 'mgda' rejects its options .*normalization='l3'; valid: none, l2, loss, loss\+"),
         ('methods = ["stl", "ew", "mgda", "pcgrad"]', 'methods = ["ew", "ew"]',
          r"suites\.tiny\.methods\[1\]: duplicate method label 'ew'; give each entry a distinct `label`"),
+        ('methods = ["stl", "ew", "mgda", "pcgrad"]', 'methods = ["ew", { name = "ew", label = "ew.lr0.01" }]',
+         r"suites\.tiny\.methods\[1\]\.label: 'ew\.lr0\.01': method labels ending in '\.lr<rate>' are reserved .*tune"),
         ("conflict = { every = 2 }", "conflict = { every = -1 }", r"suites\.tiny\.conflict\.every: expected an integer >= 0"),
         ("conflict = { every = 2 }", "conflict = { every = 2, s = [0.1] }", r"suites\.tiny\.conflict\.s: expected a non-empty list of thresholds with -1 < S <= 0"),
         ("conflict = { every = 2 }", 'conflict = { every = 2, histogram = "fine" }',

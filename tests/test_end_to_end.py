@@ -75,7 +75,13 @@ def test_changed_config_makes_results_stale(tiny_run, tmp_path, capsys):
     config, results, _ = tiny_run
     changed = make_project(tmp_path / "p2", TINY_TOML.replace("lr = 0.002", "lr = 0.003", 1))
     assert main(["run", "--config", str(changed), "--results", str(results), "--dry-run"]) == 0
-    assert "8 cells (8 would run)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "8 cells (8 would run)" in out
+    header, *rows = [line for line in out.splitlines()[1:] if not line.startswith("not expanded")]
+    assert len(rows) == 8 and all(r.endswith("  run") for r in rows)
+    for name in ("method", "hash", "action"):  # every column starts where its header does
+        at = header.index(name)
+        assert all(r[at - 2 : at] == "  " and r[at] != " " for r in rows), (name, out)
 
 
 def test_status_table(tiny_run, capsys):

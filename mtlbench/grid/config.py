@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import tomllib
 
 from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
-from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, Cell, config_hash  # noqa: F401
+from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, TUNED, Cell, config_hash  # noqa: F401
 from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
 from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.grid.executor import ExecutorOptions, parse_executor
@@ -333,11 +333,6 @@ class _Parser:
                 raise self.err(f"{key}.methods", f"{label!r} is not a method label of this suite; labels: {', '.join(labels)}")
             if self.plugins.methods[labels[label]].kind == "single_task":
                 raise self.err(f"{key}.methods", f"{label!r} is the single-task baseline Δm is measured against: not tunable")
-        for label in chosen:
-            made = [TUNED_LABEL.format(label=label, lr=float(v)) for v in lrs]
-            clash = [m for m in made if m in labels]
-            if clash:
-                raise self.err(f"{key}.methods", f"tuning {label!r} makes the label {clash[0]!r}, which another method entry has")
         return {label: [float(v) for v in lrs] for label in chosen}
 
     def expand(self, suite: str, grid: Grid) -> tuple[list[Cell], list[str]]:
@@ -461,6 +456,13 @@ class _Parser:
                 raise self.err(ikey, f"unknown {what} {name!r}; valid: {_names(registry)}")
             if not isinstance(label, str) or not LABEL_RE.match(label):
                 raise self.err(f"{ikey}.label", "labels may hold letters, digits, '_', '.', '+', '-'")
+            if what == "method" and TUNED.match(label):
+                raise self.err(
+                    f"{ikey}.label" if isinstance(item, dict) else ikey,
+                    f"{label!r}: method labels ending in '.lr<rate>' are reserved for the grid points of the "
+                    "suite's `tune` table (the report reads the rate from them); list the method in "
+                    "`tune.methods` to run it at several rates, or choose another label",
+                )
             if label in labels:
                 raise self.err(ikey, f"duplicate {what} label {label!r}; give each entry a distinct `label`")
             labels.add(label)

@@ -210,6 +210,18 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
     return out
 
 
+def _against_first(
+    first: dict[tuple[str, ...], tuple[Path, dict[str, Any]]], key: tuple[str, ...], path: Path, values: dict[str, Any]
+) -> list[tuple[str, Path, Any]]:
+    """Remember ``values`` as ``key``'s first file's, or return where they differ from that
+    file's: (field, that file, its value)."""
+    if key not in first:
+        first[key] = (path, values)
+        return []
+    other, expected = first[key]
+    return [(k, other, expected[k]) for k in values if values[k] != expected[k]]
+
+
 def check_same_setting(
     path: Path, data: dict[str, Any], first: dict[tuple[str, ...], tuple[Path, dict[str, Any]]]
 ) -> list[Problem]:
@@ -220,39 +232,28 @@ def check_same_setting(
     cell: dict[str, Any] = data["cell"] if isinstance(data.get("cell"), dict) else {}
     setting = {k: cell.get(k) for k in SETTING}
     table = tuple(str(data.get(k)) for k in CELL_KEY[:3])
+    out: list[Problem] = []
     protocol = setting["protocol"]
     if isinstance(protocol, dict):
         setting["protocol"] = {k: v for k, v in protocol.items() if k != "lr"}
         if not TUNED.match(str(data.get("method"))):
-            setting["lr"] = protocol.get("lr")
-    out: list[Problem] = []
-    if "lr" in setting:
-        lr_key = (*table, "lr")
-        if lr_key not in first:
-            first[lr_key] = (path, setting)
-        elif first[lr_key][1]["lr"] != setting["lr"]:
-            other = first[lr_key][0]
-            out.append(
+            out += [
                 Problem(
                     path,
                     "cell.protocol.lr",
-                    f"{setting['lr']!r} differs from {other} ({first[lr_key][1]['lr']!r}) in the same suite, task and "
+                    f"{protocol.get('lr')!r} differs from {other} ({was!r}) in the same suite, task and "
                     "backbone; only a tuned method's cells (suite `tune`) may use other rates",
                 )
-            )
-    if table not in first:
-        first[table] = (path, setting)
-        return out
-    other, expected = first[table]
+                for _, other, was in _against_first(first, (*table, "lr"), path, {"lr": protocol.get("lr")})
+            ]
     return out + [
         Problem(
             path,
             f"cell.{k}",
-            f"{setting[k]!r:.120} differs from {other} ({expected[k]!r:.120}) in the same "
+            f"{setting[k]!r:.120} differs from {other} ({was!r:.120}) in the same "
             f"suite, task and backbone; one table compares runs of one setting",
         )
-        for k in SETTING
-        if setting[k] != expected[k]
+        for k, other, was in _against_first(first, table, path, setting)
     ]
 
 
