@@ -75,6 +75,20 @@ def test_comparisons_are_paired_holm_corrected_and_judged():
     assert {v.claim for v in judge(found)} == set(CLAIMS)
 
 
+def test_two_variants_of_one_mitigation_are_judged_apart():
+    """Recon under two labels in one suite (say a parameter budget and K layers): one helps
+    every method, the other hurts one; each gets its own verdict, the page names the label."""
+    runs = _runs()
+    runs = runs[runs["mitigation"] != "st"]
+    worse = runs[runs["mitigation"] == "recon"].copy()
+    worse["mitigation"] = "recon-k25"
+    worse.loc[worse["method"] == "a", "dm_flat"] += 4.0  # 2 points worse than none for a
+    found = compare(pd.concat([runs, worse], ignore_index=True), {"t": "flat"})
+    every = [v for v in judge(found) if v.claim.text == "Recon improves every method it is added to"]
+    assert {v.mitigation: v.verdict for v in every} == {"recon": HELD, "recon-k25": NOT_HELD}
+    assert {v.mitigation: v.counts["held"] for v in every} == {"recon": 2, "recon-k25": 1}
+
+
 def test_a_method_without_its_unmitigated_row_or_a_grid_without_mitigations_has_no_comparison():
     runs = _runs()
     assert compare(runs[runs["mitigation"] == "none"], {}) == []

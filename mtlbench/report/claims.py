@@ -13,8 +13,8 @@ All comparisons of one suite × task × backbone are one family, Holm-corrected 
 comparison supports a claim (held), refutes it (not held: significant the other way, or the 95%
 CI rules out an effect of the claim's size — ``MARGINS``) or neither (inconclusive); a claim
 about every method holds when it holds for each, fails when it fails for any
-(:func:`mtlbench.report.stats.verdict`, :func:`~mtlbench.report.stats.combine`). Reads
-numbers only (no torch).
+(:func:`mtlbench.report.stats.verdict`, :func:`~mtlbench.report.stats.combine`); each
+mitigation entry (label) of a suite is judged on its own. Reads numbers only (no torch).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class Comparison:
 class ClaimVerdict:
     claim: Claim
     group: tuple[str, str, str]
+    mitigation: str  # the label of the suite's mitigation entry judged (one verdict per entry)
     verdict: str
     counts: dict[str, int]  # per-method verdicts: held / not held / inconclusive
     n_seeds: int  # common seeds of the comparisons (the smallest)
@@ -128,7 +129,9 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
 
 
 def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> list[ClaimVerdict]:
-    """Each claim's verdict in each group that has comparisons it is about."""
+    """Each claim's verdict in each group that has comparisons it is about, once per mitigation
+    entry of the claim's plugin: two variants of one mitigation in a suite (e.g. Recon at a
+    parameter budget and at K layers, under two labels) are judged apart, never pooled."""
     out = []
     groups = sorted({c.group for c in comparisons})
     for group in groups:
@@ -141,18 +144,18 @@ def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> 
                 and c.measure == claim.measure
                 and (not claim.kinds or c.kind in claim.kinds)
             ]
-            if not about:
-                continue
-            verdicts = [c.verdict for c in about]
-            out.append(
-                ClaimVerdict(
-                    claim,
-                    group,
-                    combine(verdicts, every=True),
-                    {v: verdicts.count(v) for v in ("held", "not held", "inconclusive")},
-                    min(c.result.n for c in about),
+            for label in sorted({c.mitigation for c in about}):
+                verdicts = [c.verdict for c in about if c.mitigation == label]
+                out.append(
+                    ClaimVerdict(
+                        claim,
+                        group,
+                        label,
+                        combine(verdicts, every=True),
+                        {v: verdicts.count(v) for v in ("held", "not held", "inconclusive")},
+                        min(c.result.n for c in about if c.mitigation == label),
+                    )
                 )
-            )
     return out
 
 
