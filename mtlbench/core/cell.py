@@ -14,7 +14,9 @@ from mtlbench.core.spec import BackboneSpec, ConflictSettings, Protocol
 RESULT_SCHEMA = "mtlbench.result/2"
 CELL_FILTER_KEYS = ("suite", "task", "backbone", "method", "mitigation", "seed")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # suite, backbone, method and mitigation labels
-# a tuned method's label, ``<method>.lr<lr>`` (mtlbench.grid.config.TUNED_LABEL; mtlbench.report.tuning)
+# a tuned method's cells, one label per grid point of a suite's `tune` table, and the pattern that
+# reads the method and rate back (config makes and refuses them; validate and report.tuning read them)
+TUNED_LABEL = "{label}.lr{lr:g}"
 TUNED = re.compile(r"^(?P<base>.+)\.lr(?P<lr>\d[\d.e+-]*)$")
 
 

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import tomllib
 
 from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
-from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, TUNED, Cell, config_hash  # noqa: F401
+from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, TUNED, TUNED_LABEL, Cell, config_hash  # noqa: F401
 from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
 from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.grid.executor import ExecutorOptions, parse_executor
@@ -48,7 +48,6 @@ from mtlbench.plugin.task import Task
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
 SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune", "exclude"}
 TUNE_KEYS = {"lr", "methods"}
-TUNED_LABEL = "{label}.lr{lr:g}"  # a tuned method's cells, one label per grid point (mtlbench.report.tuning)
 BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
 CONFLICT_KEYS = {"every", "histogram", "s"}
 

@@ -145,7 +145,8 @@ def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> 
                 and (not claim.kinds or c.kind in claim.kinds)
             ]
             for label in sorted({c.mitigation for c in about}):
-                verdicts = [c.verdict for c in about if c.mitigation == label]
+                entry = [c for c in about if c.mitigation == label]
+                verdicts = [c.verdict for c in entry]
                 out.append(
                     ClaimVerdict(
                         claim,
@@ -153,7 +154,7 @@ def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> 
                         label,
                         combine(verdicts, every=True),
                         {v: verdicts.count(v) for v in ("held", "not held", "inconclusive")},
-                        min(c.result.n for c in about if c.mitigation == label),
+                        min(c.result.n for c in entry),
                     )
                 )
     return out

@@ -1,5 +1,5 @@
 """Learning-rate tuning with an equal budget: a suite's ``tune`` table runs each listed method
-once per learning rate (labels ``<method>.lr<lr>``, :data:`mtlbench.grid.config.TUNED_LABEL`);
+once per learning rate (labels ``<method>.lr<lr>``, :data:`mtlbench.core.cell.TUNED_LABEL`);
 the leaderboard reports, per method and mitigation, only the grid point whose mean
 **validation** Δm over seeds is lowest — test metrics never take part in the choice — and
 shows what the tuning cost (Xin et al., Do Current Multi-Task Optimization Methods in Deep
