@@ -4,8 +4,12 @@ forward + 11 single-task backward passes, on the MPNN with synthetic molecules o
 
     OMP_NUM_THREADS=2 python bench/qm9_step.py --rounds 5
     OMP_NUM_THREADS=2 python bench/qm9_step.py --batch-size 32 --rounds 3 --methods ew,mgda,pcgrad,cagrad,nash-mtl,famo
+    OMP_NUM_THREADS=2 python bench/qm9_step.py --edge-net --methods ew,mgda,pcgrad --rounds 5
 
 Prints a table and writes bench/results/qm9_step.{csv,md}. Ratios within one run only.
+``--edge-net``: the MPNN's step with its edge network applied once per forward (as shipped)
+against PyG's ``NNConv`` path (applied in each of the three rounds, as the papers' code does),
+interleaved, per method; writes bench/results/qm9_edge_net.md.
 """
 
 from __future__ import annotations
@@ -65,6 +69,49 @@ def molecules(n: int, seed: int = 0) -> GraphSplit:
     return GraphSplit(x, pos, offsets(atoms), bond, attr, offsets(np.array(counts)), y)
 
 
+class EveryRoundMPNN(MPNN):
+    """The papers' cost: PyG's NNConv applies the edge network in every round."""
+
+    def forward(self, g):  # type: ignore[no-untyped-def]
+        out = torch.relu(self.lin0(g.x))
+        h = out.unsqueeze(0)
+        for _ in range(3):
+            m = torch.relu(self.conv(out, g.edge_index, self.conv.edge_weights(g.edge_attr)))
+            out, h = self.gru(m.unsqueeze(0), h)
+            out = out.squeeze(0)
+        return torch.relu(self.lin1(self.set2set(out, g.batch, dim_size=g.num_graphs)))
+
+
+def edge_net(args: argparse.Namespace, batch: tuple, device: torch.device) -> int:
+    methods = discover(ROOT).methods
+    task = Regression()
+    strategy = ("loop", 1) if device.type == "cpu" else ("batched", 8)
+    models = {}
+    for label, cls in (("once", MPNN), ("every_round", EveryRoundMPNN)):
+        torch.manual_seed(0)
+        models[label] = HardSharingModel(cls(11, 64), {t: nn.Linear(64, 1) for t in TASKS}).to(device).train()
+    lines = []
+    print("method | every round ms | once ms | once / every round")
+    for name in args.methods.split(","):
+        steps = {label: make_step(m, task, methods[name](n_tasks=11).to(device), strategy, batch)
+                 for label, m in models.items()}  # fmt: skip
+        stats, times = measure(steps, device, args.warmup, args.rounds)
+        ratio = median_ratio(times["once"], times["every_round"])
+        line = f"| {name} | {1000 * stats['every_round'][0]:.1f} | {1000 * stats['once'][0]:.1f} | {ratio:.2f} |"
+        lines.append(line)
+        print(line, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    head = (f"# QM9 MPNN step: edge network once per forward vs every round ({args.device}, "
+            f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, "
+            f"batch {args.batch_size}, median of {args.rounds} interleaved rounds)\n\n"
+            "| method | every round (PyG NNConv) ms | once ms | once / every round |\n|---|---|---|---|\n")
+    (out / "qm9_edge_net.md").write_text(head + "\n".join(lines) + "\n")
+    print(f"wrote {out / 'qm9_edge_net.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=120)
@@ -73,12 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (EW is always measured)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--edge-net", action="store_true", help="edge network once per forward vs every round (see above)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     methods = discover(ROOT).methods
     task = Regression()
     g, y = molecules(args.batch_size).batch(torch.arange(args.batch_size))
     batch = (g.to(device), {k: v.to(device) for k, v in y.items()})
+    if args.edge_net:
+        return edge_net(args, batch, device)
     torch.manual_seed(0)
     trunk = MPNN(11, 64)
     model = HardSharingModel(trunk, {t: nn.Linear(64, 1) for t in TASKS}).to(device).train()

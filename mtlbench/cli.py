@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="convert a dataset in its standard on-disk format into the suite's store")
     p.add_argument("task", help="task name (see `mtlbench list tasks`)")
-    p.add_argument("--source", required=True, help="path of the dataset in its standard format")
+    p.add_argument(
+        "--source", help="path of the dataset in its standard format (optional where the task finds its data, e.g. qm9)"
+    )
     p.add_argument("--config", default="benchmark.toml", help="benchmark file whose tasks/ folder to use")
     p.add_argument("--data", help="folder of prepared datasets (default: $MTLBENCH_DATA or ~/.cache/mtlbench)")
     p.add_argument(
@@ -222,7 +224,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         task = task_cls(**options)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"--option: {e}") from None
-    path = task.prepare(Path(args.source), Path(args.data) if args.data else data_root())
+    data_dir = Path(args.data) if args.data else data_root()
+    path = task.prepare(Path(args.source), data_dir) if args.source else task.prepare_installed(data_dir)
     print(f"prepared {args.task} -> {path}")
     return 0
 

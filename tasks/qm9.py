@@ -25,11 +25,22 @@ it up, which this task follows:
   against its hard-coded published single-task MAEs; both are a scale-free mean of relative MAEs.
 - Δm: flat over the 11 MAEs (lower is better), against this suite's own single-task runs.
 
-Prepare from the files people have (``mtlbench prepare qm9 --source ROOT``): PyG's processed copy
-(``ROOT/processed/data_v3.pt``), PyG's pre-processed raw file (``ROOT/raw/qm9_v3.pt``, what PyG
-downloads when RDKit is missing), or the raw QM9 files (``gdb9.sdf``, ``gdb9.sdf.csv``,
-``uncharacterized.txt`` under ``ROOT/raw/``, which PyG converts with RDKit). Nothing is
-downloaded. QM9: Ramakrishnan, Dral, Rupp & von Lilienfeld, Scientific Data 2014 (CC BY 4.0).
+Two sources, chosen by the task option ``source`` (its own store each; results record the
+option, so runs on the two never mix):
+
+- ``qm9pack`` (the default): the whole data set from the ``qm9pack`` wheel, which installs
+  offline from PyPI (``pip install 'mtlbench[qm9]'``), read by :mod:`mtlbench.datasets.molecules`
+  (bonds perceived from the coordinates with RDKit; what may differ from PyG's processed file is
+  listed there). ``mtlbench prepare qm9`` finds the installed wheel; ``--source FOLDER`` reads
+  qm9pack's ``qm9_part{1,2,3}.csv`` from another folder.
+- ``pyg``: the files people have from PyTorch Geometric (``mtlbench prepare qm9 --source ROOT
+  --option source=pyg``): PyG's processed copy (``ROOT/processed/data_v3.pt``), PyG's
+  pre-processed raw file (``ROOT/raw/qm9_v3.pt``, what PyG downloads when RDKit is missing), or
+  the raw QM9 files (``gdb9.sdf``, ``gdb9.sdf.csv``, ``uncharacterized.txt`` under ``ROOT/raw/``,
+  which PyG converts with RDKit).
+
+Nothing is downloaded. QM9: Ramakrishnan, Dral, Rupp & von Lilienfeld, Scientific Data 2014
+(CC BY 4.0).
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from torch import Tensor, nn
 from mtlbench.api import MetricSpec, Protocol, Task
 from mtlbench.core.errors import DataError
 from mtlbench.datasets.graphs import GraphSplit, offsets
+from mtlbench.datasets.molecules import QM9PACK_PARTS, qm9pack_folder, read_qm9pack
 from mtlbench.datasets.splits import build_store_for, content_hash, open_store
 
 TARGET_COLUMNS = (0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)  # PyG's y columns, Nash-MTL's target_idx
@@ -58,6 +70,7 @@ TO_REPORTED = {t: 1000.0 if UNITS[t] == "meV" else 1.0 for t in TASKS}  # PyG st
 SPLIT_SEED = 42
 HELD_OUT = 10_000
 RAW_SDF = ("gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt")
+SOURCES = ("qm9pack", "pyg")
 
 
 def nash_permutation(n: int, seed: int = SPLIT_SEED) -> Tensor:
@@ -172,7 +185,7 @@ def read_source(source: Path) -> tuple[list[dict[str, np.ndarray]], list[Path]]:
     raise DataError(
         f"{source}: no QM9 files found. Expected PyG's processed copy (processed/data_v3.pt), its pre-processed raw "
         f"file (raw/qm9_v3.pt) or the raw files {', '.join(RAW_SDF)} (under raw/); then run "
-        f"`mtlbench prepare qm9 --source {source}`"
+        f"`mtlbench prepare qm9 --source {source} --option source=pyg`"
     )
 
 
@@ -215,15 +228,26 @@ class QM9(Task):
     input_shape = (11, 1, 1)  # 11 atom features (graphs have no image shape)
     representation = "graph"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, source: str = "qm9pack") -> None:
+        """``source``: where the store comes from: ``qm9pack`` (the wheel's CSV files, bonds
+        perceived with RDKit) or ``pyg`` (PyTorch Geometric's QM9 files)."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        super().__init__(source=source)
         self._std: dict[str, float] | None = None
 
     def store_path(self, data_dir: Path) -> Path:
-        return Path(data_dir) / self.name / f"v{self.version}"
+        return Path(data_dir) / self.name / f"v{self.version}-{self.options['source']}"
 
     # -- data
+    def prepare_installed(self, data_dir: Path) -> Path:
+        if self.options["source"] != "qm9pack":
+            raise DataError("qm9 with source=pyg: pass --source ROOT, a PyG QM9 root (processed/ or raw/)")
+        return self._prepare_qm9pack(None, data_dir)
+
     def prepare(self, source: Path, data_dir: Path) -> Path:
+        if self.options["source"] == "qm9pack":
+            return self._prepare_qm9pack(source, data_dir)
         source = Path(source)
         if not source.is_dir():
             raise DataError(f"{source}: no such folder; pass a PyG QM9 root (processed/ or raw/) or the raw QM9 files' folder")
@@ -235,6 +259,40 @@ class QM9(Task):
             self._save(out, molecules, {"source": [str(f.resolve()) for f in files]})
 
         return build_store_for(self.store_path(data_dir), content_hash(files, source), build)
+
+    def _prepare_qm9pack(self, source: Path | None, data_dir: Path) -> Path:
+        folder = Path(source) if source is not None else qm9pack_folder()
+        if folder is None:
+            raise DataError(
+                "qm9: the qm9pack wheel is not installed. Install it (pip install 'mtlbench[qm9]', which also brings RDKit) "
+                "and run `mtlbench prepare qm9` again, or pass --source FOLDER holding qm9pack's "
+                f"{', '.join(QM9PACK_PARTS)}; for PyG's QM9 files use --option source=pyg"
+            )
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder; pass the folder of qm9pack's {', '.join(QM9PACK_PARTS)}")
+        try:
+            import rdkit  # noqa: F401
+        except ImportError:
+            raise DataError("qm9: bonds are perceived with RDKit, which is not installed: pip install 'mtlbench[qm9]'") from None
+        files = [folder / p for p in QM9PACK_PARTS if (folder / p).is_file()]
+
+        def build(out: Path) -> None:
+            molecules = read_qm9pack(folder)
+            if len(molecules) < 10:
+                raise DataError(f"{folder}: only {len(molecules)} molecules; QM9 has 130,831 (a subset needs at least 10)")
+            unresolved = [int(m["index"]) for m in molecules if not m["orders_resolved"]]
+            if unresolved:
+                print(
+                    f"qm9: {len(unresolved)} molecule(s) have no bond orders that fit a neutral molecule; their perceived "
+                    f"bonds are kept as single bonds (gdb indices {', '.join(map(str, unresolved[:20]))}"
+                    f"{', ...' if len(unresolved) > 20 else ''})"
+                )
+            counts = np.sum([m["bond_attr"].sum(axis=0) for m in molecules], axis=0) / 2
+            meta = {"source": "qm9pack", "files": [str(f.resolve()) for f in files], "bond_orders_unresolved": unresolved,
+                    "bonds": dict(zip(("single", "double", "triple", "aromatic"), map(int, counts)))}  # fmt: skip
+            self._save(out, molecules, meta)
+
+        return build_store_for(self.store_path(data_dir), content_hash(files, folder), build)
 
     def _save(self, out: Path, molecules: list[dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
         import datasets
@@ -270,7 +328,7 @@ class QM9(Task):
 
     def load(self, data_dir: Path) -> dict[str, GraphSplit]:  # type: ignore[override]
         path = self.store_path(data_dir)
-        dd = open_store(path, self.prepare_command("ROOT"), "ROOT: PyG's QM9 folder (processed/ or raw/) or the raw QM9 files")
+        dd = open_store(path, *self._prepare_hint())
         meta = json.loads((path / "meta.json").read_text())
         mean = np.array([meta["mean"][t] for t in TASKS])
         std = np.array([meta["std"][t] for t in TASKS])
@@ -279,6 +337,11 @@ class QM9(Task):
             s.meta["std"] = dict(zip(TASKS, std.tolist()))
         self.attach(splits)
         return splits
+
+    def _prepare_hint(self) -> tuple[str, str]:
+        if self.options["source"] == "qm9pack":
+            return "mtlbench prepare qm9", "from the qm9pack wheel: pip install 'mtlbench[qm9]'"
+        return self.prepare_command("ROOT"), "ROOT: PyG's QM9 folder (processed/ or raw/) or the raw QM9 files"
 
     def attach(self, splits: Mapping[str, Any]) -> None:
         """The targets' training std (the metric's unit) from the splits this instance uses."""

@@ -60,20 +60,21 @@ def write_processed(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, data_dir):
     src = write_raw(tmp_path_factory.mktemp("qm9-src"))
-    assert main(["prepare", "qm9", "--source", str(src), "--config", str(REPO / "benchmark.toml"), "--data", str(data_dir)]) == 0
+    assert main(["prepare", "qm9", "--source", str(src), "--config", str(REPO / "benchmark.toml"), "--data", str(data_dir),
+                 "--option", "source=pyg"]) == 0
     return data_dir
 
 
 def test_prepare_from_the_raw_file_and_from_the_processed_copy_agree(prepared, tmp_path):
     other = tmp_path / "data"
-    QM9().prepare(write_processed(tmp_path / "src"), other)
-    a, b = QM9().load(prepared), QM9().load(other)
+    QM9(source="pyg").prepare(write_processed(tmp_path / "src"), other)
+    a, b = QM9(source="pyg").load(prepared), QM9(source="pyg").load(other)
     for split in ("train", "val", "test"):
         assert len(a[split]) == len(b[split])
         assert torch.equal(a[split].x, b[split].x) and torch.equal(a[split].bonds, b[split].bonds)
         for t in QM9.tasks:
             assert torch.equal(a[split].targets[t], b[split].targets[t])
-    meta = json.loads((QM9().store_path(prepared) / "meta.json").read_text())
+    meta = json.loads((QM9(source="pyg").store_path(prepared) / "meta.json").read_text())
     assert meta["molecules"] == {"test": 4, "val": 4, "train": 32}  # a tenth each below 30,000 molecules
 
 
@@ -92,10 +93,10 @@ def test_split_replays_nash_mtl_s_shuffle_and_leaves_the_generators_alone():
 
 
 def test_targets_are_the_papers_eleven_standardised_on_the_training_split(prepared):
-    splits = QM9().load(prepared)
+    splits = QM9(source="pyg").load(prepared)
     mols = molecules()
-    meta = json.loads((QM9().store_path(prepared) / "meta.json").read_text())
-    ds = __import__("datasets").load_from_disk(str(QM9().store_path(prepared)))
+    meta = json.loads((QM9(source="pyg").store_path(prepared) / "meta.json").read_text())
+    ds = __import__("datasets").load_from_disk(str(QM9(source="pyg").store_path(prepared)))
     train_index = ds["train"]["index"]
     raw = torch.stack([mols[i]["y"][0] for i in train_index]).double()
     columns = [0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11]
@@ -147,6 +148,7 @@ seeds = [0]
 conflict = { every = 1 }
 
 [suites.qm9.tasks.qm9]
+source = "pyg"
 epochs = 2
 batch_size = 8
 eval_batch_size = 16
@@ -171,13 +173,13 @@ def test_qm9_trains_with_the_mpnn_through_the_cli(prepared, tmp_path):
 
 def test_bad_sources_and_backbones_get_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"no QM9 files found. Expected PyG's processed copy \(processed/data_v3\.pt\)"):
-        QM9().prepare(tmp_path, tmp_path / "data")
+        QM9(source="pyg").prepare(tmp_path, tmp_path / "data")
     bad = tmp_path / "bad"
     (bad / "raw").mkdir(parents=True)
     torch.save([{"x": torch.zeros(2, 9), "pos": torch.zeros(2, 3), "edge_index": torch.zeros(2, 0, dtype=torch.long),
                  "edge_attr": torch.zeros(0, 4), "y": torch.zeros(1, 19)}] * 12, bad / "raw" / "qm9_v3.pt")
     with pytest.raises(DataError, match=r"qm9_v3\.pt: molecule 0 is not in PyG's QM9 layout \(x \(2, 9\)"):
-        QM9().prepare(bad, tmp_path / "data")
+        QM9(source="pyg").prepare(bad, tmp_path / "data")
     from mtlbench.grid.config import load_benchmark
 
     toml = QM9_TOML.replace('model = "mpnn"\nkwargs = { dim = 8 }', 'model = "resnet18"')

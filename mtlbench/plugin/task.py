@@ -64,6 +64,13 @@ class Task(Plugin):
         """Convert a dataset in its standard on-disk format into the suite's store."""
         raise NotImplementedError(f"task {self.name!r} has no `prepare` step")
 
+    def prepare_installed(self, data_dir: Path) -> Path:
+        """``mtlbench prepare TASK`` without ``--source``: build the store from data the task finds
+        itself (e.g. in an installed package). By default there is none: ``--source`` is required."""
+        from mtlbench.core.errors import ConfigError
+
+        raise ConfigError(f"prepare {self.name}: --source is required (the folder of the dataset in its standard format)")
+
     def prepare_command(self, source: str = "PATH") -> str:
         """The ``mtlbench prepare`` command that builds this task's store with its current options."""
         defaults = self.option_defaults()
