@@ -71,6 +71,7 @@ SPLIT_SEED = 42
 HELD_OUT = 10_000
 RAW_SDF = ("gdb9.sdf", "gdb9.sdf.csv", "uncharacterized.txt")
 SOURCES = ("qm9pack", "pyg")
+GRAPHS = ("complete", "bonds")
 
 
 def nash_permutation(n: int, seed: int = SPLIT_SEED) -> Tensor:
@@ -228,12 +229,16 @@ class QM9(Task):
     input_shape = (11, 1, 1)  # 11 atom features (graphs have no image shape)
     representation = "graph"
 
-    def __init__(self, source: str = "qm9pack") -> None:
+    def __init__(self, source: str = "qm9pack", graph: str = "complete") -> None:
         """``source``: where the store comes from: ``qm9pack`` (the wheel's CSV files, bonds
-        perceived with RDKit) or ``pyg`` (PyTorch Geometric's QM9 files)."""
+        perceived with RDKit) or ``pyg`` (PyTorch Geometric's QM9 files). ``graph``: the edges
+        the MPNN passes messages on: ``complete`` (every pair of atoms, the papers' setting) or
+        ``bonds`` (the bonded pairs only: ~8x fewer edges, for CPU budgets)."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        super().__init__(source=source)
+        if graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        super().__init__(source=source, graph=graph)
         self._std: dict[str, float] | None = None
 
     def store_path(self, data_dir: Path) -> Path:
@@ -332,7 +337,8 @@ class QM9(Task):
         meta = json.loads((path / "meta.json").read_text())
         mean = np.array([meta["mean"][t] for t in TASKS])
         std = np.array([meta["std"][t] for t in TASKS])
-        splits = {split: self._split(dd[split], mean, std, f"{path} [{split}]") for split in ("train", "val", "test")}
+        complete = self.options["graph"] == "complete"
+        splits = {split: self._split(dd[split], mean, std, f"{path} [{split}]", complete) for split in ("train", "val", "test")}
         for s in splits.values():
             s.meta["std"] = dict(zip(TASKS, std.tolist()))
         self.attach(splits)
@@ -348,7 +354,7 @@ class QM9(Task):
         self._std = dict(splits["train"].meta["std"])
 
     @staticmethod
-    def _split(ds: Any, mean: np.ndarray, std: np.ndarray, where: str) -> GraphSplit:
+    def _split(ds: Any, mean: np.ndarray, std: np.ndarray, where: str, complete: bool) -> GraphSplit:
         table = ds.data.table
 
         def flat(name: str, dtype: Any, width: int) -> Tensor:
@@ -364,7 +370,7 @@ class QM9(Task):
         return GraphSplit(
             flat("x", np.float32, 11), flat("pos", np.float32, 3), offsets(n_atoms), flat("bonds", np.int64, 2),
             flat("bond_attr", np.float32, 4), offsets(n_bonds),
-            {t: torch.from_numpy(y[:, k].astype(np.float32)) for k, t in enumerate(TASKS)},
+            {t: torch.from_numpy(y[:, k].astype(np.float32)) for k, t in enumerate(TASKS)}, complete,
         )  # fmt: skip
 
     # -- model parts

@@ -124,6 +124,11 @@ def test_complete_graph_batch_by_hand():
     assert edges[(0, 1)] == [0, 0, 0, 0, 2.0] and edges[(1, 0)] == [0, 0, 0, 0, 2.0]  # no bond; distance 2
     assert edges[(2, 3)] == [0, 0, 1, 0, 5.0] and edges[(3, 2)] == [0, 0, 1, 0, 5.0]  # the bond; distance 5
     assert edges[(2, 4)] == [0, 0, 0, 0, 1.0]
+    # graph = "bonds": the bonded pairs only, same features
+    bonded = GraphSplit(x, pos, offsets(np.array([3, 2])), bonds, bond_attr, offsets(np.array([2, 0])),
+                        {"a": torch.tensor([1.0, 2.0])}, complete=False).graph(torch.tensor([1, 0]))
+    assert bonded.batch.tolist() == [0, 0, 1, 1, 1] and torch.equal(bonded.x, g.x)
+    assert bonded.edge_index.tolist() == [[2, 3], [3, 2]] and bonded.edge_attr.tolist() == [[0, 0, 1, 0, 5.0]] * 2
 
 
 def test_mae_in_reported_units_by_hand():
@@ -190,4 +195,4 @@ def test_bad_sources_and_backbones_get_clear_errors(tmp_path):
 def test_list_backbones_names_each_native_model_s_representation(capsys):
     assert main(["list", "backbones", "--config", str(REPO / "benchmark.toml")]) == 0
     out = capsys.readouterr().out
-    assert "mpnn           v1  [graph]" in out and "segnet_mtan    v1  [dense]" in out and "resnet18_recon v1  [pooled]" in out
+    assert "mpnn           v2  [graph]" in out and "segnet_mtan    v1  [dense]" in out and "resnet18_recon v1  [pooled]" in out

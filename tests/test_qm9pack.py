@@ -178,7 +178,7 @@ def test_prepare_from_the_slice_and_one_training_run(sliced, tmp_path):
     assert main(["run", "--config", str(config), "--results", str(results), "--data", str(data), "--no-progress"]) == 0
     runs = [json.loads(p.read_text()) for p in results.rglob("*.json")]
     assert len(runs) == 2 and all(r["status"] == "ok" for r in runs)
-    assert all(r["cell"]["task_options"] == {"source": "qm9pack"} for r in runs)
+    assert all(r["cell"]["task_options"] == {"source": "qm9pack", "graph": "complete"} for r in runs)
     assert all(np.isfinite(list(r["metrics"]["test"].values())).all() for r in runs)
 
 

@@ -92,6 +92,7 @@ def feature_channels(dim: int = 64) -> int:
 
 class MPNNBackbone(NativeBackbone):
     name = "mpnn"
+    version = "2"  # 2: the edge network once per forward (gradients change at float rounding)
     description = "Gilmer et al.'s MPNN as Nash-MTL/FAMO build it for QM9 (NNConv x3 + GRU, Set2Set); kwargs: dim (default 64)"
     citation = (
         "Gilmer, Schoenholz, Riley, Vinyals & Dahl, Neural Message Passing for Quantum Chemistry, ICML 2017; "

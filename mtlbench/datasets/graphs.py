@@ -57,6 +57,7 @@ class GraphSplit(Split):
         bond_attr: Tensor,
         bond_offsets: Tensor,
         targets: Mapping[str, Tensor],
+        complete: bool = True,
     ) -> None:
         # (Split's interface, not its storage: no call to Split.__init__)
         n = atom_offsets.numel() - 1
@@ -65,6 +66,7 @@ class GraphSplit(Split):
         self.x, self.pos, self.atom_offsets = x, pos, atom_offsets
         self.bonds, self.bond_attr, self.bond_offsets = bonds, bond_attr, bond_offsets
         self.targets = dict(targets)
+        self.complete = complete  # complete graphs (PyG's Complete()) or the bonds only
         self.meta: dict[str, object] = {}  # what the task stored with the split (e.g. target scales)
 
     def __len__(self) -> int:
@@ -75,7 +77,7 @@ class GraphSplit(Split):
         a, b = int(self.atom_offsets[n]), int(self.bond_offsets[n])
         out = GraphSplit(
             self.x[:a], self.pos[:a], self.atom_offsets[: n + 1], self.bonds[:b], self.bond_attr[:b],
-            self.bond_offsets[: n + 1], {k: v[:n] for k, v in self.targets.items()},
+            self.bond_offsets[: n + 1], {k: v[:n] for k, v in self.targets.items()}, self.complete,
         )  # fmt: skip
         out.meta = dict(self.meta)
         return out
@@ -84,7 +86,10 @@ class GraphSplit(Split):
         return self.graph(index), {k: v[index] for k, v in self.targets.items()}
 
     def graph(self, index: Tensor) -> GraphBatch:
-        """The molecules ``index`` as complete graphs with bond one-hot + distance edge features."""
+        """The molecules ``index`` as complete graphs with bond one-hot + distance edge features
+        (or, with ``complete=False``, their bonds only, PyG's QM9 graph without ``Complete()``)."""
+        if not self.complete:
+            return self._bond_graph(index)
         xs, edges, attrs, owners = [], [], [], []
         start = 0
         n_bond_features = self.bond_attr.shape[1]
@@ -106,6 +111,22 @@ class GraphSplit(Split):
             xs.append(self.x[a0:a1])
             owners.append(torch.full((n,), g, dtype=torch.long))
             start += n
+        return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
+
+    def _bond_graph(self, index: Tensor) -> GraphBatch:
+        xs, edges, attrs, owners = [], [], [], []
+        start = 0
+        for g, i in enumerate(index.tolist()):
+            a0, a1 = int(self.atom_offsets[i]), int(self.atom_offsets[i + 1])
+            b0, b1 = int(self.bond_offsets[i]), int(self.bond_offsets[i + 1])
+            pairs = self.bonds[b0:b1]
+            pos = self.pos[a0:a1]
+            dist = (pos[pairs[:, 0]] - pos[pairs[:, 1]]).norm(dim=-1, keepdim=True)
+            attrs.append(torch.cat([self.bond_attr[b0:b1], dist.to(self.bond_attr.dtype)], dim=1))
+            edges.append(pairs.T + start)
+            xs.append(self.x[a0:a1])
+            owners.append(torch.full((a1 - a0,), g, dtype=torch.long))
+            start += a1 - a0
         return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
 
 
