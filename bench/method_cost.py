@@ -33,7 +33,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.api import GradientAggregator, Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
+from mtlbench.api import Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
 from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
@@ -46,8 +46,7 @@ from mtlbench.train.gradients import (  # noqa: E402
     task_gradients,
 )
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
-from mtlbench.train.trainer import backward_update as _backward  # noqa: E402
-from mtlbench.train.trainer import forward_for_method as _forward
+from mtlbench.train.strategies import ConflictProbe, StepContext, strategy_for  # noqa: E402
 from mtlbench.train.trainer import losses_after_step as _losses_after_step
 
 INPUT = (1, 36, 36)
@@ -81,22 +80,26 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
     recorder = ConflictRecorder(tasks, [n for n, _ in layers], sizes, every=0)  # conflict sampling off
     params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
     opt = torch.optim.Adam(params, lr=1e-4)
-    per_rep = isinstance(method, GradientAggregator) and method.gradients == "representation"
+    update = strategy_for(method)
+    context = StepContext(shared, heads, strategy, lambda g: g, ConflictProbe(recorder, None, lambda g: g))
     generator = torch.Generator().manual_seed(0)
     x, y = batch
     counter = [0]
 
     def step() -> None:
         info = StepInfo(step=counter[0], epoch=counter[0], steps_per_epoch=1, total_steps=10**6, generator=generator,
-                        layer_sizes=() if per_rep else tuple(sizes))
+                        layer_sizes=update.layer_sizes(tuple(sizes)))
         counter[0] += 1
         opt.zero_grad(set_to_none=True)
-        outputs, z, rep = _forward(model, x, per_rep)
-        losses = torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks])
-        if isinstance(method, MultiSampleAggregator):  # its S batches: here the same batch S times, each its own pass
-            more = [_forward(model, x, False)[0] for _ in range(method.samples_per_step - 1)]
-            per_sample = [losses] + [torch.stack([task.loss(t, o[t], y[t]) for t in tasks]) for o in more]
-            _backward(method, per_sample, info, shared, heads, recorder, strategy, z, rep)
+        # a multi-sample method's S batches: here the same batch S times, each its own pass
+        per_sample = []
+        for _ in range(update.samples_per_step):
+            outputs = update.outputs(model, x)
+            per_sample.append(torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks]))
+        losses = per_sample[0]
+        if isinstance(method, MultiSampleAggregator):
+            context.probe.begin(info.step, losses)
+            update.fill_gradients(per_sample, info, context)
             opt.step()
         elif reference:  # the floor: T backward passes, their sum as the update, the same optimizer step
             matrix, private = task_gradients(list(losses), shared, heads, strategy="loop")
@@ -106,7 +109,8 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
                     p.grad = g
             opt.step()
         else:
-            _backward(method, losses, info, shared, heads, recorder, strategy, z, rep)
+            context.probe.begin(info.step, losses)
+            update.fill_gradients(per_sample, info, context)
             clip_grad_norm(shared, method.max_norm)
             opt.step()
             if method.wants_losses_after_step:

@@ -12,7 +12,7 @@ import torch
 from mtlbench.api import StepInfo
 from mtlbench.grid.plugins import discover
 from mtlbench.train.conflict import ConflictRecorder
-from mtlbench.train.trainer import backward_update
+from mtlbench.train.strategies import backward_update
 from tests.conftest import REPO
 
 METHODS = discover(REPO).methods

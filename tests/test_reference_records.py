@@ -19,7 +19,7 @@ from mtlbench.grid.plugins import discover
 from mtlbench.plugin.solvers import NoSolutionError
 from mtlbench.train.conflict import ConflictRecorder
 from mtlbench.train.gradients import clip_grad_norm
-from mtlbench.train.trainer import backward_update
+from mtlbench.train.strategies import backward_update
 from tests.conftest import REPO
 
 RECORDS = json.loads((Path(__file__).parent / "data" / "libmtl_method_outputs.json").read_text())

@@ -22,20 +22,17 @@ from torch import Tensor, nn
 
 from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.datasets.splits import MultiInputSplit, Split
-from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, MultiSampleAggregator, StepInfo
+from mtlbench.plugin.method import GradientAggregator, Method, StepInfo
 from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
 from mtlbench.train.checkpoint import Checkpoint
 from mtlbench.train.conflict import REFERENCE_SET, ConflictRecorder, ReferenceConflict
-from mtlbench.train.gradients import assign_flat_grad, clip_grad_norm, default_strategy, pullback_rows, task_gradients
+from mtlbench.train.gradients import clip_grad_norm, default_strategy
+from mtlbench.train.strategies import ConflictProbe, NonFiniteError, StepContext, forward, strategy_for
 
 AnySplit = Split | MultiInputSplit
 Batch = Tensor | Mapping[str, Tensor]
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or an update became NaN/Inf."""
 
 
 def seed_everything(seed: int) -> None:
@@ -97,14 +94,6 @@ def to_device(x: Batch, device: torch.device) -> Batch:
 def for_tasks(split: AnySplit, tasks: Sequence[str]) -> AnySplit:
     """A multi-input split keeps the inputs of ``tasks`` only; a single-input split is shared."""
     return split.for_tasks(tasks) if isinstance(split, MultiInputSplit) else split
-
-
-def forward(model: nn.Module, x: Batch) -> dict[str, Tensor]:
-    """The model's outputs for a batch. A multi-input batch (``{task: inputs}``) runs each
-    sub-task's own inputs through the model separately and keeps that sub-task's output."""
-    if isinstance(x, Mapping):
-        return {t: model(inputs)[t] for t, inputs in x.items()}
-    return model(x)
 
 
 @torch.no_grad()
@@ -181,19 +170,23 @@ class Trainer:
         masks = mitigation is not None and type(mitigation).mask_task_gradients is not Mitigation.mask_task_gradients
         # None: the reference set is what the method updates, unmasked: the recorder's statistics are its
         self.reference = reference_conflict(model, self.shared, tasks, self.recorder, masks)
+        mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
+        self.update = strategy_for(method)  # the method kind's way from losses to gradients
+        self.context = StepContext(
+            self.shared, self.head_params, default_strategy(device, len(tasks)), mask,
+            ConflictProbe(self.recorder, self.reference, mask),
+        )  # fmt: skip
         params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
         self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
         self.scheduler = make_scheduler(self.optimizer, protocol)
         self.data_gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
         self.method_gen = torch.Generator(device="cpu").manual_seed(seed + 2_000_003)
-        self.strategy = default_strategy(device, len(tasks))
-        self.per_rep = isinstance(method, GradientAggregator) and method.gradients == "representation"
-        self.samples = method.samples_per_step if isinstance(method, MultiSampleAggregator) else 1
-        self.layer_sizes = () if self.per_rep else tuple(self.recorder.layer_sizes)
+        self.layer_sizes = self.update.layer_sizes(tuple(self.recorder.layer_sizes))
         self.out = FitOutput(epochs=[], params=count_parameters(model), params_shared=sum(p.numel() for p in self.shared))
         if isinstance(method, GradientAggregator) or self.recorder.every > 0:
-            self.out.task_gradients = {"strategy": self.strategy[0], "chunk_size": self.strategy[1]}
+            kind, chunk = self.context.gradients
+            self.out.task_gradients = {"strategy": kind, "chunk_size": chunk}
         self.step = 0
         self.best: tuple[float, int, dict[str, Any]] | None = None
         self.start_epoch_record()
@@ -244,7 +237,8 @@ class Trainer:
         """One epoch of steps; True when ``max_steps`` was reached."""
         self.model.train()
         self.start_epoch_record()
-        for samples in step_batches(self.train, self.protocol.batch_size, self.data_gen, self.steps_per_epoch, self.samples):
+        samples_per_step = self.update.samples_per_step
+        for samples in step_batches(self.train, self.protocol.batch_size, self.data_gen, self.steps_per_epoch, samples_per_step):
             losses = self.train_step(samples, epoch)
             if bar is not None:
                 bar.update(1)
@@ -268,9 +262,9 @@ class Trainer:
             x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
             inputs.append((to_device(x, self.device), {k: v.to(self.device) for k, v in y.items()}))
         t0 = time.perf_counter()
-        per_sample, z, rep = [], None, None
+        per_sample = []
         for x, y in inputs:
-            outputs, z, rep = forward_for_method(self.model, x, self.per_rep)
+            outputs = self.update.outputs(self.model, x)
             per_sample.append(torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks]))
         losses = per_sample[0] if len(per_sample) == 1 else torch.stack([s.detach() for s in per_sample])
         if not torch.isfinite(losses).all():
@@ -284,19 +278,9 @@ class Trainer:
             layer_sizes=self.layer_sizes,
         )
         self.optimizer.zero_grad(set_to_none=True)
-        measured = backward_update(
-            method,
-            losses if len(per_sample) == 1 else per_sample,
-            info,
-            self.shared,
-            self.head_params,
-            self.recorder,
-            self.strategy,
-            z,
-            rep,
-            mitigation,
-            self.reference,
-        )
+        self.context.probe.begin(self.step, per_sample[0])
+        self.update.fill_gradients(per_sample, info, self.context)
+        measured = self.context.probe.seconds
         if mitigation is not None:
             mitigation.before_step()  # masks the update first: clipping then sees only what is trained
         if method is not None:
@@ -405,132 +389,6 @@ def step_batches(train: AnySplit, batch_size: int, generator: torch.Generator, s
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def forward_for_method(model: MultiTaskModel, x: Batch, per_rep: bool) -> tuple[dict[str, Tensor], Tensor | None, Tensor | None]:
-    """Task outputs; for representation-gradient methods the graph is cut at the shared
-    representation ``z`` (returned with its detached leaf copy ``rep``)."""
-    if not per_rep:
-        return forward(model, x), None, None
-    if isinstance(x, Mapping):
-        raise ValueError(
-            "representation-gradient methods need one shared representation per batch; a multi-input "
-            "task gives each sub-task its own inputs: use a method that works on parameter gradients"
-        )
-    z = model.encode(x)
-    rep = z.detach().requires_grad_()
-    return model.decode(rep), z, rep
-
-
-def backward_update(
-    method: Method | None,
-    losses: Tensor | list[Tensor],
-    info: StepInfo,
-    shared: list[nn.Parameter],
-    head_params: list[list[nn.Parameter]],
-    recorder: ConflictRecorder,
-    strategy: tuple[str, int],
-    z: Tensor | None,
-    rep: Tensor | None,
-    mitigation: Mitigation | None = None,
-    reference: ReferenceConflict | None = None,
-) -> float:
-    """Fill the parameters' ``.grad`` with the method's update; return the seconds spent on
-    conflict statistics (excluded from the step time). A mitigation masks the task gradients
-    of the shared parameters before the method and the conflict statistics see them.
-    ``losses``: the (T,) task losses; for a multi-sample method a list, one (T,) per batch
-    (separate graphs: one stacked tensor would join them). ``reference``: the conflict
-    statistics on the reference parameter set, sampled at the recorder's steps."""
-    step, measured = info.step, 0.0
-    grad_kwargs: dict[str, Any] = {"strategy": strategy[0], "chunk_size": strategy[1]}
-    mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
-    due = recorder.due(step)
-    if due and reference is not None and reference.per_task is not None:  # its own gradients, before the graph is freed
-        tm = time.perf_counter()
-        first = losses[0] if isinstance(losses, list) else losses
-        reference.recorder.record(step, reference.gradients(list(first)))
-        measured += time.perf_counter() - tm
-    # the unmasked per-task gradients of the shared parameters are the reference set's otherwise
-    unmasked = reference.recorder if due and reference is not None and reference.per_task is None else None
-    if isinstance(method, MultiSampleAggregator):
-        if not isinstance(losses, list):
-            raise TypeError(f"{method.name} draws {method.samples_per_step} batches per step: pass one loss vector per batch")
-        return measured + _multi_sample_update(method, losses, info, shared, head_params, recorder, grad_kwargs, mask, unmasked)
-    if isinstance(losses, list):
-        raise TypeError("one loss vector per step: only multi-sample methods take several")
-    if not isinstance(method, GradientAggregator):
-        if due:
-            tm = time.perf_counter()
-            raw = task_gradients(list(losses), shared, retain_graph=True, **grad_kwargs)[0]
-            recorder.record(step, mask(raw))
-            if unmasked is not None:
-                unmasked.record(step, raw)
-            measured += time.perf_counter() - tm
-        total = method.loss(losses, info) if isinstance(method, LossWeighting) else losses.sum()
-        if not torch.isfinite(total):
-            raise NonFiniteError(f"non-finite objective from method {getattr(method, 'name', 'sum')!r} at step {step}")
-        total.backward()
-        return measured
-    raw, private = task_gradients(list(losses), shared if rep is None else [rep], head_params, **grad_kwargs)
-    grads = mask(raw) if rep is None else raw
-    if due:  # conflict statistics are defined on parameter gradients
-        tm = time.perf_counter()
-        assert rep is None or z is not None
-        if z is not None:
-            raw = pullback_rows(z, raw, shared)
-        recorder.record(step, mask(raw))
-        if unmasked is not None:
-            unmasked.record(step, raw)
-        measured += time.perf_counter() - tm
-    update = method.aggregate(grads, losses.detach(), info)
-    if not torch.isfinite(update).all():
-        raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
-    if z is None:
-        assign_flat_grad(shared, update)
-    else:
-        z.backward(update.view_as(z))
-    head_weights = method.head_weights()
-    for i, (ps, gs) in enumerate(zip(head_params, private)):
-        for p, g in zip(ps, gs):
-            p.grad = g if head_weights is None else g * head_weights[i].to(g.dtype)
-    return measured
-
-
-def _multi_sample_update(
-    method: MultiSampleAggregator,
-    losses: list[Tensor],
-    info: StepInfo,
-    shared: list[nn.Parameter],
-    head_params: list[list[nn.Parameter]],
-    recorder: ConflictRecorder,
-    grad_kwargs: dict[str, Any],
-    mask: Any,
-    unmasked: ConflictRecorder | None = None,
-) -> float:
-    """backward_update for a method that draws several batches per step: ``losses``, one (T,)
-    per batch; the conflict statistics see the first batch's gradients; each head gets the sum
-    (or mean) of its task's gradients over the batches, then the method's head weights."""
-    if len(losses) != method.samples_per_step:
-        raise ValueError(f"{method.name} needs {method.samples_per_step} loss vectors, got {len(losses)}")
-    measured, per_sample = 0.0, [task_gradients(list(row), shared, head_params, **grad_kwargs) for row in losses]
-    grads = torch.stack([mask(g) for g, _ in per_sample])
-    if recorder.due(info.step):
-        tm = time.perf_counter()
-        recorder.record(info.step, grads[0])
-        if unmasked is not None:
-            unmasked.record(info.step, per_sample[0][0])
-        measured = time.perf_counter() - tm
-    update = method.aggregate_samples(grads, torch.stack([row.detach() for row in losses]), info)
-    if not torch.isfinite(update).all():
-        raise NonFiniteError(f"non-finite update from method {method.name!r} at step {info.step}")
-    assign_flat_grad(shared, update)
-    head_weights = method.head_weights()
-    scale = 1.0 / len(per_sample) if method.head_samples == "mean" else 1.0
-    for i, ps in enumerate(head_params):
-        for k, p in enumerate(ps):
-            g = torch.stack([private[i][k] for _, private in per_sample]).sum(dim=0) * scale
-            p.grad = g if head_weights is None else g * head_weights[i].to(g.dtype)
-    return measured
 
 
 @torch.no_grad()

@@ -1,0 +1,316 @@
+"""How one training step turns task losses into parameter gradients: one update strategy per
+method kind, chosen once per run (:func:`strategy_for`), and one conflict probe that every
+strategy calls.
+
+A step (:meth:`mtlbench.train.trainer.Trainer.train_step`) asks its strategy for the task
+outputs of each training batch (:meth:`UpdateStrategy.outputs`), computes the task losses, then
+has the strategy fill ``.grad`` of the shared and head parameters
+(:meth:`UpdateStrategy.fill_gradients`) from a :class:`StepContext`. The trainer then lets the
+mitigation mask the update, clips, and steps the optimiser.
+
+=====================  ==========================================================================
+strategy               method kind
+=====================  ==========================================================================
+SumOfLosses            no method (one task, e.g. a single-task model): backward of the sum
+WeightedLoss           ``LossWeighting``: backward of the method's weighted objective
+ParameterGradients     ``GradientAggregator`` on parameters: the (T, P) task gradients of the
+                       shared parameters, the method's update, each head its own gradient
+RepresentationGrads    ``GradientAggregator`` with ``gradients = "representation"``: the graph
+                       is cut at the shared representation; the method aggregates (T, N x D)
+                       gradients, the update is back-propagated through the trunk
+MultiSample            ``MultiSampleAggregator``: several batches per step, a (S, T, P) tensor
+=====================  ==========================================================================
+
+A new method kind is a new strategy class and one line in :func:`strategy_for`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, MultiSampleAggregator, StepInfo
+from mtlbench.plugin.model import MultiTaskModel
+from mtlbench.train.conflict import ConflictRecorder, ReferenceConflict
+from mtlbench.train.gradients import assign_flat_grad, pullback_rows, task_gradients
+
+Batch = Tensor | Mapping[str, Tensor]
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or an update became NaN/Inf."""
+
+
+def forward(model: nn.Module, x: Batch) -> dict[str, Tensor]:
+    """The model's outputs for a batch. A multi-input batch (``{task: inputs}``) runs each
+    sub-task's own inputs through the model separately and keeps that sub-task's output."""
+    if isinstance(x, Mapping):
+        return {t: model(inputs)[t] for t, inputs in x.items()}
+    return model(x)
+
+
+class ConflictProbe:
+    """Conflict statistics at the sampled steps, in one place for every strategy: the task
+    gradients of the updated (masked) shared parameters go to ``recorder``; the reference set's
+    (:class:`ReferenceConflict`) to its own recorder: its own parameters' gradients (extra
+    backward passes) or, where it is the shared parameters, their unmasked gradients. The time
+    spent is summed in ``seconds`` (excluded from the step time)."""
+
+    def __init__(self, recorder: ConflictRecorder, reference: ReferenceConflict | None, mask: Callable[[Tensor], Tensor]):
+        self.recorder, self.reference, self.mask = recorder, reference, mask
+        self.step, self.due, self.seconds = 0, False, 0.0
+
+    def begin(self, step: int, losses: Tensor) -> None:
+        """Start a step: decide whether it is sampled; on a sampled step the reference set's own
+        gradients are taken now, before a strategy frees the graph."""
+        self.step, self.due, self.seconds = step, self.recorder.due(step), 0.0
+        if self.due and self.reference is not None and self.reference.per_task is not None:
+            t0 = time.perf_counter()
+            self.reference.recorder.record(step, self.reference.gradients(list(losses)))
+            self.seconds += time.perf_counter() - t0
+
+    @property
+    def _unmasked(self) -> ConflictRecorder | None:
+        ref = self.reference
+        return ref.recorder if ref is not None and ref.per_task is None else None
+
+    def record(self, raw: Tensor, rep: Tensor | None = None, shared: Sequence[nn.Parameter] = ()) -> None:
+        """Record a sampled step's unmasked (T, P) task gradients of the shared parameters
+        (``rep``: they are the representation's, pulled back to the shared parameters first)."""
+        if not self.due:
+            return
+        t0 = time.perf_counter()
+        if rep is not None:
+            raw = pullback_rows(rep, raw, list(shared))
+        self.recorder.record(self.step, self.mask(raw))
+        if self._unmasked is not None:
+            self._unmasked.record(self.step, raw)
+        self.seconds += time.perf_counter() - t0
+
+    def record_masked(self, masked: Tensor, raw: Tensor) -> None:
+        """Record gradients masked already (``raw``: the same before the mask)."""
+        if not self.due:
+            return
+        t0 = time.perf_counter()
+        self.recorder.record(self.step, masked)
+        if self._unmasked is not None:
+            self._unmasked.record(self.step, raw)
+        self.seconds += time.perf_counter() - t0
+
+
+@dataclass
+class StepContext:
+    """What a strategy needs besides the losses: the shared parameters, each task's head
+    parameters, how per-task gradients are computed (``gradients``: strategy and chunk size),
+    the mitigation's mask of shared task gradients (identity without one) and the probe."""
+
+    shared: list[nn.Parameter]
+    heads: list[list[nn.Parameter]]
+    gradients: tuple[str, int]
+    mask: Callable[[Tensor], Tensor]
+    probe: ConflictProbe
+
+    def task_gradients(self, losses: Tensor, params: Sequence[Tensor], heads: bool = True, **kwargs: Any) -> Any:
+        return task_gradients(
+            list(losses), list(params), self.heads if heads else None,
+            strategy=self.gradients[0], chunk_size=self.gradients[1], **kwargs,
+        )  # fmt: skip
+
+
+def _check_update(update: Tensor, method: Method, step: int) -> None:
+    if not torch.isfinite(update).all():
+        raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
+
+
+def _set_head_grads(heads: list[list[nn.Parameter]], grads: Sequence[Sequence[Tensor]], weights: Tensor | None) -> None:
+    for i, (ps, gs) in enumerate(zip(heads, grads)):
+        for p, g in zip(ps, gs):
+            p.grad = g if weights is None else g * weights[i].to(g.dtype)
+
+
+class UpdateStrategy:
+    """One method kind's way from losses to gradients (see the module docstring)."""
+
+    samples_per_step = 1  # training batches each step draws
+
+    def __init__(self, method: Method | None) -> None:
+        self.method = method
+
+    def layer_sizes(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        """The layer sizes a method sees in its StepInfo (of its gradient matrix's columns)."""
+        return sizes
+
+    def outputs(self, model: MultiTaskModel, x: Batch) -> dict[str, Tensor]:
+        return forward(model, x)
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        """Fill ``.grad`` from ``losses`` (one (T,) tensor per batch of the step)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _one(losses: list[Tensor]) -> Tensor:
+        if len(losses) != 1:
+            raise TypeError("one loss vector per step: only multi-sample methods take several")
+        return losses[0]
+
+
+class SumOfLosses(UpdateStrategy):
+    """No method: the backward of the sum of the task losses."""
+
+    def objective(self, losses: Tensor, info: StepInfo) -> Tensor:
+        return losses.sum()
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if ctx.probe.due:  # the task gradients exist only for the statistics here
+            t0 = time.perf_counter()
+            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
+            ctx.probe.seconds += time.perf_counter() - t0
+            ctx.probe.record(raw)
+        total = self.objective(vector, info)
+        if not torch.isfinite(total):
+            raise NonFiniteError(f"non-finite objective from method {getattr(self.method, 'name', 'sum')!r} at step {info.step}")
+        total.backward()
+
+
+class WeightedLoss(SumOfLosses):
+    """``LossWeighting``: the backward of the method's objective."""
+
+    method: LossWeighting
+
+    def objective(self, losses: Tensor, info: StepInfo) -> Tensor:
+        return self.method.loss(losses, info)
+
+
+class ParameterGradients(UpdateStrategy):
+    """``GradientAggregator`` on the shared parameters' (T, P) gradient matrix."""
+
+    method: GradientAggregator
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        raw, private = ctx.task_gradients(vector, ctx.shared)
+        grads = ctx.mask(raw)
+        ctx.probe.record(raw)
+        update = self.method.aggregate(grads, vector.detach(), info)
+        _check_update(update, self.method, info.step)
+        assign_flat_grad(ctx.shared, update)
+        _set_head_grads(ctx.heads, private, self.method.head_weights())
+
+
+class RepresentationGradients(UpdateStrategy):
+    """``GradientAggregator`` on the shared representation: the forward is cut at ``z``; the
+    method aggregates the (T, N x D) gradients of its detached copy, and its update is
+    back-propagated through the trunk. (Conflict statistics stay on parameter gradients: on
+    sampled steps the rows are pulled back to the shared parameters.)"""
+
+    method: GradientAggregator
+
+    def __init__(self, method: GradientAggregator) -> None:
+        super().__init__(method)
+        self._cut: tuple[Tensor, Tensor] | None = None
+
+    def layer_sizes(self, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        return ()
+
+    def outputs(self, model: MultiTaskModel, x: Batch) -> dict[str, Tensor]:
+        if isinstance(x, Mapping):
+            raise ValueError(
+                "representation-gradient methods need one shared representation per batch; a multi-input "
+                "task gives each sub-task its own inputs: use a method that works on parameter gradients"
+            )
+        z = model.encode(x)
+        rep = z.detach().requires_grad_()
+        self._cut = (z, rep)
+        return model.decode(rep)
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if self._cut is None:
+            raise RuntimeError("RepresentationGradients: outputs() must run before fill_gradients()")
+        (z, rep), self._cut = self._cut, None
+        raw, private = ctx.task_gradients(vector, [rep])
+        ctx.probe.record(raw, rep=z, shared=ctx.shared)
+        update = self.method.aggregate(raw, vector.detach(), info)
+        _check_update(update, self.method, info.step)
+        z.backward(update.view_as(z))
+        _set_head_grads(ctx.heads, private, self.method.head_weights())
+
+
+class MultiSample(UpdateStrategy):
+    """``MultiSampleAggregator``: ``samples_per_step`` batches, one (T, P) matrix each; the
+    conflict statistics see the first batch's; each head gets the sum (or mean) of its task's
+    gradients over the batches, then the method's head weights."""
+
+    method: MultiSampleAggregator
+
+    def __init__(self, method: MultiSampleAggregator) -> None:
+        super().__init__(method)
+        self.samples_per_step = method.samples_per_step
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        method = self.method
+        if len(losses) != method.samples_per_step:
+            raise ValueError(f"{method.name} needs {method.samples_per_step} loss vectors, got {len(losses)}")
+        per_sample = [ctx.task_gradients(row, ctx.shared) for row in losses]
+        grads = torch.stack([ctx.mask(g) for g, _ in per_sample])
+        ctx.probe.record_masked(grads[0], per_sample[0][0])
+        update = method.aggregate_samples(grads, torch.stack([row.detach() for row in losses]), info)
+        _check_update(update, method, info.step)
+        assign_flat_grad(ctx.shared, update)
+        scale = 1.0 / len(per_sample) if method.head_samples == "mean" else 1.0
+        summed = [
+            [torch.stack([private[i][k] for _, private in per_sample]).sum(dim=0) * scale for k in range(len(ps))]
+            for i, ps in enumerate(ctx.heads)
+        ]
+        _set_head_grads(ctx.heads, summed, method.head_weights())
+
+
+def strategy_for(method: Method | None) -> UpdateStrategy:
+    """The update strategy of ``method``'s kind (chosen once per run)."""
+    if method is None:
+        return SumOfLosses(None)
+    if isinstance(method, MultiSampleAggregator):
+        return MultiSample(method)
+    if isinstance(method, GradientAggregator):
+        return RepresentationGradients(method) if method.gradients == "representation" else ParameterGradients(method)
+    if isinstance(method, LossWeighting):
+        return WeightedLoss(method)
+    name, kind = getattr(method, "name", method), getattr(method, "kind", None)
+    raise TypeError(f"method {name!r} of kind {kind!r} has no update strategy")
+
+
+def backward_update(
+    method: Method | None,
+    losses: Tensor | list[Tensor],
+    info: StepInfo,
+    shared: list[nn.Parameter],
+    head_params: list[list[nn.Parameter]],
+    recorder: ConflictRecorder,
+    gradients: tuple[str, int],
+    mask: Callable[[Tensor], Tensor] | None = None,
+    reference: ReferenceConflict | None = None,
+) -> float:
+    """One step's gradients outside a trainer (tests, benchmarks): ``losses`` one (T,) tensor,
+    or a list of them for a multi-sample method, from outputs computed with ``forward`` (a
+    representation-gradient method needs :meth:`UpdateStrategy.outputs`: use the strategy).
+    Returns the seconds spent on conflict statistics."""
+    strategy = strategy_for(method)
+    if isinstance(strategy, RepresentationGradients):
+        raise TypeError("representation-gradient methods cut the forward pass: use strategy_for(method).outputs()")
+    rows = losses if isinstance(losses, list) else [losses]
+    if isinstance(losses, list) and not isinstance(strategy, MultiSample):
+        raise TypeError("one loss vector per step: only multi-sample methods take several")
+    if isinstance(strategy, MultiSample) and not isinstance(losses, list):
+        raise TypeError(
+            f"{strategy.method.name} draws {strategy.samples_per_step} batches per step: pass one loss vector per batch"
+        )
+    identity = mask or (lambda g: g)
+    probe = ConflictProbe(recorder, reference, identity)
+    probe.begin(info.step, rows[0])
+    strategy.fill_gradients(rows, info, StepContext(shared, head_params, gradients, identity, probe))
+    return probe.seconds
