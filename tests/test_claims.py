@@ -126,3 +126,27 @@ def test_the_claims_page_judges_real_result_files(tmp_path_factory, tmp_path):
     empty = tmp_path / "plain"
     build_site([copy_results(results, tmp_path / "p", keep=keep)], empty)
     assert not (empty / "claims.html").exists()
+
+
+def test_two_unmitigated_labels_of_one_method_compare_against_the_same_row_everywhere():
+    """ew run twice without a mitigation (labels "none" and "plain", say a re-run under another
+    label): the claims page, the group page's paired ΔΔm and the summary's dm_vs_none all take
+    the row labelled by the mitigation's own name ("none") as the method's unmitigated row."""
+    from mtlbench.report.aggregate import unmitigated_labels
+    from mtlbench.report.ranking import _base_keys
+
+    runs = _runs()
+    runs = runs[runs["mitigation"] != "st"]
+    other = runs[runs["mitigation"] == "none"].copy()
+    other["mitigation"] = "plain"  # an unmitigated row under another label, 10 points worse
+    other["dm_flat"] += 10.0
+    both = pd.concat([runs, other], ignore_index=True)
+    assert unmitigated_labels(both) == {"a": "none", "b": "none"}
+    assert _base_keys(both)[("a", "recon")] == ("a", "none")
+    found = {(c.method, c.mitigation, c.measure): c for c in compare(both, {"t": "flat"})}
+    reference = {(c.method, c.mitigation, c.measure): c for c in compare(runs, {"t": "flat"})}
+    assert set(found) == set(reference)  # "plain" is no mitigation: it is not compared
+    for key, c in reference.items():
+        assert found[key].result.diff == pytest.approx(c.result.diff)
+    # the same rule without a row under the mitigation's own name: the first label in order
+    assert unmitigated_labels(other) == {"a": "plain", "b": "plain"}

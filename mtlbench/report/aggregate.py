@@ -345,14 +345,31 @@ def summarize(loaded: Loaded, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     table = pd.concat([table, pd.DataFrame(stats)], axis=1)
     order = GROUP[:2] + ["task_version", GROUP[2]] + ROW + DESCRIPTIVE[1:] + ["n_seeds", "seeds", "baseline_seeds"]
     table = table[order + list(stats)]
-    # "base -> +mitigation" deltas, as the Recon and ST papers tabulate them
-    # the same method's unmitigated row (under the mitigation's own name when several labels are unmitigated)
-    base = table.loc[table["unmitigated"]].sort_values(
-        "mitigation", key=lambda s: s != table.loc[s.index, "mitigation_name"], kind="stable"
-    )
-    base = base.drop_duplicates(GROUP + ["method"])[GROUP + ["method", *MITIGATION_DELTAS]]
+    # "base -> +mitigation" deltas, as the Recon and ST papers tabulate them, against the same
+    # method's unmitigated row (unmitigated_labels: the one rule every report uses)
+    plain = [
+        (*group, method, label)
+        for group, rows in table.groupby(GROUP, sort=False)
+        for method, label in unmitigated_labels(rows).items()
+    ]
+    chosen = pd.DataFrame(plain, columns=GROUP + ["method", "mitigation"])
+    base = table.merge(chosen, on=GROUP + ["method", "mitigation"])[GROUP + ["method", *MITIGATION_DELTAS]]
+    base = base.drop_duplicates(GROUP + ["method"])
     same_method = table[GROUP + ["method"]].merge(base, on=GROUP + ["method"], how="left")
     for col in MITIGATION_DELTAS:
         table[f"{col}_vs_none"] = (table[col] - same_method[col].to_numpy()).where(~table["unmitigated"])
     table["rank"] = table.groupby(GROUP)["dm_flat"].rank(method="min", na_option="bottom").astype(int)
     return table.sort_values(GROUP + ["rank", "method"]).reset_index(drop=True)
+
+
+def unmitigated_labels(rows: pd.DataFrame) -> dict[str, str]:
+    """Method label -> the mitigation label of its unmitigated row, within one group (suite x
+    task x backbone): the row labelled by its mitigation's own name when the method has several
+    unmitigated labels, else the first label in sorted order. The one rule behind every "vs the
+    same method without a mitigation" of the reports (summary deltas, group page, claims)."""
+    out: dict[str, str] = {}
+    plain = rows[rows["unmitigated"]][["method", "mitigation", "mitigation_name"]].drop_duplicates()
+    for method, label, name in sorted(plain.itertuples(index=False, name=None)):
+        if method not in out or (label == name and out[method] != name):
+            out[method] = label
+    return out

@@ -25,7 +25,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from mtlbench.report.aggregate import GROUP
+from mtlbench.report.aggregate import GROUP, unmitigated_labels
 from mtlbench.report.ranking import per_seed
 from mtlbench.report.stats import INCONCLUSIVE, Paired, combine, holm, paired, verdict
 
@@ -99,11 +99,11 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
         column = f"dm_{conventions.get(str(group[1]), 'flat')}"
         found: list[Comparison] = []
         by_row = {key: g for key, g in rows.groupby(["method", "mitigation"], sort=True)}
-        plain = {m: g for (m, _), g in by_row.items() if bool(g["unmitigated"].iloc[0])}
+        plain = unmitigated_labels(rows)
         for (method, mitigation), g in by_row.items():
             if bool(g["unmitigated"].iloc[0]) or method not in plain:
                 continue
-            base = plain[method]
+            base = by_row[(method, plain[method])]
             step_ratio = _mean(g["step_time_ms"]) / _mean(base["step_time_ms"])
             added_params = _mean(g["params"]) - _mean(base["params"])
             for measure, col in (("dm", column), ("p_ref", "p_pct_ref")):

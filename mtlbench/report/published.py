@@ -44,6 +44,7 @@ TABLE_KEYS = {
     "baseline",
     "reproduce",
     "notes",
+    "cost",
     "metrics",
     "rows",
     "dm_over",
@@ -94,6 +95,7 @@ class PublishedTable:
     reproduce: dict[str, str] = field(default_factory=dict)
     dm_over: list[str] = field(default_factory=list)  # our metric keys / patterns our Δm covers
     notes: str = ""
+    cost: str = ""  # what running the preset costs, as measured (shown while it has no runs)
 
     @property
     def baseline_row(self) -> PublishedRow:
@@ -165,6 +167,7 @@ def read_table(path: Path) -> PublishedTable:
         reproduce=dict(reproduce),
         dm_over=list(raw.get("dm_over", keys)),
         notes=raw.get("notes", ""),
+        cost=raw.get("cost", ""),
     )
 
 

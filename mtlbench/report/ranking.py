@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from mtlbench.report.aggregate import CONVENTIONS, GROUP, ROW
+from mtlbench.report.aggregate import CONVENTIONS, GROUP, ROW, unmitigated_labels
 from mtlbench.report.stats import ALPHA, NOT_TESTABLE, Paired, holm, mark, paired
 
 COMPARISONS = ("vs_ew", "vs_none")
@@ -105,13 +105,8 @@ def per_seed(runs: pd.DataFrame | None, column: str) -> dict[int, float]:
 
 def _base_keys(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
     """For each mitigated row of a group, (method label, mitigation label) of the same method
-    label's unmitigated row; with several, the one labelled by its mitigation's own name (as
-    :func:`~mtlbench.report.aggregate.summarize` picks it for ``dm_vs_none``)."""
-    plain: dict[str, str] = {}
-    unmitigated = rows[rows["unmitigated"]]
-    for method, mitigation, name in unmitigated[ROW + ["mitigation_name"]].itertuples(index=False, name=None):
-        if method not in plain or mitigation == name:
-            plain[method] = mitigation
+    label's unmitigated row (:func:`~mtlbench.report.aggregate.unmitigated_labels`)."""
+    plain = unmitigated_labels(rows)
     return {
         (method, mitigation): (method, plain[method])
         for method, mitigation in rows[~rows["unmitigated"]][ROW].itertuples(index=False, name=None)
