@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from mtlbench.cli import main
@@ -79,3 +82,21 @@ def test_rewriting_accepted_results_in_the_repository_does_not_mark_the_code_dir
     result.unlink()
     _run(config, accepted, "method=ew", "seed=0")
     assert json.loads(result.read_text())["provenance"]["git"]["dirty"] is True
+
+
+def test_a_project_outside_git_records_no_commit_and_writes_its_results(tmp_path):
+    """A project folder that is no git checkout (an installed mtlbench, a fresh folder): the run
+    records commit and dirty as null and writes its result (the result schema rejected the null
+    before: the run crashed); `validate`, the gate of accepted results, still asks for the commit."""
+    from mtlbench.train.provenance import git_state
+
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}
+    config = make_grid_project(tmp_path / "p")
+    shutil.rmtree(config.parent / ".git", ignore_errors=True)
+    results = tmp_path / "r"
+    _run(config, results, "method=ew", "seed=0")
+    (result,) = results.rglob("*.json")
+    data = json.loads(result.read_text())
+    assert data["status"] == "ok" and data["provenance"]["git"] == {"commit": None, "dirty": None}
+    out = subprocess.run([sys.executable, "-m", "mtlbench", "validate", str(results)], capture_output=True, text=True)
+    assert out.returncode == 1 and "provenance.git.commit: None, expected the 40-hex git commit" in out.stdout

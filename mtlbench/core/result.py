@@ -103,7 +103,7 @@ class TaskInfo(PluginInfo):
 
 class Git(Open):
     commit: str | None = None
-    dirty: Annotated[bool, Strict()]
+    dirty: Annotated[bool, Strict()] | None  # None: the project is not a git checkout
 
 
 class Provenance(Open):
@@ -329,7 +329,7 @@ EXPECTED: dict[str, str] = {
     "cost.step_time_ms": "a number > 0",
     "cost.peak_memory_mb": "a number >= 0",
     "cost.params": "an integer > 0",
-    "provenance.git.dirty": "true or false",
+    "provenance.git.dirty": "true or false (null where the project is not a git checkout)",
     "provenance.start_time": "an ISO 8601 time",
     "provenance.end_time": "an ISO 8601 time",
     "provenance.threads": "an integer",
