@@ -56,6 +56,9 @@ def shared_edge_nnconv() -> type:
 class MPNN(nn.Module):
     """The shared trunk: molecule graphs -> (molecules, dim) features. ``in_chans``: atom features."""
 
+    # Recon re-initialises a branched layer's task copies with each layer's own PyTorch initialiser
+    init_style = "default"
+
     def __init__(self, in_chans: int = 11, dim: int = 64) -> None:
         from torch_geometric.nn import Set2Set
 

@@ -36,6 +36,19 @@ class GraphBatch:
     def __len__(self) -> int:
         return self.num_graphs
 
+    def repeat_streams(self, n: int) -> "GraphBatch":
+        """``n`` copies of the batch as one disjoint graph, copy k's molecules after copy k-1's
+        (Recon's task streams: node, edge and molecule tensors each hold n contiguous blocks)."""
+        nodes = self.x.shape[0]
+        shift = torch.arange(n, device=self.x.device).repeat_interleave(self.edge_index.shape[1])
+        return GraphBatch(
+            self.x.repeat(n, 1),
+            self.edge_index.repeat(1, n) + shift * nodes,
+            self.edge_attr.repeat(n, 1),
+            torch.cat([self.batch + k * self.num_graphs for k in range(n)]),
+            self.num_graphs * n,
+        )
+
     @property
     def device(self) -> torch.device:
         return self.x.device

@@ -30,7 +30,12 @@ eval-mode accuracy in a MultiMNIST check). This works for any trunk whose only b
 layers are batch norms (timm ResNets, ViTs, ConvNeXts ...). The layers before the first branched
 layer run once on the batch (see :func:`split_point`); the streams split there. Leaf
 modules owning parameters can be branched; parameters held by a container itself (a ViT's
-cls_token/pos_embed, layer ``<root>``) cannot and are skipped in the ranking's selection.
+cls_token/pos_embed, layer ``<root>``; the MPNN's ``conv`` bias) cannot and are skipped in the
+ranking's selection. A batch of molecule graphs stacks its own streams (``repeat_streams``: T
+copies of the disjoint graph) and runs every stream from the input; a branched recurrent layer
+(the MPNN's GRU, Set2Set's LSTM: sequence-first, streams on axis 1) runs each stream's input and
+hidden state through that task's copy. A trunk may declare ``init_style`` for ``init = "reinit"``
+(the MPNN: ``"default"``, each layer's own PyTorch initialiser).
 """
 
 from __future__ import annotations
@@ -66,11 +71,48 @@ class TaskBranch(nn.Module):
         self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(n_tasks))
         self.current = current
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __getattr__(self, name: str) -> Any:
+        """A plain setting of the layer (e.g. an LSTM's ``num_layers``, which Set2Set reads) from
+        its first copy: the copies share every setting; their parameters stay on the copies."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            value = getattr(self._modules["copies"][0], name)  # type: ignore[index]
+            if isinstance(value, (Tensor, nn.Module)):
+                raise
+            return value
+
+    def forward(self, x: Tensor, *state: Any) -> Any:
         if self.current is not None and self.current.task is not None:
-            return self.copies[self.current.task](x)
+            return self.copies[self.current.task](x, *state)
+        if isinstance(self.copies[0], nn.RNNBase) and not self.copies[0].batch_first:
+            return self._recurrent(x, *state)
         streams = x.split(x.shape[0] // len(self.copies))
         return torch.cat([m(s) for m, s in zip(self.copies, streams)])
+
+    def _recurrent(self, x: Tensor, *state: Any) -> tuple[Tensor, Any]:
+        """A GRU/LSTM (sequence-first: the streams lie on axis 1 of the input and of the hidden
+        state) applied per stream by its own copy."""
+        n = len(self.copies)
+
+        def split(t: Tensor) -> tuple[Tensor, ...]:
+            return t.split(t.shape[1] // n, dim=1)
+
+        inputs = split(x)
+        if state and state[0] is not None:
+            hidden = state[0]
+            per = list(zip(*(split(h) for h in hidden))) if isinstance(hidden, tuple) else [(h,) for h in split(hidden)]
+        else:
+            per = [()] * n
+        outs, states = [], []
+        for m, xs, hs in zip(self.copies, inputs, per):
+            out, h = m(xs, (hs if len(hs) > 1 else hs[0]) if hs else None)
+            outs.append(out)
+            states.append(h)
+        joined = (
+            tuple(torch.cat(parts, dim=1) for parts in zip(*states)) if isinstance(states[0], tuple) else torch.cat(states, dim=1)
+        )
+        return torch.cat(outs, dim=1), joined
 
 
 class PerStream(nn.Module):
@@ -144,8 +186,13 @@ def branchable_in(parts: list[tuple[str, nn.Module]]) -> set[str]:
     return {f"{prefix}.{n}" if prefix else n for prefix, root in parts for n in branchable_layers(root)}
 
 
-def stack_streams(x: Tensor, n_tasks: int) -> Tensor:
-    """T copies of a batch stacked on the batch axis: one stream per task."""
+def stack_streams(x: Any, n_tasks: int) -> Any:
+    """T copies of a batch stacked on the batch axis: one stream per task. A batch that is not a
+    tensor (a batch of molecule graphs) stacks itself (``repeat_streams``)."""
+    if not isinstance(x, Tensor):
+        if not hasattr(x, "repeat_streams"):
+            raise TypeError(f"recon: a batch of {type(x).__name__} cannot be split into task streams (no repeat_streams)")
+        return x.repeat_streams(n_tasks)
     return x.repeat(n_tasks, *([1] * (x.ndim - 1)))
 
 
@@ -208,7 +255,8 @@ def split_point(trunk: nn.Module, branched: list[str]) -> str | None:
 INIT_RULES = {
     "reinit": "each task copy re-initialised independently with the backbone's initialiser, as Recon's code "
     "(which builds the branched network afresh): Kaiming-normal convolutions (fan_out, ReLU) for ResNets, "
-    "Xavier-normal convolutions and linears for SegNet; batch norms 1/0; other layers copied",
+    "Xavier-normal convolutions and linears for SegNet; batch norms 1/0; other layers copied; a trunk that "
+    "declares init_style = 'default' (the MPNN): every layer's own PyTorch initialisation (reset_parameters)",
     "copy": "every task copy starts from the shared layer's weights",
 }
 
@@ -216,6 +264,14 @@ INIT_RULES = {
 def reinitialise(module: nn.Module, style: str, generator: torch.Generator) -> None:
     """Re-draw a branched layer copy's weights (see :data:`INIT_RULES`); ``style`` ``kaiming``
     (timm and Recon ResNets) or ``xavier`` (SegNet, MTAN's initialisation)."""
+    if style == "default":  # each layer's own initialiser, its draws from ``generator``
+        for m in module.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset) and any(True for _ in m.parameters(recurse=False)):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+                    reset()
+        return
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.Conv2d) and style == "kaiming":
@@ -254,7 +310,7 @@ class BranchedModel(MultiTaskModel):
         order = [name for name, _ in trunk.named_modules()]
         # registration order = execution order before the split point (checked at the first forward)
         before_split = frozenset(order[: order.index(self.split_at)] if self.split_at is not None else order)
-        style = "xavier" if type(trunk).__module__.endswith("segnet") else "kaiming"
+        style = getattr(trunk, "init_style", None) or ("xavier" if type(trunk).__module__.endswith("segnet") else "kaiming")
         branch(trunk, branched, self.n_tasks, init, style, generator)
         per_stream_norms(trunk, branched, self.n_tasks, before_split)
         self.trunk = trunk
@@ -277,6 +333,8 @@ class BranchedModel(MultiTaskModel):
         """Once: the shared prefix computed once equals the trunk run per stream (eval mode, no
         gradient, no running-statistics update)."""
         self._checked = True
+        if not isinstance(x, Tensor):  # a graph batch: every stream runs from the input
+            self.prefix_once = False
         if not self.prefix_once:
             return
         modes = {m: m.training for m in self.trunk.modules()}
@@ -298,7 +356,7 @@ class BranchedModel(MultiTaskModel):
                 m.training = mode
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        b = x.shape[0]
+        b = len(x)
         if not self._checked:
             self._check_prefix(x)
         z = self.trunk(x if self.prefix_once else stack_streams(x, self.n_tasks))
