@@ -51,9 +51,9 @@ def test_invalid_toml_names_the_file_and_the_line(tmp_path):
     "old, new, expected",
     [
         ('methods = ["stl", "ew", "mgda", "pcgrad"]', 'methods = ["stl", "pcgard"]',
-         r"suites\.tiny\.methods\[1\]: unknown method 'pcgard'; valid: .*\bpcgrad, "),
+         r"suites\.tiny\.methods\[1\]: unknown method 'pcgard' \(did you mean 'pcgrad' or 'upgrad' or 'cagrad'\?\); valid: .*\bpcgrad, "),
         ('mitigations = ["none"]', 'mitigations = ["recn"]',
-         r"suites\.tiny\.mitigations\[0\]: unknown mitigation 'recn'; valid: none, recon, st"),
+         r"suites\.tiny\.mitigations\[0\]: unknown mitigation 'recn' \(did you mean 'recon'\?\); valid: none, recon, st"),
         ('mitigations = ["none"]', 'mitigations = [{ name = "recon", options = { s = 0.5 } }]',
          r"suites\.tiny\.mitigations\[0\]: recon: s=0.5 must satisfy -1 < s <= 0"),
         ('mitigations = ["none"]', 'mitigations = [{ name = "recon", options = { search_method = "stl" } }]',
@@ -197,3 +197,16 @@ def test_an_excluded_pair_is_not_run_and_allows_an_incompatible_combination(tmp_
         with pytest.raises(ConfigError, match=message):
             load_benchmark(make_project(tmp_path / f"c{len(message)}", fixed.replace(
                 '[{ method = "mgda-ub", mitigation = "recon" }]', bad)))
+
+
+def test_a_project_method_class_without_a_name_is_pointed_out(tmp_path):
+    """A method file in baselines/ whose class sets no ``name`` is not registered; running a suite
+    that asks for it names the file and the class instead of only 'unknown method'."""
+    config = make_project(tmp_path, TINY_TOML.replace('methods = ["stl", "ew", "mgda", "pcgrad"]', 'methods = ["stl", "geo"]'))
+    (config.parent / "baselines").mkdir(exist_ok=True)
+    (config.parent / "baselines" / "geo.py").write_text(
+        "import torch\nfrom mtlbench.api import LossWeighting\n\n\nclass GeometricMean(LossWeighting):\n"
+        "    def loss(self, losses, info):\n        return torch.log(losses).mean()\n"
+    )
+    with pytest.raises(ConfigError, match=r"unknown method 'geo'; .*geo\.py: class GeometricMean sets no `name`, so it is not registered"):
+        load_benchmark(config)

@@ -79,6 +79,7 @@ class Registry(Mapping[str, "type[P]"], Generic[P]):
     kind: str
     classes: dict[str, type[P]] = field(default_factory=dict)
     sources: dict[str, Path] = field(default_factory=dict)
+    unnamed: list[tuple[str, str]] = field(default_factory=list)  # a project's plugin classes without `name`: (class, file)
 
     def __getitem__(self, name: str) -> type[P]:
         return self.classes[name]
@@ -125,9 +126,12 @@ def discover(
                 module = importlib.import_module(f"{package}.{info.name}")
                 modules.append((module, Path(module.__file__ or package)))
         modules.append((pkg, Path(pkg.__file__ or package)))
+    project: set[Path] = set()
     for folder in folders:
         if Path(folder).is_dir():
-            modules += [(import_file(path), path) for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith("_")]
+            found = [(import_file(path), path) for path in sorted(Path(folder).glob("*.py")) if not path.name.startswith("_")]
+            modules += found
+            project |= {path for _, path in found}
     for module, path in modules:
         for obj in vars(module).values():
             if (
@@ -138,6 +142,15 @@ def discover(
                 and (accept is None or accept(obj))
             ):
                 registry.add(obj, path)
+            elif (  # a project's own class that looks like a plugin but sets no name: say so where a name is missing
+                path in project
+                and isinstance(obj, type)
+                and issubclass(obj, base)
+                and obj.__module__ == module.__name__
+                and "name" not in obj.__dict__
+                and not inspect.isabstract(obj)
+            ):
+                registry.unnamed.append((obj.__name__, str(path)))
     return registry
 
 

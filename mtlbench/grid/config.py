@@ -452,7 +452,7 @@ class _Parser:
                     ikey, f"expected a {what} name or a table {{ name = ..., label = ..., options = {{...}} }}, got {item!r}"
                 )
             if name not in registry:
-                raise self.err(ikey, f"unknown {what} {name!r}; valid: {_names(registry)}")
+                raise self.err(ikey, f"unknown {what} {name!r}{_hint(name, registry)}; valid: {_names(registry)}")
             if not isinstance(label, str) or not LABEL_RE.match(label):
                 raise self.err(f"{ikey}.label", "labels may hold letters, digits, '_', '.', '+', '-'")
             if what == "method" and TUNED.match(label):
@@ -529,3 +529,16 @@ def _unknown(parser: _Parser, key: str, table: dict, valid: set[str]) -> None:
 
 def _names(registry: Mapping[str, Any]) -> str:
     return ", ".join(sorted(registry)) or "(none found)"
+
+
+def _hint(name: str, registry: Mapping[str, Any]) -> str:
+    """ " (did you mean ...?)" for a near miss; the project's plugin classes that set no ``name``
+    (and so are not registered) are named too."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(registry), n=3, cutoff=0.6)
+    out = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    unnamed = getattr(registry, "unnamed", [])
+    if unnamed:
+        out += "; " + "; ".join(f"{src}: class {cls} sets no `name`, so it is not registered" for cls, src in unnamed)
+    return out

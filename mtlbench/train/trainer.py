@@ -242,7 +242,9 @@ class Trainer:
             losses = self.train_step(samples, epoch)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{self.protocol.epochs}", loss=f"{float(losses.sum()):.3f}", refresh=False)
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{self.protocol.epochs}", loss=f"{float(losses.detach().sum()):.3f}", refresh=False
+                )
             if max_steps is not None and self.step >= max_steps:
                 return True
         return False
