@@ -173,7 +173,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = _results_dir(args, bench.path)
     options = with_overrides(bench.executor, {key: getattr(args, flag) for flag, key in EXECUTOR_FLAGS.items()})
     if not cells:
-        print("no cells match the given --suite/--only filters")
+        from mtlbench.grid.config import parse_filters
+
+        print(bench.why_no_cells(args.suite, parse_filters(args.only)))
         return 1
     if args.dry_run:
         todo, skipped = plan(cells, ResultStore(results), args.retry_failed, options.lock_stale_s)

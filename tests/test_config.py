@@ -210,3 +210,14 @@ def test_a_project_method_class_without_a_name_is_pointed_out(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"unknown method 'geo'; .*geo\.py: class GeometricMean sets no `name`, so it is not registered"):
         load_benchmark(config)
+
+
+def test_run_with_filters_that_match_nothing_says_which_and_what_to_do(tmp_path, capsys):
+    from mtlbench.cli import main
+
+    config = make_project(tmp_path / "p", TINY_TOML)
+    assert main(["run", "--config", str(config), "--only", "method=geo", "--only", "seed=0", "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "--only method=geo: no cell of suite(s) tiny has method 'geo' (they have: ew, mgda, pcgrad, stl)" in out
+    assert "add it to the suite's `methods` in benchmark.toml" in out
+    assert "seed" not in out.split("\n")[1]  # seed=0 occurs: only the method is named

@@ -100,6 +100,29 @@ class Benchmark:
             out = [c for c in out if c.matches(filters)]
         return out
 
+    def why_no_cells(self, suites: list[str] | None, filters: dict[str, set[str]]) -> str:
+        """Why ``cells(suites, filters)`` is empty: each filter value no cell of the suites has,
+        with the values they do have, and what to do."""
+        names = suites or [self.default_suite]
+        every = [c for n in names for c in self.suites[n].cells]
+        lines = []
+        for key, wanted in filters.items():
+            have = sorted({str(getattr(c, key)) for c in every})
+            missing = sorted(wanted - set(have))
+            if missing:
+                lines.append(
+                    f"--only {key}={','.join(missing)}: no cell of suite(s) {', '.join(names)} has {key} "
+                    f"{', '.join(repr(m) for m in missing)} (they have: {', '.join(have)})"
+                )
+                if key == "method":
+                    lines.append(
+                        "  a method runs only in the suites that list it: add it to the suite's `methods` in "
+                        f"{self.path.name}, or use a suite that lists it"
+                    )
+        if not lines:
+            lines.append("each --only value occurs, but no cell has all of them at once (e.g. an excluded combination)")
+        return "no cells match the given --suite/--only filters:\n" + "\n".join(lines)
+
 
 def parse_filters(items: list[str] | None) -> dict[str, set[str]]:
     """``["method=ew,mgda", "seed=0"]`` -> ``{"method": {"ew", "mgda"}, "seed": {"0"}}``."""
