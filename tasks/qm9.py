@@ -233,7 +233,8 @@ class QM9(Task):
         """``source``: where the store comes from: ``qm9pack`` (the wheel's CSV files, bonds
         perceived with RDKit) or ``pyg`` (PyTorch Geometric's QM9 files). ``graph``: the edges
         the MPNN passes messages on: ``complete`` (every pair of atoms, the papers' setting) or
-        ``bonds`` (the bonded pairs only: ~8x fewer edges, for CPU budgets)."""
+        ``bonds`` (the bonded pairs only: ~8x fewer edges, ~10x cheaper; but three rounds then see
+        three bonds away and the extensive targets underfit: docs/qm9.md)."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         if graph not in GRAPHS:
