@@ -101,45 +101,29 @@ class GraphSplit(Split):
     def graph(self, index: Tensor) -> GraphBatch:
         """The molecules ``index`` as complete graphs with bond one-hot + distance edge features
         (or, with ``complete=False``, their bonds only, PyG's QM9 graph without ``Complete()``)."""
-        if not self.complete:
-            return self._bond_graph(index)
         xs, edges, attrs, owners = [], [], [], []
         start = 0
-        n_bond_features = self.bond_attr.shape[1]
         for g, i in enumerate(index.tolist()):
             a0, a1 = int(self.atom_offsets[i]), int(self.atom_offsets[i + 1])
-            n = a1 - a0
-            pos = self.pos[a0:a1]
-            src = torch.arange(n).repeat_interleave(n)
-            dst = torch.arange(n).repeat(n)
-            keep = src != dst  # no self loops
-            src, dst = src[keep], dst[keep]
-            bond = torch.zeros(n * n, n_bond_features, dtype=self.bond_attr.dtype)
             b0, b1 = int(self.bond_offsets[i]), int(self.bond_offsets[i + 1])
-            pairs = self.bonds[b0:b1]
-            bond[pairs[:, 0] * n + pairs[:, 1]] = self.bond_attr[b0:b1]
+            n, pairs, bond_attr = a1 - a0, self.bonds[b0:b1], self.bond_attr[b0:b1]
+            if self.complete:
+                src = torch.arange(n).repeat_interleave(n)
+                dst = torch.arange(n).repeat(n)
+                keep = src != dst  # no self loops
+                src, dst = src[keep], dst[keep]
+                bond = torch.zeros(n * n, bond_attr.shape[1], dtype=bond_attr.dtype)
+                bond[pairs[:, 0] * n + pairs[:, 1]] = bond_attr
+                bond_attr = bond.view(n, n, -1)[src, dst]  # zeros where the atoms share no bond
+            else:
+                src, dst = pairs[:, 0], pairs[:, 1]
+            pos = self.pos[a0:a1]
             dist = (pos[src] - pos[dst]).norm(dim=-1, keepdim=True)
-            attrs.append(torch.cat([bond.view(n, n, -1)[src, dst], dist.to(bond.dtype)], dim=1))
+            attrs.append(torch.cat([bond_attr, dist.to(bond_attr.dtype)], dim=1))
             edges.append(torch.stack([src, dst]) + start)
             xs.append(self.x[a0:a1])
             owners.append(torch.full((n,), g, dtype=torch.long))
             start += n
-        return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
-
-    def _bond_graph(self, index: Tensor) -> GraphBatch:
-        xs, edges, attrs, owners = [], [], [], []
-        start = 0
-        for g, i in enumerate(index.tolist()):
-            a0, a1 = int(self.atom_offsets[i]), int(self.atom_offsets[i + 1])
-            b0, b1 = int(self.bond_offsets[i]), int(self.bond_offsets[i + 1])
-            pairs = self.bonds[b0:b1]
-            pos = self.pos[a0:a1]
-            dist = (pos[pairs[:, 0]] - pos[pairs[:, 1]]).norm(dim=-1, keepdim=True)
-            attrs.append(torch.cat([self.bond_attr[b0:b1], dist.to(self.bond_attr.dtype)], dim=1))
-            edges.append(pairs.T + start)
-            xs.append(self.x[a0:a1])
-            owners.append(torch.full((a1 - a0,), g, dtype=torch.long))
-            start += a1 - a0
         return GraphBatch(torch.cat(xs), torch.cat(edges, dim=1), torch.cat(attrs), torch.cat(owners), len(index))
 
 

@@ -49,7 +49,6 @@ from mtlbench.core.errors import DataError
 QM9PACK_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 HAR2EV = 27.211386246  # PyG's Hartree -> eV (torch_geometric/datasets/qm9.py)
 ELEMENTS = ("H", "C", "N", "O", "F")  # PyG's type one-hot order
-ATOMIC_NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 # QM9's per-element reference energies (Hartree; Ramakrishnan et al. 2014, atomref table):
 # U0, U (298.15 K), H (298.15 K), G (298.15 K)
 ATOM_REFERENCE = {
@@ -122,11 +121,10 @@ def _row(values: list[str], header: dict[str, int], where: str) -> Row:
     return Row(index, elements, xyz.reshape(n_atoms, 3), properties)
 
 
-def read_rows(folder: Path, limit: int | None = None) -> Iterator[Row]:
-    """The molecules of qm9pack's CSV files in ``folder``, in file order (``limit``: the first
-    ``limit`` only). Every damaged line is a DataError naming the file and the line."""
+def read_rows(folder: Path) -> Iterator[Row]:
+    """The molecules of qm9pack's CSV files in ``folder``, in file order. Every damaged line is a
+    DataError naming the file and the line."""
     csv.field_size_limit(1 << 26)
-    seen = 0
     previous = 0
     for name in QM9PACK_PARTS:
         if not (folder / name).is_file():
@@ -154,9 +152,6 @@ def read_rows(folder: Path, limit: int | None = None) -> Iterator[Row]:
                     raise DataError(f"{where}: gdb index {row.index} after {previous}; the rows must be in gdb order")
                 previous = row.index
                 yield row
-                seen += 1
-                if limit is not None and seen >= limit:
-                    return
 
 
 def targets(row: Row) -> np.ndarray:
@@ -250,15 +245,13 @@ def _molecule(row: Row) -> dict[str, Any]:
     return {**graph(row.elements, row.xyz, f"gdb index {row.index}"), "y": targets(row), "index": row.index}
 
 
-def read_qm9pack(
-    folder: Path, limit: int | None = None, workers: int | None = None, progress: bool = True
-) -> list[dict[str, Any]]:
-    """Every molecule of qm9pack's files in ``folder`` (or the first ``limit``) as PyG's QM9 fields
+def read_qm9pack(folder: Path, workers: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Every molecule of qm9pack's files in ``folder`` as PyG's QM9 fields
     plus ``index`` (the gdb index), in gdb order. Bond perception runs in ``workers`` processes
     (default: the CPUs this process may use)."""
     from tqdm import tqdm
 
-    rows = list(read_rows(folder, limit))
+    rows = list(read_rows(folder))
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     bar = tqdm(total=len(rows), desc="qm9: bonds and features", unit="mol", disable=not progress, mininterval=2)

@@ -78,25 +78,18 @@ class ConflictProbe:
         ref = self.reference
         return ref.recorder if ref is not None and ref.per_task is None else None
 
-    def record(self, raw: Tensor, rep: Tensor | None = None, shared: Sequence[nn.Parameter] = ()) -> None:
+    def record(
+        self, raw: Tensor, masked: Tensor | None = None, rep: Tensor | None = None, shared: Sequence[nn.Parameter] = ()
+    ) -> None:
         """Record a sampled step's unmasked (T, P) task gradients of the shared parameters
-        (``rep``: they are the representation's, pulled back to the shared parameters first)."""
+        (``masked``: the same after the mask, where the strategy has it already; ``rep``: they are
+        the representation's, pulled back to the shared parameters first)."""
         if not self.due:
             return
         t0 = time.perf_counter()
         if rep is not None:
             raw = pullback_rows(rep, raw, list(shared))
-        self.recorder.record(self.step, self.mask(raw))
-        if self._unmasked is not None:
-            self._unmasked.record(self.step, raw)
-        self.seconds += time.perf_counter() - t0
-
-    def record_masked(self, masked: Tensor, raw: Tensor) -> None:
-        """Record gradients masked already (``raw``: the same before the mask)."""
-        if not self.due:
-            return
-        t0 = time.perf_counter()
-        self.recorder.record(self.step, masked)
+        self.recorder.record(self.step, self.mask(raw) if masked is None else masked)
         if self._unmasked is not None:
             self._unmasked.record(self.step, raw)
         self.seconds += time.perf_counter() - t0
@@ -195,7 +188,7 @@ class ParameterGradients(UpdateStrategy):
         vector = self._one(losses)
         raw, private = ctx.task_gradients(vector, ctx.shared)
         grads = ctx.mask(raw)
-        ctx.probe.record(raw)
+        ctx.probe.record(raw, masked=grads)
         update = self.method.aggregate(grads, vector.detach(), info)
         _check_update(update, self.method, info.step)
         assign_flat_grad(ctx.shared, update)
@@ -258,7 +251,7 @@ class MultiSample(UpdateStrategy):
             raise ValueError(f"{method.name} needs {method.samples_per_step} loss vectors, got {len(losses)}")
         per_sample = [ctx.task_gradients(row, ctx.shared) for row in losses]
         grads = torch.stack([ctx.mask(g) for g, _ in per_sample])
-        ctx.probe.record_masked(grads[0], per_sample[0][0])
+        ctx.probe.record(per_sample[0][0], masked=grads[0])
         update = method.aggregate_samples(grads, torch.stack([row.detach() for row in losses]), info)
         _check_update(update, method, info.step)
         assign_flat_grad(ctx.shared, update)
