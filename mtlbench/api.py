@@ -14,6 +14,7 @@ Methods and tasks never import the trainer or the runner: they see tensors and a
 :class:`StepInfo`, nothing more.
 """
 
+from mtlbench.core.result import MitigationClaim
 from mtlbench.core.spec import MetricSpec, Protocol
 from mtlbench.datasets.splits import MappedColumn, MappedSplit, MultiInputSplit, Split, arrow_columns
 from mtlbench.plugin.method import (
@@ -58,6 +59,7 @@ __all__ = [
     "GRADIENT_TARGETS",
     "Mitigation",
     "MitigationContext",
+    "MitigationClaim",
     "MultiTaskModel",
     "HardSharingModel",
     "module_layers",

@@ -35,7 +35,9 @@ def _tier(module: str) -> int | None:
     raise AssertionError(f"{module}: in no stage folder; add it to a stage of docs/architecture.md")
 
 
-def _imports(path: Path) -> list[str]:
+def _imports(path: Path, only_mtlbench: bool = True) -> list[str]:
+    """The module's absolute imports, top-level or inside functions (``from a import b`` as ``a``
+    and ``a.b``); mtlbench's only, unless ``only_mtlbench`` is False."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
@@ -43,7 +45,7 @@ def _imports(path: Path) -> list[str]:
             found += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-    return [m for m in found if m.startswith("mtlbench.")]
+    return [m for m in found if m.startswith("mtlbench.") or not only_mtlbench]
 
 
 def test_no_module_imports_a_later_stage():
@@ -71,3 +73,38 @@ def test_reports_and_the_site_import_without_torch(tmp_path):
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+PLUGIN_PACKAGES = ("mtlbench.backbones", "mtlbench.mitigations", "baselines", "tasks")
+
+
+def _module_names(folder: str) -> list[tuple[str, Path]]:
+    return [(".".join(p.relative_to(REPO).with_suffix("").parts), p) for p in sorted((REPO / "mtlbench" / folder).rglob("*.py"))]
+
+
+def test_report_and_site_know_no_plugin_by_name():
+    """Reports and the site learn what they show about a plugin from the result files (the
+    plugin's declarations recorded there), never by importing the plugin."""
+    wrong = [
+        f"{module} imports {imported}"
+        for folder in ("report", "site")
+        for module, path in _module_names(folder)
+        for imported in _imports(path, only_mtlbench=False)
+        if imported.startswith(PLUGIN_PACKAGES)
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_mitigations_know_no_backbone():
+    """A mitigation works through the model interface (mtlbench.plugin.model): a model declares
+    its own surgery parts and initialisation, so a new backbone never means editing a mitigation."""
+    wrong = [
+        f"{module} imports {imported}"
+        for module, path in _module_names("mitigations")
+        for imported in _imports(path, only_mtlbench=False)
+        if imported.startswith("mtlbench.backbones")
+    ]
+    assert not wrong, "\n".join(wrong)
+    for module, path in _module_names("mitigations"):
+        text = path.read_text(encoding="utf-8")
+        assert "isinstance(model, SegNet" not in text and 'endswith("segnet")' not in text, module

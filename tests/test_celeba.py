@@ -119,7 +119,7 @@ def test_one_training_run_reports_error_and_f1_for_40_tasks(prepared, tmp_path, 
     root, _, _ = prepared
     bench = load_benchmark(make_project(tmp_path / "proj", CELEBA_TOML))
     cell = next(c for c in bench.cells() if c.method == method)
-    result = train_cell(cell, bench.plugins, data_dir=root / "data", device=torch.device("cpu"), progress=False)
+    result = train_cell(cell, bench.plugins, data_dir=root / "data", device=torch.device("cpu"), progress=False).to_json()
     test = result["metrics"]["test"]
     assert len(test) == 80 and all(0.0 <= v <= 1.0 for v in test.values())
     assert result["metric_info"]["Smiling.err"] == {"task": "Smiling", "higher_is_better": False, "label": "Smiling error"}

@@ -11,10 +11,17 @@ import pytest
 from scipy import stats
 
 from mtlbench.core.cell import Cell
-from mtlbench.report.claims import CLAIMS, compare, judge
+from mtlbench.mitigations.recon import Recon
+from mtlbench.mitigations.sparse import SparseTraining
+from mtlbench.report.claims import compare, declared_claims, judge
 from mtlbench.report.stats import HELD, INCONCLUSIVE, NOT_HELD, holm
 from mtlbench.site.build import build_site
+from mtlbench.train.record import mitigation_info
 from tests.real_results import copy_results, real_results
+
+# what the result files of Recon and ST runs record of them
+INFO = {"recon": mitigation_info(Recon), "st": mitigation_info(SparseTraining)}
+CLAIMS = declared_claims(INFO)
 
 SEEDS = range(5)
 
@@ -63,7 +70,7 @@ def test_comparisons_are_paired_holm_corrected_and_judged():
     assert by[("a", "st", "dm")].verdict == NOT_HELD  # clearly worse
     assert by[("b", "st", "dm")].verdict == INCONCLUSIVE  # noise of sd 3 over 5 seeds
     assert by[("a", "recon", "dm")].step_ratio == pytest.approx(1.5) and by[("a", "recon", "dm")].added_params == 50
-    verdicts = {v.claim.text: v for v in judge(found)}
+    verdicts = {v.claim.text: v for v in judge(found, CLAIMS)}
     assert verdicts["Recon improves every method it is added to"].verdict == HELD
     assert verdicts["Recon reduces the occurrence of conflicting gradients"].verdict == HELD
     assert verdicts["Sparse training improves every method it is added to"].verdict == NOT_HELD  # fails for a
@@ -72,7 +79,7 @@ def test_comparisons_are_paired_holm_corrected_and_judged():
     gradient_only = verdicts["Sparse training is compatible with gradient-manipulation methods: it improves them further"]
     assert gradient_only.verdict == NOT_HELD and sum(gradient_only.counts.values()) == 1
     assert verdicts["Sparse training reduces the occurrence of conflicting gradients"].verdict in (INCONCLUSIVE, NOT_HELD)
-    assert {v.claim for v in judge(found)} == set(CLAIMS)
+    assert {v.claim for v in judge(found, CLAIMS)} == set(CLAIMS) and len(CLAIMS) == 5
 
 
 def test_two_variants_of_one_mitigation_are_judged_apart():
@@ -84,7 +91,7 @@ def test_two_variants_of_one_mitigation_are_judged_apart():
     worse["mitigation"] = "recon-k25"
     worse.loc[worse["method"] == "a", "dm_flat"] += 4.0  # 2 points worse than none for a
     found = compare(pd.concat([runs, worse], ignore_index=True), {"t": "flat"})
-    every = [v for v in judge(found) if v.claim.text == "Recon improves every method it is added to"]
+    every = [v for v in judge(found, CLAIMS) if v.claim.text == "Recon improves every method it is added to"]
     assert {v.mitigation: v.verdict for v in every} == {"recon": HELD, "recon-k25": NOT_HELD}
     assert {v.mitigation: v.counts["held"] for v in every} == {"recon": 2, "recon-k25": 1}
 
@@ -94,7 +101,7 @@ def test_a_method_without_its_unmitigated_row_or_a_grid_without_mitigations_has_
     assert compare(runs[runs["mitigation"] == "none"], {}) == []
     alone = compare(runs[~((runs["method"] == "b") & (runs["mitigation"] == "none"))], {})
     assert {c.method for c in alone} == {"a"}
-    assert compare(runs.iloc[0:0], {}) == [] and judge([]) == []
+    assert compare(runs.iloc[0:0], {}) == [] and judge([], CLAIMS) == []
 
 
 def test_the_claims_page_judges_real_result_files(tmp_path_factory, tmp_path):
@@ -106,7 +113,7 @@ def test_the_claims_page_judges_real_result_files(tmp_path_factory, tmp_path):
         for c in (data, data["cell"]):
             c["mitigation"] = c["mitigation_name"] = "recon"
         data["cell"]["mitigation_version"] = data["mitigation_version"] = "3"
-        data["mitigation_info"] = {**data["mitigation_info"], "version": "3", "roles": []}  # none's role: unmitigated
+        data["mitigation_info"] = INFO["recon"]  # Recon's declarations (claims), not none's role
         for split in data["metrics"].values():
             for k in split:
                 split[k] = min(1.0, split[k] * 1.03)
@@ -150,3 +157,15 @@ def test_two_unmitigated_labels_of_one_method_compare_against_the_same_row_every
         assert found[key].result.diff == pytest.approx(c.result.diff)
     # the same rule without a row under the mitigation's own name: the first label in order
     assert unmitigated_labels(other) == {"a": "plain", "b": "plain"}
+
+
+def test_a_project_mitigation_s_declared_claim_is_judged():
+    """The claims come from what each mitigation declares (recorded in its results), so a
+    project's own mitigation gets its claim judged like Recon's; a mitigation that declares no
+    claim gets comparisons but no verdict."""
+    runs = _runs()
+    runs = runs[runs["mitigation"] != "st"].replace({"mitigation": {"recon": "mine"}, "mitigation_name": {"recon": "mine"}})
+    info = {"mine": {"citation": "Doe 2026", "claims": [{"text": "Mine lowers Δm", "measure": "dm", "kinds": []}]}}
+    verdicts = judge(compare(runs, {"t": "flat"}), declared_claims(info))
+    assert [(v.claim.text, v.claim.source, v.mitigation, v.verdict) for v in verdicts] == [("Mine lowers Δm", "Doe 2026", "mine", HELD)]
+    assert judge(compare(runs, {"t": "flat"}), declared_claims({"mine": {"claims": []}})) == []

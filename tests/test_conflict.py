@@ -68,7 +68,7 @@ def test_recorder_averages_over_sampled_steps():
     assert [s for s in range(12) if rec.due(s)] == [0, 5, 10]
     rec.record(0, torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))   # overall cos 0: no conflict; l1 conflicts
     rec.record(5, torch.tensor([[1.0, 1.0], [-1.0, -2.0]]))  # conflict everywhere
-    s = rec.summary()
+    s = rec.summary().model_dump()
     assert s["n_samples"] == 2 and s["pairs"] == [["a", "b"]]
     assert s["p_pct"] == 50.0
     assert s["series"]["p_pct"] == [0.0, 100.0]

@@ -129,8 +129,8 @@ def test_same_cell_twice_gives_identical_metrics(project, data_dir):
     bench = load_benchmark(project)
     for method in ("pcgrad", "ew"):
         cell = next(c for c in bench.cells() if c.method == method and c.seed == 1)
-        a = train_cell(cell, bench.plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False)
-        b = train_cell(cell, bench.plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False)
+        a = train_cell(cell, bench.plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False).to_json()
+        b = train_cell(cell, bench.plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False).to_json()
         assert a["metrics"] == b["metrics"]
         assert a["curves"]["joint"][-1]["train_loss"] == b["curves"]["joint"][-1]["train_loss"]
         assert a["conflict"]["series"] == b["conflict"]["series"]

@@ -7,16 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from torch import nn
 
 from mtlbench.backbones.build import BackboneSpec, build_trunk
-from mtlbench.train.conflict import ConflictRecorder
-from mtlbench.plugin.mitigation import MitigationContext
-from mtlbench.mitigations.recon import BranchedModel, Recon, branchable_layers, rank_layers, select_layers
+from mtlbench.mitigations.recon import Recon, rank_layers, select_layers
 from mtlbench.mitigations.sparse import SparseTraining, neuron_mask
+from mtlbench.plugin.branching import BranchedModel, branchable_layers
+from mtlbench.plugin.mitigation import MitigationContext
 from mtlbench.plugin.model import HardSharingModel, module_layers
+from mtlbench.train.conflict import ConflictRecorder
 from tests.conftest import REPO, TINY_TOML, make_project
 
 # ------------------------------------------------------------------ S-conflict scores and ranking
@@ -33,14 +33,14 @@ def test_s_conflict_counts_from_hand_built_layer_gradients():
     ], dtype=torch.float64)
     rec.record(0, g)
     rec.record(1, g)
-    s = rec.summary()["layers"]["s_conflict"]
+    s = rec.summary().layers.s_conflict
     # pairs below 0 per step: l0 -> (a,b),(b,c) = 2 ; l1 -> (a,c),(b,c) = 2 ; l2 -> (a,c),(b,c) = 2 (0 is not < 0)
     assert s["0"] == [4, 4, 4]
     # below -0.5: l0 -> -1, -0.6 = 2 ; l1 -> 2 ; l2 -> -0.707 twice = 2
     assert s["-0.5"] == [4, 4, 4]
     rec2 = ConflictRecorder(["a", "b", "c"], ["l0", "l1", "l2"], [2, 1, 2], every=1, s_values=[-0.65])
     rec2.record(0, g)
-    assert rec2.summary()["layers"]["s_conflict"]["-0.65"] == [1, 2, 2]
+    assert rec2.summary().layers.s_conflict["-0.65"] == [1, 2, 2]
 
 
 def test_ranking_and_selection():
@@ -245,7 +245,7 @@ def test_st_and_recon_compose_with_cagrad(tmp_path):
 def single_stream(branched: BranchedModel, t: int, task: str) -> nn.Module:
     """Task t's own network inside a branched model: its copies of the branched layers, its
     stream's batch-norm statistics, its head."""
-    from mtlbench.mitigations.recon import PerStream, TaskBranch, _set_submodule
+    from mtlbench.plugin.branching import PerStream, TaskBranch, _set_submodule
 
     trunk = copy.deepcopy(branched.trunk)
     for m in trunk.modules():
@@ -405,7 +405,7 @@ def test_recon_refuses_representation_gradient_methods_when_the_config_is_read(t
 def test_shared_prefix_runs_once(make, layers, split_at):
     """The layers before the first branched one run once on the batch, not once per stream:
     their batch norms stay plain shared layers; the streams split at the enclosing block."""
-    from mtlbench.mitigations.recon import PerStream
+    from mtlbench.plugin.branching import PerStream
 
     model = BranchedModel(make(), layers)
     assert model.split_at == split_at
@@ -448,7 +448,7 @@ def test_a_trunk_with_a_skip_across_the_split_runs_every_stream_from_the_input()
 
 
 def test_recon_reinitialises_each_copy_as_recon_s_code():
-    from mtlbench.mitigations.recon import TaskBranch
+    from mtlbench.plugin.branching import TaskBranch
 
     base = tiny_resnet_model()
     shared = copy.deepcopy(base.trunk.get_submodule("layer2.0.conv1").weight)
@@ -557,3 +557,54 @@ def test_reference_conflict_is_reported_for_every_mitigation(tmp_path):
     assert files["none"]["conflict"]["reference"]["p_pct"] == files["none"]["conflict"]["p_pct"]
     assert files["recon"]["conflict"]["reference"]["layers"]["names"] == files["none"]["conflict"]["layers"]["names"]
     assert sum(files["recon"]["conflict"]["layers"]["params"]) < files["none"]["cost"]["params_shared"]
+    # the result records what the mitigation declares; the run page shows its report tables by it
+    assert [c["text"] for c in files["recon"]["mitigation_info"]["claims"]] == [c.text for c in Recon.claims]
+    assert files["none"]["mitigation_info"]["claims"] == [] and len(files["st"]["mitigation_info"]["claims"]) == 3
+    from mtlbench.site.build import build_site
+    from mtlbench.site.data import run_page
+
+    build_site([results], tmp_path / "site")
+    r = files["recon"]
+    page = (tmp_path / "site" / run_page(r["suite"], r["task"], r["backbone"], "ew", "recon", 0)).read_text()
+    assert "Layers by S-conflict score over the search phase" in page and "<th class=\"l\">branchable</th>" in page
+    chosen = ", ".join(r["mitigation_report"]["chosen"])
+    assert f"<dt>chosen</dt><dd>{chosen}</dd>" in page and page.count("<tr><td data-v=") >= len(r["mitigation_report"]["ranking"])
+
+
+def test_recon_names_the_model_that_offers_no_surgery():
+    """A model that declares no surgery parts gets a clear error naming it and the interface,
+    before any search runs."""
+    from mtlbench.core.errors import ConfigError
+    from mtlbench.plugin.model import MultiTaskModel
+
+    class Custom(MultiTaskModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search must not run for a model without surgery parts")
+
+    ctx = MitigationContext(tasks=["a", "b"], total_steps=10, seed=0, search=no_search, search_identity={})
+    with pytest.raises(ConfigError, match=r"recon: Custom declares no shared parts to branch .*surgery_parts and branch_layers"):
+        Recon(k=1).prepare(Custom(), ctx)
+
+
+def test_a_mitigation_that_masks_must_declare_it():
+    """The trainer records the unmasked reference set when a mitigation declares
+    ``masks_gradients``; overriding the mask without the declaration is refused at once."""
+    from mtlbench.plugin.mitigation import Mitigation
+
+    with pytest.raises(TypeError, match=r"Halves overrides mask_task_gradients but does not declare masks_gradients = True"):
+
+        class Halves(Mitigation):
+            def mask_task_gradients(self, grads):
+                return grads / 2
+
+    class Declared(Mitigation):
+        masks_gradients = True
+
+        def mask_task_gradients(self, grads):
+            return grads / 2
+
+    assert Declared.masks_gradients and SparseTraining.masks_gradients and not Recon.masks_gradients

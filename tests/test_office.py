@@ -98,7 +98,7 @@ lr = 0.01
 def office_results(prepared, tmp_path_factory):
     root, _ = prepared
     bench = load_benchmark(make_project(tmp_path_factory.mktemp("office-proj") / "proj", OFFICE_TOML))
-    return {c.method: train_cell(c, bench.plugins, data_dir=root / "data", device=torch.device("cpu"), progress=False)
+    return {c.method: train_cell(c, bench.plugins, data_dir=root / "data", device=torch.device("cpu"), progress=False).to_json()
             for c in bench.cells()}
 
 

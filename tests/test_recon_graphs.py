@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mtlbench.backbones.mpnn import MPNN
-from mtlbench.mitigations.recon import BranchedModel, branchable_layers
+from mtlbench.plugin.branching import BranchedModel, branchable_layers
 from mtlbench.plugin.model import HardSharingModel
 from tests.test_mpnn import _batch
 

@@ -149,7 +149,7 @@ def test_multi_sample_method_equals_libmtl_over_two_steps(record):
         state = method.w if name == "sdmgrad" else method.lambdas
         assert torch.allclose(state, torch.tensor(expected["weights"], dtype=torch.float64), atol=1e-5)
     # the conflict statistics saw the first batch's gradients
-    summary = recorder.summary()
+    summary = recorder.summary().model_dump()
     assert summary["n_samples"] == 2
     for step in range(2):
         g0 = torch.tensor(record["G"][step][0], dtype=torch.float64)

@@ -73,7 +73,7 @@ def test_interrupted_cell_resumes_to_the_uninterrupted_result(reference, tmp_pat
         with pytest.raises(Interrupted):
             train_cell(cell, checkpoints=StopAfter(tmp_path, cell, name, epoch), **run)
     checkpoints = CellCheckpoints(tmp_path, cell)
-    result = train_cell(cell, checkpoints=checkpoints, **run)
+    result = train_cell(cell, checkpoints=checkpoints, **run).to_json()
     assert checkpoints.resumed == {stops[-1][0]: stops[-1][1], **({"left": 2} if method == "stl" else {})}
     assert result["provenance"]["resumed_after_epoch"] == checkpoints.resumed
     assert training_record(result) == training_record(expected[str(cell.relpath)])
@@ -87,10 +87,10 @@ def test_mitigated_cell_resumes_to_the_uninterrupted_result(tmp_path, data_dir, 
     cell = next(c for c in bench.cells() if c.seed == 0)
     run = dict(plugins=bench.plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False,
                cache_dir=tmp_path / ".cache")
-    expected = train_cell(cell, **run)
+    expected = train_cell(cell, **run).to_json()
     with pytest.raises(Interrupted):
         train_cell(cell, checkpoints=StopAfter(tmp_path, cell, "joint", 1), **run)
-    result = train_cell(cell, checkpoints=CellCheckpoints(tmp_path, cell), **run)
+    result = train_cell(cell, checkpoints=CellCheckpoints(tmp_path, cell), **run).to_json()
     assert result["provenance"]["resumed_after_epoch"] == {"joint": 1}
     assert training_record(result) == training_record(expected)
     assert result["mitigation_report"] == expected["mitigation_report"] and result["mitigation_report"]["trainable_pct"] < 100
@@ -108,7 +108,7 @@ def test_checkpoint_of_another_config_is_ignored(reference, tmp_path, data_dir, 
     ours = CellCheckpoints(tmp_path, cell)
     ours.folder.mkdir(parents=True)
     theirs.rename(ours.folder / "joint.pt")  # a checkpoint left under this cell's name by another config
-    result = train_cell(cell, checkpoints=ours, **run)
+    result = train_cell(cell, checkpoints=ours, **run).to_json()
     assert ours.resumed == {}
     assert training_record(result) == training_record(expected[str(cell.relpath)])
 

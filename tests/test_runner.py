@@ -16,6 +16,7 @@ import pytest
 from mtlbench.report.aggregate import load_results
 from mtlbench.cli import main
 from mtlbench.grid.config import load_benchmark
+from mtlbench.core.files import atomic_write_json
 from mtlbench.core.errors import ConfigError, ResultError
 from mtlbench.run.job import log_path
 from mtlbench.run.local import device_slots
@@ -232,14 +233,15 @@ def test_results_of_another_task_version_or_schema_are_stale_and_never_aggregate
     config, expected = reference
     ew, pcgrad = _cell(config, "ew"), _cell(config, "pcgrad")
     store = ResultStore(tmp_path)
-    store.write(ew, {**expected[str(ew.relpath)], "task_version": "0"})
+    write = lambda cell, data: atomic_write_json(store.path(cell), data)  # noqa: E731  (files an older mtlbench wrote)
+    write(ew, {**expected[str(ew.relpath)], "task_version": "0"})
     state = store.state(ew)
     assert state.state == "stale" and state.reason == f"task version 0 in the result, {ew.task_version} now"
-    store.write(ew, {**expected[str(ew.relpath)], "schema": "mtlbench.result/0"})
+    write(ew, {**expected[str(ew.relpath)], "schema": "mtlbench.result/0"})
     state = store.state(ew)
     assert state.state == "stale" and "schema 'mtlbench.result/0'" in state.reason
 
-    store.write(pcgrad, expected[str(pcgrad.relpath)])  # one current result beside the old one
+    write(pcgrad, expected[str(pcgrad.relpath)])  # one current result beside the old one
     with pytest.raises(ResultError, match=r"different schemas would be mixed: .*1 file\(s\) have mtlbench.result/0"):
         load_results([tmp_path])
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from mtlbench.backbones.build import BackboneSpec, build_multitask_model, check_backbone, known_model, suggest_models
-from mtlbench.datasets.dense import DenseHead
-from mtlbench.core.errors import ConfigError
 from mtlbench.backbones.segnet import SegNet, SegNetMTAN, unpool, upsample2x
+from mtlbench.core.errors import ConfigError
+from mtlbench.datasets.dense import DenseHead
 from tests.conftest import make_project
 
 TINY = (4, 8, 8, 16, 16)
@@ -149,7 +149,7 @@ def test_recon_surgery_on_segnet_mtan_keeps_outputs(layers, mode):
     in training and eval mode; each task's copies and attention are its own parameters."""
     import copy
 
-    from mtlbench.mitigations.recon import BranchedMTAN
+    from mtlbench.backbones.segnet import BranchedMTAN
 
     base = _tiny_mtan()
     reference = copy.deepcopy(base)

@@ -33,6 +33,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.plugin.backbone import NativeBackbone
+from mtlbench.plugin.branching import (
+    CurrentTask,
+    branch,
+    branchable_in,
+    init_style,
+    per_stream_norms,
+    reference_after_surgery,
+    shared_after_surgery,
+    stack_streams,
+    task_copies,
+)
 from mtlbench.plugin.model import MultiTaskModel, init_weights, module_layers
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 512)
@@ -127,6 +138,8 @@ class SegNet(nn.Module):
     H and W must be divisible by 32 (five 2x2 poolings).
     """
 
+    init_style = "xavier"  # MTAN's initialisation, for re-drawn task copies (mtlbench.plugin.branching)
+
     def __init__(self, in_chans: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
         super().__init__()
         w = self.widths = check_widths(widths)
@@ -184,6 +197,7 @@ class SegNetMTAN(MultiTaskModel):
     """
 
     SHARED_PARTS = ("segnet", "encoder_link", "decoder_link")  # the shared sub-networks, in order
+    init_style = "xavier"  # MTAN's initialisation, for re-drawn task copies (mtlbench.plugin.branching)
 
     def __init__(self, heads: Mapping[str, nn.Module], in_chans: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS) -> None:
         super().__init__()
@@ -227,6 +241,69 @@ class SegNetMTAN(MultiTaskModel):
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         params = list(self.attention[task].parameters()) + list(self.heads[task].parameters())
         return [p for p in params if p.requires_grad]
+
+    def surgery_parts(self) -> list[tuple[str, nn.Module]]:
+        """The shared SegNet and link blocks (Recon's candidates in its MTAN code)."""
+        return [(p, getattr(self, p)) for p in self.SHARED_PARTS]
+
+    def branch_layers(self, layers: list[str], init: str, generator: torch.Generator | None = None) -> MultiTaskModel:
+        return BranchedMTAN(self, layers, init=init, generator=generator)
+
+
+class BranchedMTAN(MultiTaskModel):
+    """Recon's surgery on SegNet-MTAN: the candidates are the shared layers (the SegNet and the
+    shared conv blocks between attention stages, as in Recon's MTAN code); each task's
+    attention modules and head stay its own. A branched SegNet layer makes the SegNet compute
+    T streams (from the input: its un-pooling indices cross stages, so no prefix runs once;
+    unbranched SegNet batch norms keep per-stream statistics); each task's attention path reads
+    its own stream. A branched link block (applied per task in the attention path, as in MTAN)
+    applies task t's copy to task t's features; unbranched link norms keep MTAN's behaviour."""
+
+    def __init__(
+        self, base: SegNetMTAN, branched: list[str], init: str = "copy", generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        tasks = list(base.heads)
+        self.n_tasks = len(tasks)
+        self.current = CurrentTask()
+        allowed = branchable_in(base.surgery_parts())
+        for name in branched:
+            if name not in allowed:
+                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared SegNet)")
+        branch(base, branched, self.n_tasks, init, init_style(base), generator, self.current)
+        in_segnet = [b[len("segnet.") :] for b in branched if b.startswith("segnet.")]
+        self.streams = bool(in_segnet)
+        if self.streams:
+            per_stream_norms(base.segnet, in_segnet, self.n_tasks)
+        self.base = base
+        self.heads = base.heads
+        self.branched = list(branched)
+        self.split_at: str | None = "input" if self.streams else None
+        self.prefix_once = False
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        b, base = x.shape[0], self.base
+        f = base.segnet.features(stack_streams(x, self.n_tasks) if self.streams else x)
+        out = {}
+        try:
+            for i, (t, head) in enumerate(self.heads.items()):
+                own = type(f)(*[[m[i * b : (i + 1) * b] if self.streams else m for m in maps] for maps in vars(f).values()])
+                self.current.task = i
+                out[t] = head(base.attend(base.attention[t], own))  # type: ignore[arg-type]
+        finally:
+            self.current.task = None
+        return out
+
+    def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
+        return shared_after_surgery(self.base.surgery_parts())
+
+    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
+        return reference_after_surgery(self.base.surgery_parts(), n_tasks)
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        i = list(self.heads).index(task)
+        own = task_copies(self.base, i) + list(self.base.attention[task].parameters()) + list(self.heads[task].parameters())
+        return [p for p in own if p.requires_grad]
 
 
 class SegNetBackbone(NativeBackbone):

@@ -91,6 +91,23 @@ class PluginInfo(Open):
     roles: list[str] = []
 
 
+class MitigationClaim(Record):
+    """One line a paper claims about its mitigation, as the mitigation declares it (the claims
+    page checks it on paired runs): ``measure`` ``dm`` (ΔΔm, lower is better) or ``p_ref`` (Δp%
+    on the reference set); ``kinds``: the method kinds it is about (empty: every method);
+    ``source``: the paper (empty: the mitigation's citation)."""
+
+    text: Text
+    measure: Literal["dm", "p_ref"]
+    kinds: tuple[str, ...] = ()
+    source: str = ""
+
+
+class MitigationInfo(PluginInfo):
+    claims: list[MitigationClaim] = []
+    report_tables: dict[str, str] = {}  # a list of records in the report -> its caption on the run page
+
+
 class MethodInfo(PluginInfo):
     kind: str = ""
     option_defaults: dict[str, Any] = {}
@@ -219,7 +236,7 @@ class ResultBase(Record):
     mitigation_version: Text
     seed: Annotated[Int, Field(ge=0)]
     method_info: MethodInfo | None = None
-    mitigation_info: PluginInfo | None = None
+    mitigation_info: MitigationInfo | None = None
     task_info: TaskInfo | None = None
     status: Literal["ok", "failed"]
     reason: str | None = None

@@ -21,452 +21,26 @@ MTAN S=-0.02 K=22; CelebA ResNet18 S=-0.05 K=25. The search depends only on the 
 protocol and search options, not on the cell's method or seed: it is computed once and cached
 by its own hash (the paper's "search once" claim), then reused across methods and seeds.
 
-Routing. After surgery the trunk processes T stacked copies of the batch (one stream per task):
-a branched layer applies copy t to stream t; a shared layer runs once per stream (batch-norm
-layers normalise each stream separately, with their own running statistics per stream, so a
-stream sees exactly what a separate per-task forward pass would, in training and in eval mode;
-version 1 kept one blended set of running statistics, which cost a trained model 25 points of
-eval-mode accuracy in a MultiMNIST check). This works for any trunk whose only batch-coupled
-layers are batch norms (timm ResNets, ViTs, ConvNeXts ...). The layers before the first branched
-layer run once on the batch (see :func:`split_point`); the streams split there. Leaf
-modules owning parameters can be branched; parameters held by a container itself (a ViT's
-cls_token/pos_embed, layer ``<root>``; the MPNN's ``conv`` bias) cannot and are skipped in the
-ranking's selection. A batch of molecule graphs stacks its own streams (``repeat_streams``: T
-copies of the disjoint graph) and runs every stream from the input; a branched recurrent layer
-(the MPNN's GRU, Set2Set's LSTM: sequence-first, streams on axis 1) runs each stream's input and
-hidden state through that task's copy. A trunk may declare ``init_style`` for ``init = "reinit"``
-(the MPNN: ``"default"``, each layer's own PyTorch initialiser).
+Surgery. The model performs it: it declares the sub-networks whose layers may be branched
+(``surgery_parts``) and builds its branched form (``branch_layers``); see
+:mod:`mtlbench.plugin.branching` for how task streams are routed and copies initialised. A model
+that declares no surgery parts gets a clear error.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from pydantic import ValidationError
 
 from mtlbench.core.cell import config_hash
 from mtlbench.core.errors import ConfigError
+from mtlbench.core.result import Conflict, MitigationClaim
+from mtlbench.plugin.branching import INIT_RULES, branchable_in
 from mtlbench.plugin.mitigation import Mitigation, MitigationContext
-from mtlbench.plugin.model import HardSharingModel, MultiTaskModel, module_layers
-
-
-class CurrentTask:
-    """Which task's features a layer is processing, where a model runs its task branches one at a
-    time (SegNet-MTAN's attention path); None: the input holds all T streams stacked."""
-
-    def __init__(self) -> None:
-        self.task: int | None = None
-
-
-class TaskBranch(nn.Module):
-    """One copy of a layer per task; the input holds the T task streams stacked on the batch axis
-    (or, when ``current.task`` is set, one task's features: that task's copy applies)."""
-
-    def __init__(self, module: nn.Module, n_tasks: int, current: CurrentTask | None = None) -> None:
-        super().__init__()
-        self.copies = nn.ModuleList(copy.deepcopy(module) for _ in range(n_tasks))
-        self.current = current
-
-    def __getattr__(self, name: str) -> Any:
-        """A plain setting of the layer (e.g. an LSTM's ``num_layers``, which Set2Set reads) from
-        its first copy: the copies share every setting; their parameters stay on the copies."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            value = getattr(self._modules["copies"][0], name)  # type: ignore[index]
-            if isinstance(value, (Tensor, nn.Module)):
-                raise
-            return value
-
-    def forward(self, x: Tensor, *state: Any) -> Any:
-        if self.current is not None and self.current.task is not None:
-            return self.copies[self.current.task](x, *state)
-        if isinstance(self.copies[0], nn.RNNBase) and not self.copies[0].batch_first:
-            return self._recurrent(x, *state)
-        streams = x.split(x.shape[0] // len(self.copies))
-        return torch.cat([m(s) for m, s in zip(self.copies, streams)])
-
-    def _recurrent(self, x: Tensor, *state: Any) -> tuple[Tensor, Any]:
-        """A GRU/LSTM (sequence-first: the streams lie on axis 1 of the input and of the hidden
-        state) applied per stream by its own copy."""
-        n = len(self.copies)
-
-        def split(t: Tensor) -> tuple[Tensor, ...]:
-            return t.split(t.shape[1] // n, dim=1)
-
-        inputs = split(x)
-        if state and state[0] is not None:
-            hidden = state[0]
-            per = list(zip(*(split(h) for h in hidden))) if isinstance(hidden, tuple) else [(h,) for h in split(hidden)]
-        else:
-            per = [()] * n
-        outs, states = [], []
-        for m, xs, hs in zip(self.copies, inputs, per):
-            out, h = m(xs, (hs if len(hs) > 1 else hs[0]) if hs else None)
-            outs.append(out)
-            states.append(h)
-        joined = (
-            tuple(torch.cat(parts, dim=1) for parts in zip(*states)) if isinstance(states[0], tuple) else torch.cat(states, dim=1)
-        )
-        return torch.cat(outs, dim=1), joined
-
-
-class PerStream(nn.Module):
-    """A shared batch norm applied to each task stream separately: the affine parameters are
-    shared (they stay one shared layer), the running statistics are one set per stream.
-
-    Each stream t is normalised with its own batch statistics in training and its own running
-    statistics in eval mode, exactly as the stream's own single-task network would be (version 1
-    kept one set of running statistics that all T streams updated in turn, so in eval mode every
-    stream was normalised with a blend of the others' statistics: a trained model lost 4-7
-    accuracy points in eval mode on MultiMNIST)."""
-
-    running_mean: Tensor
-    running_var: Tensor
-    num_batches_tracked: Tensor
-
-    def __init__(self, module: _BatchNorm, n_tasks: int) -> None:
-        super().__init__()
-        self.inner = module  # holds the shared weight and bias (and the initial statistics)
-        self.n_tasks = n_tasks
-        if module.track_running_stats:
-            assert module.running_mean is not None and module.running_var is not None
-            self.register_buffer("running_mean", module.running_mean.detach().clone().repeat(n_tasks, 1))
-            self.register_buffer("running_var", module.running_var.detach().clone().repeat(n_tasks, 1))
-            self.register_buffer("num_batches_tracked", torch.zeros(n_tasks, dtype=torch.long))
-
-    def forward(self, x: Tensor) -> Tensor:
-        bn, streams = self.inner, x.split(x.shape[0] // self.n_tasks)
-        if not bn.track_running_stats:
-            return torch.cat([bn(s) for s in streams])
-        own = bn.running_mean, bn.running_var, bn.num_batches_tracked
-        out = []
-        try:  # the layer's own forward (any batch-norm subclass) on each stream's statistics (row views)
-            for t, s in enumerate(streams):
-                bn.running_mean, bn.running_var = self.running_mean[t], self.running_var[t]
-                bn.num_batches_tracked = self.num_batches_tracked[t]
-                out.append(bn(s))
-        finally:
-            bn.running_mean, bn.running_var, bn.num_batches_tracked = own
-        return torch.cat(out)
-
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
-
-def branchable_layers(trunk: nn.Module) -> set[str]:
-    """Names of the trunk's layers that can be turned task-specific (leaf modules with parameters)."""
-    return {
-        name
-        for name, m in trunk.named_modules()
-        if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))
-    }
-
-
-def surgery_parts(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The shared sub-networks Recon may branch, as (name prefix, module): a hard-sharing
-    model's trunk (no prefix), or SegNet-MTAN's shared parts."""
-    from mtlbench.backbones.segnet import SegNetMTAN
-
-    if isinstance(model, SegNetMTAN):
-        return [(p, getattr(model, p)) for p in SegNetMTAN.SHARED_PARTS]
-    assert isinstance(model, HardSharingModel)
-    return [("", model.trunk)]
-
-
-def branchable_in(parts: list[tuple[str, nn.Module]]) -> set[str]:
-    """:func:`branchable_layers` of each part, under the part's prefix."""
-    return {f"{prefix}.{n}" if prefix else n for prefix, root in parts for n in branchable_layers(root)}
-
-
-def stack_streams(x: Any, n_tasks: int) -> Any:
-    """T copies of a batch stacked on the batch axis: one stream per task. A batch that is not a
-    tensor (a batch of molecule graphs) stacks itself (``repeat_streams``)."""
-    if not isinstance(x, Tensor):
-        if not hasattr(x, "repeat_streams"):
-            raise TypeError(f"recon: a batch of {type(x).__name__} cannot be split into task streams (no repeat_streams)")
-        return x.repeat_streams(n_tasks)
-    return x.repeat(n_tasks, *([1] * (x.ndim - 1)))
-
-
-def _inside(name: str, branched: list[str]) -> bool:
-    return any(name == b or name.startswith(b + ".") for b in branched)
-
-
-def branch(
-    root: nn.Module, names: list[str], n_tasks: int, init: str, style: str,
-    generator: torch.Generator | None, current: CurrentTask | None = None,
-) -> None:  # fmt: skip
-    """Replace each named layer of ``root`` by a :class:`TaskBranch`, its copies re-initialised
-    one after another from ``generator`` (``init = "reinit"``, see :data:`INIT_RULES`)."""
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    for name in names:
-        layer = TaskBranch(root.get_submodule(name), n_tasks, current)
-        if init == "reinit":
-            for c in layer.copies:
-                reinitialise(c, style, generator)
-        _set_submodule(root, name, layer)
-
-
-def per_stream_norms(root: nn.Module, branched: list[str], n_tasks: int, before_split: frozenset[str] = frozenset()) -> None:
-    """Wrap ``root``'s batch norms in :class:`PerStream`, except those branched and those that
-    run before the streams split (``before_split``: their names)."""
-    for name, m in list(root.named_modules()):
-        if isinstance(m, _BatchNorm) and not _inside(name, branched) and name not in before_split:
-            _set_submodule(root, name, PerStream(m, n_tasks))
-
-
-class StreamSplit:
-    """The forward pre-hook at the split point: stacks T copies of the module's input."""
-
-    def __init__(self, n_tasks: int, active: bool = True) -> None:
-        self.n_tasks, self.active = n_tasks, active
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if not self.active:
-            return None
-        return (stack_streams(args[0], self.n_tasks), *args[1:])
-
-
-def split_point(trunk: nn.Module, branched: list[str]) -> str | None:
-    """Where the task streams start: the deepest ancestor of the first branched layer (in
-    registration order) reached from the trunk through direct children and nn.Sequential
-    elements only — a module whose input is the previous module's output alone, so everything
-    before it can run once for all tasks. None when nothing is branched."""
-    if not branched:
-        return None
-    order = {name: i for i, (name, _) in enumerate(trunk.named_modules())}
-    parts = min(branched, key=order.__getitem__).split(".")
-    point = parts[0]
-    for i in range(1, len(parts)):
-        if not isinstance(trunk.get_submodule(point), nn.Sequential):
-            break
-        point = f"{point}.{parts[i]}"
-    return point
-
-
-INIT_RULES = {
-    "reinit": "each task copy re-initialised independently with the backbone's initialiser, as Recon's code "
-    "(which builds the branched network afresh): Kaiming-normal convolutions (fan_out, ReLU) for ResNets, "
-    "Xavier-normal convolutions and linears for SegNet; batch norms 1/0; other layers copied; a trunk that "
-    "declares init_style = 'default' (the MPNN): every layer's own PyTorch initialisation (reset_parameters)",
-    "copy": "every task copy starts from the shared layer's weights",
-}
-
-
-def reinitialise(module: nn.Module, style: str, generator: torch.Generator) -> None:
-    """Re-draw a branched layer copy's weights (see :data:`INIT_RULES`); ``style`` ``kaiming``
-    (timm and Recon ResNets) or ``xavier`` (SegNet, MTAN's initialisation)."""
-    if style == "default":  # each layer's own initialiser, its draws from ``generator``
-        for m in module.modules():
-            reset = getattr(m, "reset_parameters", None)
-            if callable(reset) and any(True for _ in m.parameters(recurse=False)):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-                    reset()
-        return
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d) and style == "kaiming":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=generator)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and style == "xavier":
-                nn.init.xavier_normal_(m.weight, generator=generator)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, _BatchNorm) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-
-class BranchedModel(MultiTaskModel):
-    """A hard-sharing model whose ``branched`` trunk layers are task-specific (Recon's surgery).
-
-    The trunk runs once on the batch up to :func:`split_point` (batch norms there stay plain
-    shared layers: every task sees the same statistics, as its own single-task network would),
-    and on the T stacked task streams from there on. The first forward pass checks, in eval mode
-    and without side effects, that this equals running the whole trunk per stream; a trunk whose
-    forward is not sequential at the split point (a skip connection crossing it) runs every
-    stream from the input instead (``prefix_once`` False, in Recon's report)."""
-
-    def __init__(
-        self, base: HardSharingModel, branched: list[str], init: str = "copy", generator: torch.Generator | None = None
-    ) -> None:
-        super().__init__()
-        tasks = list(base.heads)
-        self.n_tasks = len(tasks)
-        trunk = base.trunk
-        allowed = branchable_layers(trunk)
-        for name in branched:
-            if name not in allowed:
-                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters)")
-        self.split_at = split_point(trunk, branched)
-        order = [name for name, _ in trunk.named_modules()]
-        # registration order = execution order before the split point (checked at the first forward)
-        before_split = frozenset(order[: order.index(self.split_at)] if self.split_at is not None else order)
-        style = getattr(trunk, "init_style", None) or ("xavier" if type(trunk).__module__.endswith("segnet") else "kaiming")
-        branch(trunk, branched, self.n_tasks, init, style, generator)
-        per_stream_norms(trunk, branched, self.n_tasks, before_split)
-        self.trunk = trunk
-        self.heads = base.heads
-        self.branched = list(branched)
-        self._splitter = StreamSplit(self.n_tasks, active=self.split_at is not None)
-        self._checked = False
-        if self.split_at is not None:
-            trunk.get_submodule(self.split_at).register_forward_pre_hook(self._splitter)
-
-    @property
-    def prefix_once(self) -> bool:
-        return self._splitter.active
-
-    @prefix_once.setter
-    def prefix_once(self, value: bool) -> None:
-        self._splitter.active = value
-
-    def _check_prefix(self, x: Tensor) -> None:
-        """Once: the shared prefix computed once equals the trunk run per stream (eval mode, no
-        gradient, no running-statistics update)."""
-        self._checked = True
-        if not isinstance(x, Tensor):  # a graph batch: every stream runs from the input
-            self.prefix_once = False
-        if not self.prefix_once:
-            return
-        modes = {m: m.training for m in self.trunk.modules()}
-        try:
-            self.trunk.eval()
-            with torch.no_grad():
-                sample = x[: min(len(x), 4)]
-                try:
-                    once: Tensor | None = self.trunk(sample)
-                except RuntimeError:  # a tensor from before the split point is used after it
-                    once = None
-                self.prefix_once = False
-                per_stream = self.trunk(stack_streams(sample, self.n_tasks))
-            if once is not None and once.shape == per_stream.shape:
-                scale = float(per_stream.abs().max()) + 1e-12
-                self.prefix_once = float((once - per_stream).abs().max()) <= 1e-4 * scale
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        b = len(x)
-        if not self._checked:
-            self._check_prefix(x)
-        z = self.trunk(x if self.prefix_once else stack_streams(x, self.n_tasks))
-        return {t: head(s) for (t, head), s in zip(self.heads.items(), z.split(b))}
-
-    def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
-        """The trunk's layers minus the task copies, under their names before surgery."""
-        return shared_after_surgery([("", self.trunk)])
-
-    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
-        """The unmodified trunk's layers in order; a branched layer as each task's own copy."""
-        return reference_after_surgery([("", self.trunk)], n_tasks)
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        i = list(self.heads).index(task)
-        return task_copies(self.trunk, i) + [p for p in self.heads[task].parameters() if p.requires_grad]
-
-
-def _label(prefix: str, name: str, wrapped: set[str]) -> str:
-    """A layer's name before surgery (a PerStream norm's ``.inner`` dropped), under ``prefix``."""
-    parent, _, leaf = name.rpartition(".")
-    name = parent if leaf == "inner" and parent in wrapped else name
-    return f"{prefix}.{name}" if prefix else name
-
-
-def shared_after_surgery(parts: list[tuple[str, nn.Module]]) -> list[tuple[str, list[nn.Parameter]]]:
-    """The shared layers of the (prefix, module) parts, task copies left out, under their names
-    before surgery."""
-    out = []
-    for prefix, root in parts:
-        task_owned = {id(p) for m in root.modules() if isinstance(m, TaskBranch) for p in m.parameters()}
-        wrapped = {name for name, m in root.named_modules() if isinstance(m, PerStream)}
-        out += [(_label(prefix, n, wrapped), ps) for n, ps in module_layers(root) if id(ps[0]) not in task_owned]
-    return out
-
-
-def reference_after_surgery(parts: list[tuple[str, nn.Module]], n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
-    """The layers of the (prefix, module) parts as before surgery, in order, each with every
-    task's parameters: a branched layer as each task's own copy."""
-    out: list[tuple[str, list[list[nn.Parameter]]]] = []
-    for prefix, root in parts:
-        branches = {name: m for name, m in root.named_modules() if isinstance(m, TaskBranch)}
-        wrapped = {name for name, m in root.named_modules() if isinstance(m, PerStream)}
-        for name, params in module_layers(root):
-            owner = next((b for b in branches if name.startswith(b + ".")), None)
-            if owner is None:
-                out.append((_label(prefix, name, wrapped), [params] * n_tasks))
-            elif not out or out[-1][0] != _label(prefix, owner, wrapped):
-                out.append((_label(prefix, owner, wrapped), [list(c.parameters()) for c in branches[owner].copies]))
-        # (a branch's copies are consecutive layers of module_layers: one entry per branch)
-    return out
-
-
-def task_copies(root: nn.Module, i: int) -> list[nn.Parameter]:
-    """Task i's copies of the branched layers under ``root``."""
-    return [p for m in root.modules() if isinstance(m, TaskBranch) for p in m.copies[i].parameters()]
-
-
-class BranchedMTAN(MultiTaskModel):
-    """Recon's surgery on SegNet-MTAN: the candidates are the shared layers (the SegNet and the
-    shared conv blocks between attention stages, as in Recon's MTAN code); each task's
-    attention modules and head stay its own. A branched SegNet layer makes the SegNet compute
-    T streams (from the input: its un-pooling indices cross stages, so no prefix runs once;
-    unbranched SegNet batch norms keep per-stream statistics); each task's attention path reads
-    its own stream. A branched link block (applied per task in the attention path, as in MTAN)
-    applies task t's copy to task t's features; unbranched link norms keep MTAN's behaviour."""
-
-    def __init__(self, base: Any, branched: list[str], init: str = "copy", generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        tasks = list(base.heads)
-        self.n_tasks = len(tasks)
-        self.current = CurrentTask()
-        allowed = branchable_in(surgery_parts(base))
-        for name in branched:
-            if name not in allowed:
-                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared SegNet)")
-        branch(base, branched, self.n_tasks, init, "xavier", generator, self.current)
-        in_segnet = [b[len("segnet.") :] for b in branched if b.startswith("segnet.")]
-        self.streams = bool(in_segnet)
-        if self.streams:
-            per_stream_norms(base.segnet, in_segnet, self.n_tasks)
-        self.base = base
-        self.heads = base.heads
-        self.branched = list(branched)
-        self.split_at: str | None = "input" if self.streams else None
-        self.prefix_once = False
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        b, base = x.shape[0], self.base
-        f = base.segnet.features(stack_streams(x, self.n_tasks) if self.streams else x)
-        out = {}
-        try:
-            for i, (t, head) in enumerate(self.heads.items()):
-                own = type(f)(*[[m[i * b : (i + 1) * b] if self.streams else m for m in maps] for maps in vars(f).values()])
-                self.current.task = i
-                out[t] = head(base.attend(base.attention[t], own))
-        finally:
-            self.current.task = None
-        return out
-
-    def shared_layers(self) -> list[tuple[str, list[nn.Parameter]]]:
-        return shared_after_surgery(surgery_parts(self.base))
-
-    def reference_layers(self, n_tasks: int) -> list[tuple[str, list[list[nn.Parameter]]]]:
-        return reference_after_surgery(surgery_parts(self.base), n_tasks)
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        i = list(self.heads).index(task)
-        own = task_copies(self.base, i) + list(self.base.attention[task].parameters()) + list(self.heads[task].parameters())
-        return [p for p in own if p.requires_grad]
+from mtlbench.plugin.model import MultiTaskModel
 
 
 def rank_layers(names: list[str], sizes: list[int], scores: list[int], branchable: set[str]) -> list[dict[str, Any]]:
@@ -509,6 +83,11 @@ class Recon(Mitigation):
     citation = "Shi et al., Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, ICLR 2023"
     reference = "github.com/moukamisama/Recon (S-conflict scores over the search phase, top-K layers)"
     version = "3"  # 2: per-stream batch-norm statistics; 3: copies re-initialised as Recon's code, shared prefix once
+    claims = (
+        MitigationClaim(text="Recon reduces the occurrence of conflicting gradients", measure="p_ref"),
+        MitigationClaim(text="Recon improves every method it is added to", measure="dm"),
+    )
+    report_tables = {"ranking": "Layers by S-conflict score over the search phase (the chosen ones are listed above)"}
 
     def __init__(
         self,
@@ -541,7 +120,7 @@ class Recon(Mitigation):
             raise ValueError(f"recon: init={init!r}; valid: {', '.join(INIT_RULES)}")
         self.search_method, self.search_seed, self.budget_rule, self.init = search_method, int(search_seed), budget_rule, init
         self._report: dict[str, Any] | None = None
-        self._model: BranchedModel | BranchedMTAN | None = None
+        self._model: MultiTaskModel | None = None
 
     def option_errors(self, methods: Mapping[str, Any]) -> dict[str, str]:
         searcher = methods.get(self.search_method)
@@ -559,7 +138,7 @@ class Recon(Mitigation):
             )
         return None
 
-    def search_summary(self, ctx: MitigationContext) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    def search_summary(self, ctx: MitigationContext) -> tuple[Conflict, dict[str, Any], bool]:
         steps = self.search_steps or max(1, round(self.search_fraction * ctx.total_steps))
         key = {
             "schema": "mtlbench.recon-search/1",
@@ -577,30 +156,34 @@ class Recon(Mitigation):
             try:
                 stored = json.loads(path.read_text())
                 if stored.get("key") == json.loads(json.dumps(key)):
-                    return stored["conflict"], {**key, "hash": digest}, True
-            except (json.JSONDecodeError, KeyError):
+                    return Conflict.model_validate(stored["conflict"]), {**key, "hash": digest}, True
+            except (json.JSONDecodeError, KeyError, ValidationError):
                 pass  # unreadable cache entry: search again and overwrite it
         summary = ctx.search(self.search_method, steps, self.search_every, [self.s], self.search_seed)
-        if summary is None:
+        if summary is None or summary.layers is None:
             raise ConfigError("recon: the search phase sampled no gradients (fewer than 2 tasks?)")
         if path is not None:
             from mtlbench.core.files import atomic_write_json
 
-            atomic_write_json(path, {"key": key, "conflict": {"layers": summary["layers"], "n_samples": summary["n_samples"]}})
+            stored = {"layers": summary.layers.model_dump(mode="json"), "n_samples": summary.n_samples}
+            atomic_write_json(path, {"key": key, "conflict": stored})
         return summary, {**key, "hash": digest}, False
 
     def prepare(self, model: MultiTaskModel, ctx: MitigationContext) -> MultiTaskModel:
-        from mtlbench.backbones.segnet import SegNetMTAN
-
-        if not isinstance(model, (HardSharingModel, SegNetMTAN)):
+        parts = model.surgery_parts()
+        if not parts:
             raise ConfigError(
-                f"recon: supports hard-sharing models (a trunk and one head per task) and SegNet-MTAN, not {type(model).__name__}"
+                f"recon: {type(model).__name__} declares no shared parts to branch (surgery_parts); Recon runs on "
+                "hard-sharing models (a trunk and one head per task), SegNet-MTAN and models that implement "
+                "surgery_parts and branch_layers (mtlbench.plugin.model.MultiTaskModel)"
             )
         summary, key, cached = self.search_summary(ctx)
-        layers = summary["layers"]
-        scores = layers["s_conflict"][f"{self.s:g}"]
-        shared_total = sum(layers["params"])
-        ranking = rank_layers(layers["names"], layers["params"], scores, branchable_in(surgery_parts(model)))
+        layers = summary.layers
+        if layers is None or f"{self.s:g}" not in layers.s_conflict:
+            raise ConfigError(f"recon: the search phase recorded no S-conflict scores for s={self.s:g}")
+        scores = layers.s_conflict[f"{self.s:g}"]
+        shared_total = sum(layers.params)
+        ranking = rank_layers(layers.names, layers.params, scores, branchable_in(parts))
         chosen = select_layers(ranking, self.k, self.budget, shared_total, self.budget_rule)
         branched_params = sum(r["params"] for r in ranking if r["layer"] in chosen)
         n_tasks = len(ctx.tasks)
@@ -615,7 +198,7 @@ class Recon(Mitigation):
                 "seed": self.search_seed,
                 "hash": key["hash"],
                 "cached": cached,
-                "samples": summary.get("n_samples"),
+                "samples": summary.n_samples,
             },
             "ranking": ranking,
             "chosen": chosen,
@@ -626,14 +209,11 @@ class Recon(Mitigation):
             "init": self.init,
         }
         generator = torch.Generator().manual_seed(ctx.seed + 3_000_017)  # the copies' own draws
-        if isinstance(model, HardSharingModel):
-            self._model = BranchedModel(model, chosen, init=self.init, generator=generator)
-        else:
-            self._model = BranchedMTAN(model, chosen, init=self.init, generator=generator)
+        self._model = model.branch_layers(chosen, init=self.init, generator=generator)
         return self._model
 
     def report(self) -> dict[str, Any] | None:
         if self._report is not None and self._model is not None:
             m = self._model
-            self._report["streams"] = {"split_at": m.split_at, "prefix_once": m.prefix_once}
+            self._report["streams"] = {"split_at": getattr(m, "split_at", None), "prefix_once": getattr(m, "prefix_once", False)}
         return self._report

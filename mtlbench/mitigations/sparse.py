@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlbench.core.result import MitigationClaim
 from mtlbench.plugin.mitigation import Mitigation, MitigationContext
 from mtlbench.plugin.model import MultiTaskModel
 
@@ -72,6 +73,16 @@ class SparseTraining(Mitigation):
     )
     reference = "the paper's description (no public code): PSN masks per output unit, chosen once before training"
     version = "2"  # the mask before the method's clipping
+    masks_gradients = True
+    claims = (
+        MitigationClaim(text="Sparse training reduces the occurrence of conflicting gradients", measure="p_ref"),
+        MitigationClaim(text="Sparse training improves every method it is added to", measure="dm"),
+        MitigationClaim(
+            text="Sparse training is compatible with gradient-manipulation methods: it improves them further",
+            measure="dm",
+            kinds=("gradient",),
+        ),
+    )
 
     def __init__(self, fraction: float = 0.3, k: int = 0, selection: str = "psn", train_bias_and_norm: bool = True) -> None:
         if selection not in SELECTIONS:

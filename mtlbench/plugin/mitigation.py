@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.core.registry import Plugin
+from mtlbench.core.result import Conflict, MitigationClaim
 from mtlbench.plugin.model import MultiTaskModel
 
 
@@ -27,9 +28,9 @@ class SearchPhase(TypingProtocol):
     copy of the cell's unmodified model (same task, backbone, protocol and data) with the
     method named ``method`` for ``steps`` steps, sampling per-layer conflict statistics every
     ``every`` steps (with S-conflict counts for each threshold in ``s_values``), from ``seed``;
-    return the conflict summary (None when nothing was sampled)."""
+    return the conflict statistics (None when nothing was sampled)."""
 
-    def __call__(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> dict[str, Any] | None: ...
+    def __call__(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> Conflict | None: ...
 
 
 @dataclass
@@ -51,6 +52,21 @@ class MitigationContext:
 
 class Mitigation(Plugin):
     ROLES: ClassVar[dict[str, str]] = {"unmitigated": "plain training: the row a mitigation's effect is measured against"}
+    # True when mask_task_gradients changes the gradients: the trainer then records conflict
+    # statistics on the unmasked reference set too (a subclass that overrides it must say so)
+    masks_gradients: ClassVar[bool] = False
+    # what its paper claims (the claims page judges each on the grid's paired runs)
+    claims: ClassVar[tuple[MitigationClaim, ...]] = ()
+    # the run page's caption for each list of records in report() (others show as key-value pairs)
+    report_tables: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "mask_task_gradients" in vars(cls) and not cls.masks_gradients:
+            raise TypeError(
+                f"{cls.__module__}.{cls.__name__} overrides mask_task_gradients but does not declare "
+                "masks_gradients = True (the trainer reads the declaration to record the unmasked reference set)"
+            )
 
     def prepare(self, model: MultiTaskModel, ctx: MitigationContext) -> MultiTaskModel:
         return model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from torch import Tensor, nn
+from torch import Generator, Tensor, nn
 
 
 class MultiTaskModel(nn.Module):
@@ -50,6 +50,17 @@ class MultiTaskModel(nn.Module):
         """Task outputs from the shared representation: ``forward(x) == decode(encode(x))``."""
         raise NotImplementedError(f"{type(self).__name__} has no decode(); see encode()")
 
+    def surgery_parts(self) -> list[tuple[str, nn.Module]]:
+        """The shared sub-networks whose layers may be made task-specific (Recon's surgery), as
+        (name prefix, module) in network order; ``[]``: the model offers no surgery."""
+        return []
+
+    def branch_layers(self, layers: list[str], init: str, generator: Generator | None = None) -> MultiTaskModel:
+        """This model with the named shared ``layers`` (names under :meth:`surgery_parts`' prefixes)
+        turned into one copy per task (:mod:`mtlbench.plugin.branching`); ``init`` ``"copy"`` or
+        ``"reinit"`` (copies re-drawn from ``generator``)."""
+        raise NotImplementedError(f"{type(self).__name__} offers no surgery (surgery_parts/branch_layers)")
+
 
 class HardSharingModel(MultiTaskModel):
     """One shared trunk, one head per task."""
@@ -73,6 +84,14 @@ class HardSharingModel(MultiTaskModel):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [p for p in self.heads[task].parameters() if p.requires_grad]
+
+    def surgery_parts(self) -> list[tuple[str, nn.Module]]:
+        return [("", self.trunk)]
+
+    def branch_layers(self, layers: list[str], init: str, generator: Generator | None = None) -> MultiTaskModel:
+        from mtlbench.plugin.branching import BranchedModel
+
+        return BranchedModel(self, layers, init=init, generator=generator)
 
 
 def module_layers(module: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:

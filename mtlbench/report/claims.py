@@ -1,4 +1,7 @@
-"""The seed papers' claims about their mitigations, checked on a grid's own runs.
+"""The papers' claims about their mitigations, checked on a grid's own runs.
+
+Each mitigation declares its paper's claims (``Mitigation.claims``); result files record them
+(``mitigation_info.claims``), so this stage reads them without importing any plugin.
 
 For each suite × task × backbone that runs a mitigation beside ``none``, every mitigated row
 is compared with the same method without mitigation, seed by seed
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -32,7 +35,8 @@ from mtlbench.report.stats import INCONCLUSIVE, Paired, combine, holm, paired, v
 
 @dataclass(frozen=True)
 class Claim:
-    """One line a seed paper claims about its mitigation, and how it is checked."""
+    """One line a paper claims about its mitigation, and how it is checked (as the mitigation
+    declares it: ``Mitigation.claims``, recorded in each result's ``mitigation_info``)."""
 
     text: str
     source: str
@@ -41,19 +45,22 @@ class Claim:
     kinds: tuple[str, ...] = ()  # method kinds the claim is about; () = every method
 
 
-RECON = "Shi et al., Recon: Reducing Conflicting Gradients from the Root for Multi-Task Learning, ICLR 2023"
-ST = (
-    "Zhang et al., Proactive Gradient Conflict Mitigation in Multi-Task Learning: A Sparse Training Perspective, "
-    "arXiv 2411.18615, 2024"
-)
-CLAIMS = (
-    Claim("Recon reduces the occurrence of conflicting gradients", RECON, "recon", "p_ref"),
-    Claim("Recon improves every method it is added to", RECON, "recon", "dm"),
-    Claim("Sparse training reduces the occurrence of conflicting gradients", ST, "st", "p_ref"),
-    Claim("Sparse training improves every method it is added to", ST, "st", "dm"),
-    Claim("Sparse training is compatible with gradient-manipulation methods: it improves them further", ST, "st", "dm",
-          ("gradient",)),
-)  # fmt: skip
+def declared_claims(mitigation_info: Mapping[str, Mapping[str, Any]]) -> tuple[Claim, ...]:
+    """The claims the mitigations declare, from their ``mitigation_info`` as result files record
+    it (mitigation plugin name -> info), in the order of the names, then of the declarations."""
+    return tuple(
+        Claim(
+            str(c["text"]),
+            str(c.get("source") or info.get("citation") or ""),
+            name,
+            str(c["measure"]),
+            tuple(c.get("kinds") or ()),
+        )
+        for name, info in sorted(mitigation_info.items())
+        for c in info.get("claims") or ()
+    )
+
+
 # the smallest effect each claim is about: Δm points, p% points (a CI that excludes it refutes)
 MARGINS = {"dm": 0.5, "p_ref": 5.0}
 MEASURE_NAMES = {"dm": "ΔΔm (points)", "p_ref": "Δp% on the reference set (points)"}
@@ -128,7 +135,7 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
     return out
 
 
-def judge(comparisons: list[Comparison], claims: tuple[Claim, ...] = CLAIMS) -> list[ClaimVerdict]:
+def judge(comparisons: list[Comparison], claims: tuple[Claim, ...]) -> list[ClaimVerdict]:
     """Each claim's verdict in each group that has comparisons it is about, once per mitigation
     entry of the claim's plugin: two variants of one mitigation in a suite (e.g. Recon at a
     parameter budget and at K layers, under two labels) are judged apart, never pooled."""

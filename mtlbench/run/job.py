@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from mtlbench.core.cell import Cell
 from mtlbench.core.files import remove_temp_files
+from mtlbench.core.result import FailedResult, OkResult
 from mtlbench.run.locks import CellLock, slurm_job_id
 from mtlbench.run.store import ResultStore
 
@@ -188,6 +189,7 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
         job.executor,
         ", resuming from a checkpoint" if checkpoints.exists() else "",
     )
+    result: OkResult | FailedResult
     try:
         result = train_cell(
             cell,
@@ -202,18 +204,19 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
             run_info=info,
             outputs=job.results,
         )
-        metrics = "  ".join(f"{k}={v:.4f}" for k, v in result["metrics"]["test"].items())
+        metrics = "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.test.items())
         outcome = Outcome(job.key, "ok", metrics, details={"resumed": checkpoints.resumed})
     except Exception as e:  # recorded, the grid goes on
-        result = failed_result(cell, plugins, device, e, started, info, job.results).to_json()
-        if isinstance(e, torch.cuda.OutOfMemoryError):
+        oom = isinstance(e, torch.cuda.OutOfMemoryError)
+        if oom:
             torch.cuda.empty_cache()
-            result["reason"] += " (lower runs_per_device or the batch size)"
-        log.error("failed: %s\n%s", result["reason"], result["traceback"])
-        outcome = Outcome(job.key, "failed", result["reason"])
+        hint = " (lower runs_per_device or the batch size)" if oom else ""
+        failed = failed_result(cell, plugins, device, e, started, info, job.results, hint=hint)
+        log.error("failed: %s\n%s", failed.reason, failed.traceback)
+        outcome, result = Outcome(job.key, "failed", failed.reason or ""), failed
     path = ResultStore(job.results).write(cell, result)
     checkpoints.clear()
-    log.info("result written (%s): %s", result["status"], path)
+    log.info("result written (%s): %s", result.status, path)
     return outcome
 
 
@@ -257,7 +260,7 @@ def record_failure(job: CellJob, reason: str, lock_job: str | None = None) -> Ou
             now_iso(),
             {"executor": job.executor, "recorded_by": "runner"},
             job.results,
-        ).to_json()
-        result["traceback"] = "last lines of the cell's log:\n" + "".join(path.read_text(encoding="utf-8").splitlines(True)[-20:])
+            log_tail="last lines of the cell's log:\n" + "".join(path.read_text(encoding="utf-8").splitlines(True)[-20:]),
+        )
         ResultStore(job.results).write(job.cell, result)
-    return Outcome(job.key, "failed", result["reason"])
+    return Outcome(job.key, "failed", result.reason or "")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mtlbench.core.cell import Cell
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import atomic_write_json, read_result
+from mtlbench.core.result import FailedResult, OkResult
 
 
 @dataclass
@@ -47,7 +47,8 @@ class ResultStore:
             return CellState(cell, path, "done")
         return CellState(cell, path, "failed", str(data.get("reason", "unknown")))
 
-    def write(self, cell: Cell, result: dict[str, Any]) -> Path:
+    def write(self, cell: Cell, result: OkResult | FailedResult) -> Path:
+        """Write the cell's result file (atomically: a reader sees the old file or the new one)."""
         path = self.path(cell)
-        atomic_write_json(path, result)
+        atomic_write_json(path, result.to_json())
         return path

@@ -71,6 +71,7 @@ class SiteData:
     task_info: dict[str, dict[str, Any]]
     method_info: dict[str, dict[str, Any]]
     details: dict[str, RunDetail]
+    mitigation_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # plugin name -> its declarations
     plots: PlotCache = field(default_factory=lambda: PlotCache(None))  # set by the site build
     published: Path | None = None  # folder of published tables (the reproduction page)
     tuning: list[Family] = field(default_factory=list)  # tuned methods' grid points (the kept row is chosen on validation)
@@ -110,22 +111,24 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
     dirs = [Path(d) for d in result_dirs]
     task_info: dict[str, dict[str, Any]] = {}
     method_info: dict[str, dict[str, Any]] = {}
+    mitigation_info: dict[str, dict[str, Any]] = {}
     details: dict[str, RunDetail] = {}
 
-    def revisit(path: Path, payload: tuple[str, Any, str, Any, RunDetail]) -> None:
-        task, t_info, method, m_info, detail = payload
-        if t_info is not None and task not in task_info:
-            task_info[task] = t_info
-        if m_info is not None and method not in method_info:
-            method_info[method] = m_info
+    def revisit(path: Path, payload: tuple[str, Any, str, Any, str, Any, RunDetail]) -> None:
+        task, t_info, method, m_info, mitigation, g_info, detail = payload
+        for known, key, info in ((task_info, task, t_info), (method_info, method, m_info), (mitigation_info, mitigation, g_info)):
+            if info is not None and key not in known:
+                known[key] = info
         details[str(path)] = detail
 
-    def visit(path: Path, result: Result) -> tuple[str, Any, str, Any, RunDetail]:
+    def visit(path: Path, result: Result) -> tuple[str, Any, str, Any, str, Any, RunDetail]:
         return (
             result.task,
-            result.task_info.model_dump() if result.task_info is not None else None,
+            result.task_info.model_dump(mode="json") if result.task_info is not None else None,
             result.method_name,
-            result.method_info.model_dump() if result.method_info is not None else None,
+            result.method_info.model_dump(mode="json") if result.method_info is not None else None,
+            result.mitigation_name,
+            result.mitigation_info.model_dump(mode="json") if result.mitigation_info is not None else None,
             run_detail(result),
         )
 
@@ -137,7 +140,7 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
     conventions = delta_m_conventions(task_info)
     table, tuning = select_tuned(summarize(loaded, runs), conventions)
     table = rank_table(table, runs, conventions)
-    return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details, tuning=tuning)
+    return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details, mitigation_info, tuning=tuning)
 
 
 def delta_m_conventions(task_info: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -344,16 +344,12 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
     conflict = r.get("conflict") if isinstance(r.get("conflict"), dict) else None
     raw_report = r.get("mitigation_report")
     report: dict[str, Any] = raw_report if isinstance(raw_report, dict) else {}
-    chosen = set(report.get("chosen") or [])
-    ranking = [
-        (str(row.get("layer")), row.get("score"), row.get("params"), row.get("layer") in chosen)
-        for row in report.get("ranking") or []
-        if isinstance(row, dict)
-    ]
+    captions = ((r.get("mitigation_info") or {}).get("report_tables")) or {}
+    tables = report_tables(report, captions)
     return {
         "r": r,
-        "mitigation": flatten({k: v for k, v in report.items() if k not in ("ranking", "chosen")}),
-        "ranking": ranking,
+        "mitigation": flatten({k: v for k, v in report.items() if k not in tables}),
+        "report_tables": list(tables.values()),
         "metric_rows": rows,
         "conflict": conflict,
         "layers": layer_table(_layer_rows(conflict)),
@@ -365,8 +361,21 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def report_tables(report: dict[str, Any], captions: dict[str, str]) -> dict[str, tuple[str, list[str], list[list[Any]]]]:
+    """The lists of records in a mitigation's report, as tables: key -> (caption, columns, rows);
+    the caption is the one the mitigation declares (``report_tables``), else the key."""
+    out = {}
+    for key, value in report.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            out[key] = (str(captions.get(key) or key), columns, [[row.get(c) for c in columns] for row in value])
+    return out
+
+
 def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dicts as (dotted key, value) pairs."""
+    """Nested dicts as (dotted key, value) pairs; a list of plain values as one comma-separated value."""
+    if isinstance(d, list) and all(not isinstance(v, (dict, list)) for v in d):
+        return [(prefix, ", ".join(map(str, d)))]
     if not isinstance(d, dict):
         return [(prefix, d)]
     out = []
@@ -493,17 +502,18 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
 
 
 def claims_pages(data: SiteData) -> Iterator[Page]:
-    """``claims.html``: the seed papers' claims about Recon and sparse training, judged on
+    """``claims.html``: the claims the mitigations' papers make (as each mitigation declares them), judged on
     every suite × task × backbone whose runs compare a mitigation with none
     (:mod:`mtlbench.report.claims`), with the budget each verdict holds for and the cost
     beside it. Nothing when no runs use a mitigation."""
-    from mtlbench.report.claims import CLAIMS, MARGINS, MEASURE_NAMES, compare, judge
+    from mtlbench.report.claims import MARGINS, MEASURE_NAMES, compare, declared_claims, judge
 
     conventions = delta_m_conventions(data.task_info)
     comparisons = compare(data.runs, conventions)
     if not comparisons:
         return
-    verdicts = judge(comparisons)
+    claims = declared_claims(data.mitigation_info)
+    verdicts = judge(comparisons, claims)
     groups: list[dict[str, Any]] = []
     for group in sorted({c.group for c in comparisons}):
         runs = data.runs[(data.runs[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)]
@@ -532,8 +542,8 @@ def claims_pages(data: SiteData) -> Iterator[Page]:
     yield Page(
         "claims.html",
         "claims.html",
-        {"claims": CLAIMS, "margins": MARGINS, "measures": MEASURE_NAMES, "groups": groups},
-        title="Claims: do Recon and sparse training do what their papers say?",
+        {"claims": claims, "margins": MARGINS, "measures": MEASURE_NAMES, "groups": groups},
+        title="Claims: do the mitigations do what their papers say?",
     )
 
 

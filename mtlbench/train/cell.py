@@ -13,6 +13,7 @@ import torch
 
 from mtlbench.backbones.build import BackboneSpec, build_multitask_model
 from mtlbench.core.cell import Cell
+from mtlbench.core.result import Conflict, OkResult
 from mtlbench.core.spec import ConflictSettings
 from mtlbench.datasets.splits import MultiInputSplit, Split
 from mtlbench.plugin.mitigation import MitigationContext
@@ -133,7 +134,7 @@ class CellRun:
         fit = self.trainer(model, self.tasks, method, cell.conflict, cell.seed, self.desc, "joint", mitigation).fit()
         return {"joint": fit}, mitigation.report()
 
-    def search(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> dict[str, Any] | None:
+    def search(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> Conflict | None:
         """The :class:`~mtlbench.plugin.mitigation.SearchPhase` this cell offers its mitigation."""
         seed_everything(seed)
         base = build_model(self.task, self.spec, self.tasks)
@@ -178,7 +179,7 @@ def train_cell(
     deterministic: bool = True,
     run_info: dict[str, Any] | None = None,
     outputs: Path | None = None,
-) -> dict[str, Any]:
+) -> OkResult:
     """Train one cell and return its result record (status ok). Exceptions propagate.
 
     ``data_cache``: see :func:`load_splits`. ``cache_dir`` (optional) keeps work shared between
@@ -215,4 +216,4 @@ def train_cell(
         deterministic=deterministic,
         resumed_after_epoch=checkpoints.resumed if checkpoints is not None else {},
     )
-    return ok_result(cell, plugins, run.task, fits, report, memory=memory, t_start=t_start, provenance=info).to_json()
+    return ok_result(cell, plugins, run.task, fits, report, memory=memory, t_start=t_start, provenance=info)

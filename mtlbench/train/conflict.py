@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mtlbench.core import result as records
 from mtlbench.core.spec import HISTOGRAMS, RECON_EDGES  # noqa: F401  (re-exported)
 
 
@@ -136,14 +137,15 @@ class ConflictRecorder:
         self.layer_mean_cos.append([_r(v) for v in per_layer.mean(dim=1).tolist()])
         self.layer_p_pct.append([_r(v) for v in ((per_layer < 0).double().mean(dim=1) * 100).tolist()])
 
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self) -> records.Conflict | None:
+        """The sampled statistics as the result file records them (None when nothing was sampled)."""
         if not self.steps:
             return None
         n = len(self.steps)
         mean = lambda rows, k: _r(sum(r[k] for r in rows) / n)  # noqa: E731
         flat_cos = [v for row in self.pair_cos for v in row]
         lo, hi = wilson_interval(sum(1 for v in flat_cos if v < 0), len(flat_cos))
-        return {
+        return records.Conflict.model_validate({
             "every": self.every,
             "n_samples": n,
             "pairs": [[a, b] for i, a in enumerate(self.tasks) for b in self.tasks[i + 1 :]],
@@ -160,16 +162,25 @@ class ConflictRecorder:
                 "s_conflict": {f"{v:g}": counts for v, counts in self.s_conflict.items()},
             },
             "layer_series": {"mean_cos": self.layer_mean_cos, "p_pct": self.layer_p_pct},
-        }
+        })  # fmt: skip
 
-    def reference_summary(self, description: str) -> dict[str, Any] | None:
+    def reference_summary(self, description: str) -> records.ReferenceConflict | None:
         """The headline statistics of a recorder on the reference parameter set."""
         full = self.summary()
-        if full is None:
+        if full is None or full.layers is None:
             return None
-        keep = ("n_samples", "p_pct", "p_pct_ci95", "mean_cos", "histogram")
-        layers = {k: full["layers"][k] for k in ("names", "params", "mean_cos", "p_pct")}
-        return {"set": description, "params": sum(self.layer_sizes), **{k: full[k] for k in keep}, "layers": layers}
+        return records.ReferenceConflict(
+            set=description,
+            params=sum(self.layer_sizes),
+            n_samples=full.n_samples,
+            p_pct=full.p_pct,
+            p_pct_ci95=full.p_pct_ci95,
+            mean_cos=full.mean_cos,
+            histogram=full.histogram,
+            layers=records.Layers(
+                names=full.layers.names, params=full.layers.params, mean_cos=full.layers.mean_cos, p_pct=full.layers.p_pct
+            ),
+        )
 
 
 REFERENCE_SET = (

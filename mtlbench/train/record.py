@@ -14,7 +14,8 @@ import torch
 
 from mtlbench.core.cell import RESULT_SCHEMA, Cell
 from mtlbench.core.registry import Plugin
-from mtlbench.core.result import FailedResult, OkResult
+from mtlbench.core.result import Cost, FailedResult, OkResult
+from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.task import Task
 from mtlbench.train.provenance import PeakMemory, collect, now_iso
 from mtlbench.train.trainer import FitOutput
@@ -65,11 +66,11 @@ def ok_result(
     )
 
 
-def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> dict[str, Any]:
+def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> Cost:
     step_times = [s for f in fits.values() for s in f.step_times]
     peak, peak_kind = memory.peak_mb()
     joint = fits.get("joint")
-    return {
+    return Cost.model_validate({
         "wall_time_s": time.perf_counter() - t_start,
         "train_steps": len(step_times),
         "step_time_ms": 1000 * statistics.fmean(step_times) if step_times else None,
@@ -80,7 +81,7 @@ def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> dict
         "peak_memory_kind": peak_kind,
         "params": sum(f.params for f in fits.values()),
         "params_shared": joint.params_shared if joint is not None else 0,
-    }
+    })  # fmt: skip
 
 
 def provenance(
@@ -135,7 +136,7 @@ def result_header(cell: Cell, plugins: Plugins) -> dict[str, Any]:
             "kind": method_cls.kind,
             "option_defaults": {k: _jsonable(v) for k, v in method_cls.option_defaults().items()},
         },
-        "mitigation_info": None if mitigation_cls is None else plugin_info(mitigation_cls),
+        "mitigation_info": None if mitigation_cls is None else mitigation_info(mitigation_cls),
         "task_info": None
         if task_cls is None
         else {
@@ -157,6 +158,13 @@ def plugin_info(cls: type[Plugin]) -> dict[str, Any]:
     }
 
 
+def mitigation_info(cls: type[Mitigation]) -> dict[str, Any]:
+    """:func:`plugin_info` and the mitigation's declared claims (source: its citation unless a
+    claim names another) and report tables."""
+    claims = [{**c.model_dump(mode="json"), "source": c.source or cls.citation} for c in cls.claims]
+    return {**plugin_info(cls), "claims": claims, "report_tables": dict(cls.report_tables)}
+
+
 def _jsonable(value: Any) -> Any:
     """``value`` if JSON can store it, else its repr (an option default may be any object)."""
     try:
@@ -174,14 +182,19 @@ def failed_result(
     started: str,
     run_info: dict[str, Any] | None = None,
     outputs: Path | None = None,
+    *,
+    hint: str = "",
+    log_tail: str | None = None,
 ) -> FailedResult:
+    """The record of a cell that failed with ``error``: its reason (plus ``hint``, what to change)
+    and the traceback, or ``log_tail`` where the error happened in another process."""
     tb = "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=-6))
     return FailedResult.model_validate(
         {
             **result_header(cell, plugins),
             "status": "failed",
-            "reason": f"{type(error).__name__}: {error}"[:500],
-            "traceback": tb[-4000:],
+            "reason": f"{type(error).__name__}: {error}"[:500] + hint,
+            "traceback": log_tail if log_tail is not None else tb[-4000:],
             "metrics": {},
             "provenance": provenance(cell, plugins, device, started, run_info, outputs),
         }

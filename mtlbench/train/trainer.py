@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtlbench.core.result import Conflict
 from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
 from mtlbench.datasets.splits import MultiInputSplit, Split
 from mtlbench.plugin.method import GradientAggregator, Method, StepInfo
@@ -58,7 +59,7 @@ class FitOutput:
     epochs: list[dict[str, Any]]
     step_times: list[float] = field(default_factory=list)
     conflict_time: float = 0.0
-    conflict: dict[str, Any] | None = None
+    conflict: Conflict | None = None  # the sampled conflict statistics
     task_gradients: dict[str, Any] | None = None  # strategy and chunk size of the per-task gradients
     params: int = 0
     params_shared: int = 0
@@ -167,7 +168,7 @@ class Trainer:
             edges=HISTOGRAMS[conflict.histogram],
             s_values=conflict.s,
         )
-        masks = mitigation is not None and type(mitigation).mask_task_gradients is not Mitigation.mask_task_gradients
+        masks = mitigation is not None and mitigation.masks_gradients
         # None: the reference set is what the method updates, unmasked: the recorder's statistics are its
         self.reference = reference_conflict(model, self.shared, tasks, self.recorder, masks)
         mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
@@ -224,11 +225,12 @@ class Trainer:
             self.end_epoch(epoch)
         if bar is not None:
             bar.close()
-        self.out.conflict = self.recorder.summary()
-        if self.out.conflict is not None:
-            self.out.conflict["parameters"] = UPDATED_SET
+        conflict = self.recorder.summary()
+        if conflict is not None:
             source = self.reference.recorder if self.reference is not None else self.recorder
-            self.out.conflict["reference"] = source.reference_summary(REFERENCE_SET)
+            reference = source.reference_summary(REFERENCE_SET)
+            conflict = conflict.model_copy(update={"parameters": UPDATED_SET, "reference": reference})
+        self.out.conflict = conflict
         if max_steps is None or self.step < max_steps:
             self.select()
         return self.out
