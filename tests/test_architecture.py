@@ -69,7 +69,8 @@ def test_reports_and_the_site_import_without_torch(tmp_path):
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "import mtlbench.core.cell, mtlbench.core.files, mtlbench.core.registry, mtlbench.core.spec; "
             "import mtlbench.report.aggregate, mtlbench.report.ranking, mtlbench.report.validate, mtlbench.report.published; "
-            "import mtlbench.site.build, mtlbench.site.data, mtlbench.site.pages, mtlbench.site.plots; "
+            "import mtlbench.site.build, mtlbench.site.data, mtlbench.site.pages, mtlbench.site.plots, "
+            "mtlbench.site.run_pages, mtlbench.site.paper_pages; "
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -221,3 +221,25 @@ def test_run_with_filters_that_match_nothing_says_which_and_what_to_do(tmp_path,
     assert "--only method=geo: no cell of suite(s) tiny has method 'geo' (they have: ew, mgda, pcgrad, stl)" in out
     assert "add it to the suite's `methods` in benchmark.toml" in out
     assert "seed" not in out.split("\n")[1]  # seed=0 occurs: only the method is named
+
+
+def test_protocol_and_conflict_settings_check_themselves_wherever_they_are_built():
+    """The rules live with the records: a Protocol or ConflictSettings built in code (a task's
+    declaration, a test, a result file) is checked as benchmark.toml's are, with the same message."""
+    from mtlbench.core.spec import ConflictSettings, Protocol, SpecError
+
+    for kwargs, field_name, message in [
+        ({"lr": 0.0}, "lr", "must be > 0, got 0.0"),
+        ({"optimizer": "adagrad"}, "optimizer", "unknown value 'adagrad'; valid: sgd, adam, adamw"),
+        ({"selection": "last_mean", "last_n": 5, "epochs": 3}, "last_n", "last_n=5 exceeds epochs=3"),
+        ({"scheduler": "plateau", "step_size": 2, "gamma": 1.5}, "step_size", "0 < gamma < 1"),
+        ({"batch_size": 0}, "batch_size", "must be >= 1, got 0"),
+    ]:
+        with pytest.raises(SpecError) as e:
+            Protocol(**kwargs)
+        assert e.value.field == field_name and message in e.value.message, kwargs
+    for kwargs, field_name in [({"every": -1}, "every"), ({"histogram": "fine"}, "histogram"), ({"s": (0.5,)}, "s")]:
+        with pytest.raises(SpecError) as e:
+            ConflictSettings(**kwargs)
+        assert e.value.field == field_name
+    assert Protocol(lr=1e-3, scheduler="step", step_size=2).lr == 1e-3 and ConflictSettings(s=(-0.1,)).s == (-0.1,)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mtlbench.report.aggregate import MetricInfo, delta_m
+from mtlbench.core.result import MetricDecl
+from mtlbench.report.aggregate import delta_m
 
 INFO = {
-    "a.acc": MetricInfo("a", True),
-    "a.err": MetricInfo("a", False),
-    "b.acc": MetricInfo("b", True),
+    "a.acc": MetricDecl(task="a", higher_is_better=True),
+    "a.err": MetricDecl(task="a", higher_is_better=False),
+    "b.acc": MetricDecl(task="b", higher_is_better=True),
 }
 BASE = {"a.acc": 0.8, "a.err": 0.25, "b.acc": 0.6}
 METHOD = {"a.acc": 0.9, "a.err": 0.2, "b.acc": 0.5}
@@ -28,7 +29,7 @@ def test_per_task_convention_by_hand():
 
 
 def test_conventions_agree_with_one_metric_per_task():
-    info = {"l.acc": MetricInfo("l", True), "r.acc": MetricInfo("r", True)}
+    info = {"l.acc": MetricDecl(task="l", higher_is_better=True), "r.acc": MetricDecl(task="r", higher_is_better=True)}
     m, b = {"l.acc": 0.95, "r.acc": 0.90}, {"l.acc": 0.93, "r.acc": 0.91}
     assert delta_m(m, b, info, "flat") == pytest.approx(delta_m(m, b, info, "task"))
 
@@ -67,7 +68,7 @@ NASH_MTL_TABLE2 = {
 def test_flat_formula_reproduces_published_nyuv2_delta_m(method):
     values, published = NASH_MTL_TABLE2[method]
     values = [v / 100 if k in ("miou", "pixacc", "11.25", "22.5", "30") else v for k, v in zip(NYU_KEYS, values)]
-    info = {k: MetricInfo(t, bool(h)) for k, t, h in zip(NYU_KEYS, NYU_TASK, NYU_HIGHER)}
+    info = {k: MetricDecl(task=t, higher_is_better=bool(h)) for k, t, h in zip(NYU_KEYS, NYU_TASK, NYU_HIGHER)}
     got = delta_m(dict(zip(NYU_KEYS, values)), dict(zip(NYU_KEYS, NYU_STL)), info, "flat")
     # published values are rounded to 2 decimals, the inputs to 2-4 significant digits
     assert got == pytest.approx(published, abs=0.015)

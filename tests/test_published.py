@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtlbench.report.aggregate import MetricInfo
+from mtlbench.core.result import MetricDecl
 from mtlbench.core.errors import ConfigError
 from mtlbench.report.published import check_table, dm_tolerance, load_published, read_table, recompute_dm, reproduction_table
 from tests.conftest import REPO
@@ -82,7 +82,7 @@ def test_rows_that_cannot_be_recomputed_say_why():
 def test_delta_m_is_undefined_against_a_zero_baseline():
     from mtlbench.report.aggregate import delta_m
 
-    info = {"a.f1": MetricInfo("a", True), "b.f1": MetricInfo("b", True)}
+    info = {"a.f1": MetricDecl(task="a", higher_is_better=True), "b.f1": MetricDecl(task="b", higher_is_better=True)}
     assert math.isnan(delta_m({"a.f1": 0.4, "b.f1": 0.5}, {"a.f1": 0.0, "b.f1": 0.5}, info, "task"))
 
 
@@ -134,7 +134,7 @@ def test_reproduction_view_puts_published_and_ours_side_by_side(tmp_path):
          # the same suite on another backbone: its baseline must not pair with this table's rows
          {"suite": "s", "task": "toy", "task_version": "1", "backbone": "c", "method": "stl", "mitigation": "none",
           "is_baseline": True, "unmitigated": True, "n_seeds": 3, "test:a.acc": 0.5, "test:a.acc:std": 0.01}])
-    view = reproduction_table([table], summary, {("toy", "1"): {"a.acc": MetricInfo("a", True)}})
+    view = reproduction_table([table], summary, {("toy", "1"): {"a.acc": MetricDecl(task="a", higher_is_better=True)}})
     ew = view[view["method"] == "EW"].set_index("metric")
     assert ew.loc["a.acc", "published"] == 84.0 and ew.loc["a.acc", "ours"] == pytest.approx(78.0)
     assert ew.loc["a.acc", "difference"] == pytest.approx(-6.0)

@@ -356,3 +356,14 @@ def test_rank_follows_the_declared_convention():
     assert flat.loc["ew", "vs_ew"] == "reference"
     with pytest.raises(ValueError, match="unknown Δm convention"):
         rank_table(table, runs, {"t": "mean"})
+
+
+def test_the_parse_cache_is_keyed_on_what_the_caller_keeps():
+    """The parse cache stores each file's ``visit`` value: a change to the module that defines
+    ``visit`` (site/data.py's payload grew when mitigations' declarations were added) must drop it."""
+    from mtlbench.report.aggregate import _parse_cache_version
+
+    def visit(path, result):
+        return result.task
+
+    assert _parse_cache_version(visit) != _parse_cache_version() == _parse_cache_version(None)

@@ -7,6 +7,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
+class SpecError(ValueError):
+    """A record whose ``field`` breaks one of its rules (``message`` says which and how to fix it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """One reported metric. ``key`` is unique within a task (e.g. ``"left.acc"``)."""
@@ -45,6 +53,33 @@ class Protocol:
     OPTIMIZERS: ClassVar[tuple[str, ...]] = ("sgd", "adam", "adamw")
     SCHEDULERS: ClassVar[tuple[str, ...]] = ("none", "step", "cosine", "plateau")
     SELECTIONS: ClassVar[tuple[str, ...]] = ("best_val", "last_mean")
+
+    def __post_init__(self) -> None:
+        """A protocol checks itself wherever it is built (benchmark.toml, a task's declaration,
+        a result file, a test): the first rule it breaks raises :class:`SpecError`."""
+        problem = self.problem()
+        if problem is not None:
+            raise SpecError(*problem)
+
+    def problem(self) -> tuple[str, str] | None:
+        """The first rule this protocol breaks, as (field, message), or None."""
+        for name, choices in (("optimizer", self.OPTIMIZERS), ("scheduler", self.SCHEDULERS), ("selection", self.SELECTIONS)):
+            if getattr(self, name) not in choices:
+                return name, f"unknown value {getattr(self, name)!r}; valid: {', '.join(choices)}"
+        for name in ("epochs", "batch_size", "eval_batch_size", "last_n"):
+            if getattr(self, name) < 1:
+                return name, f"must be >= 1, got {getattr(self, name)}"
+        if self.lr <= 0:
+            return "lr", f"must be > 0, got {self.lr}"
+        if self.selection == "last_mean" and self.last_n > self.epochs:
+            return "last_n", f"last_n={self.last_n} exceeds epochs={self.epochs}"
+        if self.scheduler == "step" and self.step_size < 1:
+            return "step_size", 'scheduler = "step" needs step_size >= 1 (epochs between decays)'
+        if self.scheduler == "plateau" and (self.step_size < 1 or not 0 < self.gamma < 1):
+            return "step_size", (
+                'scheduler = "plateau" needs step_size >= 1 (epochs without a better validation score) and 0 < gamma < 1'
+            )
+        return None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -87,6 +122,15 @@ class ConflictSettings:
     every: int = 10
     histogram: str = "recon"
     s: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Checks itself wherever it is built; the first rule broken raises :class:`SpecError`."""
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
+            raise SpecError("every", f"expected an integer >= 0 (0 disables sampling), got {self.every!r}")
+        if self.histogram not in HISTOGRAMS:
+            raise SpecError("histogram", f"unknown histogram {self.histogram!r}; valid: {', '.join(HISTOGRAMS)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -1 < v <= 0 for v in self.s):
+            raise SpecError("s", f"expected a non-empty list of thresholds with -1 < S <= 0, got {list(self.s)!r}")
 
     @classmethod
     def from_dict(cls, raw: Any) -> "ConflictSettings":

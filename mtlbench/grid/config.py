@@ -31,7 +31,6 @@ Every problem is reported as one ConfigError naming the file, the key and the va
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,102 +39,16 @@ import tomllib
 from mtlbench.backbones.build import STEMS, BackboneSpec, check_backbone, known_model, representation_of, suggest_models
 from mtlbench.core.cell import CELL_FILTER_KEYS, LABEL_RE, RESULT_SCHEMA, TUNED, TUNED_LABEL, Cell, config_hash  # noqa: F401
 from mtlbench.core.errors import ConfigError, MissingDependencyError, MtlbenchError
-from mtlbench.core.spec import HISTOGRAMS, ConflictSettings, Protocol
-from mtlbench.grid.executor import ExecutorOptions, parse_executor
+from mtlbench.core.spec import ConflictSettings, Protocol, SpecError
+from mtlbench.grid.executor import parse_executor
 from mtlbench.grid.plugins import Plugins, discover
-from mtlbench.plugin.task import Task
+from mtlbench.grid.suites import Benchmark, Entry, Grid, Suite, SuiteTask, parse_filters  # noqa: F401  (re-exported)
 
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
 SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune", "exclude"}
 TUNE_KEYS = {"lr", "methods"}
 BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
 CONFLICT_KEYS = {"every", "histogram", "s"}
-
-
-Entry = tuple[str, str, dict[str, Any]]  # (label, plugin name, resolved options)
-
-
-@dataclass
-class Grid:
-    """One suite's checked axes, before expansion into cells."""
-
-    tasks: dict[str, tuple[type[Task], dict, dict]]  # name -> (class, options, protocol)
-    backbones: dict[str, BackboneSpec]
-    methods: list[Entry]
-    mitigations: list[Entry]
-    seeds: list[int]
-    conflict: ConflictSettings
-    tune: dict[str, list[float]] = field(default_factory=dict)  # method label -> learning rates
-    exclude: set[tuple[str, str]] = field(default_factory=set)  # (method label, mitigation label) pairs not run
-
-
-@dataclass
-class Suite:
-    name: str
-    description: str
-    cells: list[Cell]
-    skipped: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Benchmark:
-    path: Path
-    plugins: Plugins
-    default_suite: str
-    suites: dict[str, Suite]
-    backbones: dict[str, BackboneSpec]
-    executor: ExecutorOptions = field(default_factory=ExecutorOptions)
-
-    @property
-    def root(self) -> Path:
-        return self.path.parent
-
-    def cells(self, suites: list[str] | None = None, filters: dict[str, set[str]] | None = None) -> list[Cell]:
-        names = suites or [self.default_suite]
-        for n in names:
-            if n not in self.suites:
-                raise ConfigError(f"{self.path}: no suite named {n!r}; defined suites: {', '.join(sorted(self.suites))}")
-        out = [c for n in names for c in self.suites[n].cells]
-        if filters:
-            out = [c for c in out if c.matches(filters)]
-        return out
-
-    def why_no_cells(self, suites: list[str] | None, filters: dict[str, set[str]]) -> str:
-        """Why ``cells(suites, filters)`` is empty: each filter value no cell of the suites has,
-        with the values they do have, and what to do."""
-        names = suites or [self.default_suite]
-        every = [c for n in names for c in self.suites[n].cells]
-        lines = []
-        for key, wanted in filters.items():
-            have = sorted({str(getattr(c, key)) for c in every})
-            missing = sorted(wanted - set(have))
-            if missing:
-                lines.append(
-                    f"--only {key}={','.join(missing)}: no cell of suite(s) {', '.join(names)} has {key} "
-                    f"{', '.join(repr(m) for m in missing)} (they have: {', '.join(have)})"
-                )
-                if key == "method":
-                    lines.append(
-                        "  a method runs only in the suites that list it: add it to the suite's `methods` in "
-                        f"{self.path.name}, or use a suite that lists it"
-                    )
-        if not lines:
-            lines.append("each --only value occurs, but no cell has all of them at once (e.g. an excluded combination)")
-        return "no cells match the given --suite/--only filters:\n" + "\n".join(lines)
-
-
-def parse_filters(items: list[str] | None) -> dict[str, set[str]]:
-    """``["method=ew,mgda", "seed=0"]`` -> ``{"method": {"ew", "mgda"}, "seed": {"0"}}``."""
-    filters: dict[str, set[str]] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not value.strip():
-            raise ConfigError(f"--only {item!r}: expected key=value (e.g. --only method=ew,mgda)")
-        if key not in CELL_FILTER_KEYS:
-            raise ConfigError(f"--only {item!r}: unknown key {key!r}; valid keys: {', '.join(CELL_FILTER_KEYS)}")
-        filters.setdefault(key, set()).update(v.strip() for v in value.split(",") if v.strip())
-    return filters
 
 
 def load_benchmark(path: str | Path) -> Benchmark:
@@ -244,9 +157,7 @@ class _Parser:
         grid = Grid(tasks, {bid: backbones[bid] for bid in bb_ids}, methods, mitigations, seeds, conflict, tune, exclude)
         return Suite(name, description, *self.expand(name, grid))
 
-    def suite_backbones(
-        self, key: str, raw: Any, backbones: dict[str, BackboneSpec], tasks: dict[str, tuple[type[Task], dict, dict]]
-    ) -> list[str]:
+    def suite_backbones(self, key: str, raw: Any, backbones: dict[str, BackboneSpec], tasks: dict[str, SuiteTask]) -> list[str]:
         bb_ids = self.str_list(f"{key}.backbones", raw)
         for i, bid in enumerate(bb_ids):
             if bid not in backbones:
@@ -393,7 +304,7 @@ class _Parser:
                         cells.extend(Cell(seed=seed, **common) for seed in grid.seeds)
         return cells, skipped
 
-    def tasks(self, key: str, raw: Any) -> dict[str, tuple[type[Task], dict, dict]]:
+    def tasks(self, key: str, raw: Any) -> dict[str, SuiteTask]:
         key = f"{key}.tasks"
         if isinstance(raw, list):  # tasks = ["multimnist"]: task defaults
             raw = {self.str_list(key, raw)[i]: {} for i in range(len(raw))}
@@ -426,33 +337,17 @@ class _Parser:
                 task_cls(**options)
             except (ValueError, TypeError, MtlbenchError) as e:
                 raise self.err(tkey, str(e)) from None
-            out[tname] = (task_cls, options, proto)
+            out[tname] = SuiteTask(task_cls, options, proto)
         return out
 
     def check_protocol(self, key: str, p: dict[str, Any]) -> None:
-        for field_name, choices in (
-            ("optimizer", Protocol.OPTIMIZERS),
-            ("scheduler", Protocol.SCHEDULERS),
-            ("selection", Protocol.SELECTIONS),
-        ):
-            if p[field_name] not in choices:
-                raise self.err(f"{key}.{field_name}", f"unknown value {p[field_name]!r}; valid: {', '.join(choices)}")
-        for positive in ("epochs", "batch_size", "eval_batch_size", "last_n"):
-            if p[positive] < 1:
-                raise self.err(f"{key}.{positive}", f"must be >= 1, got {p[positive]}")
-        if p["lr"] <= 0:
-            raise self.err(f"{key}.lr", f"must be > 0, got {p['lr']}")
-        if p["selection"] == "last_mean" and p["last_n"] > p["epochs"]:
-            raise self.err(f"{key}.last_n", f"last_n={p['last_n']} exceeds epochs={p['epochs']}")
-        if p["scheduler"] == "step" and p["step_size"] < 1:
-            raise self.err(f"{key}.step_size", 'scheduler = "step" needs step_size >= 1 (epochs between decays)')
-        if p["scheduler"] == "plateau" and (p["step_size"] < 1 or not 0 < p["gamma"] < 1):
-            raise self.err(
-                f"{key}.step_size",
-                'scheduler = "plateau" needs step_size >= 1 (epochs without a better validation score) and 0 < gamma < 1',
-            )
+        """The protocol's own rules (:meth:`Protocol.problem`), reported under ``key``."""
+        try:
+            Protocol(**p)
+        except SpecError as e:
+            raise self.err(f"{key}.{e.field}", e.message) from None
 
-    def entries(self, key: str, raw: Any, registry: Mapping[str, Any], what: str) -> list[tuple[str, str, dict]]:
+    def entries(self, key: str, raw: Any, registry: Mapping[str, Any], what: str) -> list[Entry]:
         if not isinstance(raw, list) or not raw:
             raise self.err(key, f'expected a non-empty list of {what} names, e.g. ["{next(iter(registry), "x")}"]')
         out, labels = [], set()
@@ -496,7 +391,7 @@ class _Parser:
                         f"{ikey}.options.{k}", f"unknown option of {what} {name!r}; valid: {', '.join(defaults) or '(none)'}"
                     )
                 resolved[k] = self.typed(f"{ikey}.options.{k}", v, defaults[k])
-            out.append((label, name, resolved))
+            out.append(Entry(label, name, resolved))
         return out
 
     def conflict(self, key: str, raw: Any) -> ConflictSettings:
@@ -504,20 +399,14 @@ class _Parser:
             raise self.err(key, 'expected a table such as { every = 10, histogram = "recon" }')
         _unknown(self, key, raw, CONFLICT_KEYS)
         out = {**ConflictSettings().to_dict(), **raw}
-        if "s" in out:  # S-conflict thresholds (Recon): per-layer counts of pairs with cos < S
-            values = out["s"]
-            if (
-                not isinstance(values, list)
-                or not values
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and -1 < v <= 0 for v in values)
-            ):
-                raise self.err(f"{key}.s", f"expected a non-empty list of thresholds with -1 < S <= 0, got {values!r}")
-            out["s"] = [float(v) for v in values]
-        if not isinstance(out["every"], int) or isinstance(out["every"], bool) or out["every"] < 0:
-            raise self.err(f"{key}.every", f"expected an integer >= 0 (0 disables sampling), got {out['every']!r}")
-        if out["histogram"] not in HISTOGRAMS:
-            raise self.err(f"{key}.histogram", f"unknown histogram {out['histogram']!r}; valid: {', '.join(HISTOGRAMS)}")
-        return ConflictSettings.from_dict(out)
+        values = out.get("s", [])  # S-conflict thresholds (Recon): per-layer counts of pairs with cos < S
+        if "s" in raw and (not isinstance(values, list) or not values):
+            raise self.err(f"{key}.s", f"expected a non-empty list of thresholds with -1 < S <= 0, got {values!r}")
+        try:
+            numbers = tuple(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in values)
+            return ConflictSettings(every=out["every"], histogram=out["histogram"], s=numbers)
+        except SpecError as e:
+            raise self.err(f"{key}.{e.field}", e.message) from None
 
     def str_list(self, key: str, raw: Any) -> list[str]:
         if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):

@@ -30,21 +30,14 @@ from mtlbench.core.errors import ResultError
 from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
 from mtlbench.core.parallel import fork_map
 from mtlbench.core.registry import version_key
-from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, OkResult, Result, parse_result
+from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, MetricDecl, OkResult, Result, parse_result
 
 GROUP = ["suite", "task", "backbone"]
 ROW = ["method", "mitigation"]
 CONVENTIONS = ("flat", "task")
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    task: str
-    higher_is_better: bool
-    label: str = ""
-
-
-def delta_m_rows(values: np.ndarray, base: np.ndarray, info: Mapping[str, MetricInfo]) -> dict[str, np.ndarray]:
+def delta_m_rows(values: np.ndarray, base: np.ndarray, info: Mapping[str, MetricDecl]) -> dict[str, np.ndarray]:
     """Δm in percent of each row of ``values`` (runs × metrics, in ``info``'s order) against
     ``base`` (one value per metric), in both conventions. A NaN value, or a baseline of 0 (no
     relative change is defined), gives NaN."""
@@ -57,7 +50,7 @@ def delta_m_rows(values: np.ndarray, base: np.ndarray, info: Mapping[str, Metric
 
 
 def delta_m(
-    values: Mapping[str, float], base: Mapping[str, float], info: Mapping[str, MetricInfo], convention: str = "flat"
+    values: Mapping[str, float], base: Mapping[str, float], info: Mapping[str, MetricDecl], convention: str = "flat"
 ) -> float:
     """Δm in percent (lower is better) of ``values`` against ``base``; see the module docstring.
     NaN when a baseline value is 0 (e.g. an F1 of 0): the relative change is undefined."""
@@ -76,7 +69,7 @@ def delta_m(
 @dataclass
 class Loaded:
     runs: pd.DataFrame
-    metric_info: dict[tuple[str, str], dict[str, MetricInfo]]  # (task, task_version) -> metrics
+    metric_info: dict[tuple[str, str], dict[str, MetricDecl]]  # (task, task_version) -> metrics
     failed: pd.DataFrame
     problems: list[str] = field(default_factory=list)
 
@@ -100,10 +93,10 @@ def load_results(
     are not in the cache in that many forked processes (``visit`` must then be free of side
     effects: it runs in the children)."""
     rows, failed, problems = [], [], []
-    infos: dict[tuple[str, str], dict[str, MetricInfo]] = {}
+    infos: dict[tuple[str, str], dict[str, MetricDecl]] = {}
     seen: dict[tuple, str] = {}
     other_schemas: dict[str, list[Path]] = {}
-    version = _parse_cache_version() if cache is not None else ""
+    version = _parse_cache_version(visit) if cache is not None else ""
     stored = _read_parse_cache(cache, version)
     kept: dict[str, Any] = {}
     files: list[tuple[Path, tuple[int, int]]] = []
@@ -183,11 +176,14 @@ def _extract(path: Path, stamp: tuple[int, int], visit: Callable[[Path, Result],
     return (stamp, key, result.config_hash, (result.task, result.task_version), extract, payload)
 
 
-def _parse_cache_version() -> str:
-    """This code's key for the parse cache: a change to the result schema or to the rows built
-    from it drops the cache."""
+def _parse_cache_version(visit: Callable[..., Any] | None = None) -> str:
+    """This code's key for the parse cache: a change to the result schema, to the rows built from
+    it or to the caller's ``visit`` (what it keeps of each file) drops the cache."""
     digest = hashlib.sha256(RESULT_SCHEMA.encode())
-    for module in (sys.modules[__name__], sys.modules[OkResult.__module__]):
+    modules = [sys.modules[__name__], sys.modules[OkResult.__module__]]
+    if visit is not None and getattr(visit, "__module__", None) in sys.modules:
+        modules.append(sys.modules[visit.__module__])
+    for module in modules:
         digest.update(Path(str(module.__file__)).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -253,9 +249,9 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     return runs[version == newest].reset_index(drop=True)
 
 
-def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricInfo]]:
+def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricDecl]]:
     """One ok result as a table row, and its metric declarations."""
-    info = {k: MetricInfo(m.task, m.higher_is_better, m.label or k) for k, m in result.metric_info.items()}
+    info = {k: m if m.label else m.model_copy(update={"label": k}) for k, m in result.metric_info.items()}
     conflict, cost = result.conflict, result.cost
     row = {**base, "device": result.provenance.device}
     row["p_pct"] = _nan(conflict.p_pct if conflict is not None else None)

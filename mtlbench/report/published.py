@@ -29,7 +29,8 @@ import pandas as pd
 import tomllib
 
 from mtlbench.core.errors import ConfigError
-from mtlbench.report.aggregate import CONVENTIONS, MetricInfo, delta_m
+from mtlbench.core.result import MetricDecl
+from mtlbench.report.aggregate import CONVENTIONS, delta_m
 
 DM_SIGNS = ("drop", "improvement")
 DM_CHECKS = ("recompute", "inconsistent", "not_recomputable")
@@ -101,8 +102,8 @@ class PublishedTable:
     def baseline_row(self) -> PublishedRow:
         return next(r for r in self.rows if r.method == self.baseline)
 
-    def info(self) -> dict[str, MetricInfo]:
-        return {m.key: MetricInfo(m.task, m.higher_is_better, m.label) for m in self.metrics}
+    def info(self) -> dict[str, MetricDecl]:
+        return {m.key: MetricDecl(task=m.task, higher_is_better=m.higher_is_better, label=m.label) for m in self.metrics}
 
 
 # ---------------------------------------------------------------- reading
@@ -305,7 +306,7 @@ def check_table(table: PublishedTable) -> list[RowCheck]:
 
 
 def reproduction_table(
-    tables: list[PublishedTable], summary: pd.DataFrame, metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]]
+    tables: list[PublishedTable], summary: pd.DataFrame, metric_info: Mapping[tuple[str, str], Mapping[str, MetricDecl]]
 ) -> pd.DataFrame:
     """Published values beside ours, one row per (table, published method, metric), with the
     difference ours − published in the paper's units. Our values are the seed means of the suite,
@@ -408,7 +409,7 @@ def _our_dm(
     table: PublishedTable,
     row: dict[str, Any] | None,
     base: dict[str, Any] | None,
-    metric_info: Mapping[tuple[str, str], Mapping[str, MetricInfo]],
+    metric_info: Mapping[tuple[str, str], Mapping[str, MetricDecl]],
 ) -> float:
     if row is None or base is None:
         return math.nan

@@ -40,7 +40,7 @@ PLOT_CACHE = ".plot-cache"  # SVGs of earlier builds, reused while their inputs 
 
 
 def page_types() -> Registry[PageType]:
-    """The site's page types, in declaration order (mtlbench/site/pages.py)."""
+    """The site's page types, in the order their modules of mtlbench/site/ and classes are declared."""
     return discover("page type", PageType, packages=["mtlbench.site"])
 
 
