@@ -100,6 +100,8 @@ CASES = {
     "html in a label": (_both("method", "<b>x</b>"), "method", "not a valid label"),
     "failed without reason": (lambda d: d.update(status="failed", reason=""), "reason", "needs the reason"),
     "missing required field": (_del("cell"), "file", "missing field(s) cell"),
+    "cell's learning rate not a number": (_set("cell/protocol/lr", "fast"), "cell.protocol.lr", "number"),
+    "cell without its protocol": (_del("cell/protocol"), "cell.protocol", "missing"),
     "wrong schema": (_set("schema", "mtlbench.result/0"), "file", "this mtlbench reads"),
 }
 

@@ -207,6 +207,39 @@ class Cost(Open):
     params_shared: Int = 0
 
 
+class CellProtocol(Open):
+    """The training protocol a cell ran with (every field of :class:`mtlbench.core.spec.Protocol`;
+    the ones readers use are typed here)."""
+
+    epochs: Int
+    batch_size: Int
+    optimizer: str
+    lr: Annotated[Finite, Field(gt=0)]
+
+
+class CellRecord(Open):
+    """The cell a result belongs to, as :meth:`mtlbench.core.cell.Cell.to_dict` writes it (fields
+    in that order, so a result file reads back and writes out unchanged)."""
+
+    suite: Text
+    task: Text
+    task_version: Text
+    task_options: dict[str, Any] = {}
+    protocol: CellProtocol
+    backbone: Text
+    backbone_spec: dict[str, Any]
+    method: Text
+    method_name: Text
+    method_version: Text
+    method_options: dict[str, Any] = {}
+    mitigation: Text
+    mitigation_name: Text
+    mitigation_version: Text
+    mitigation_options: dict[str, Any] = {}
+    seed: Annotated[Int, Field(ge=0)]
+    conflict: dict[str, Any] = {}
+
+
 class ResultBase(Record):
     """What every result file holds, ok or failed.
 
@@ -222,7 +255,7 @@ class ResultBase(Record):
 
     schema_: SchemaName = Field("mtlbench.result/2", alias="schema")
     config_hash: Text
-    cell: dict[str, Any]
+    cell: CellRecord
     suite: Text
     task: Text
     task_version: Text
@@ -350,6 +383,10 @@ EXPECTED: dict[str, str] = {
     "provenance.start_time": "an ISO 8601 time",
     "provenance.end_time": "an ISO 8601 time",
     "provenance.threads": "an integer",
+    "cell.protocol.lr": "a number > 0",
+    "cell.protocol.epochs": "an integer >= 1",
+    "cell.protocol.batch_size": "an integer >= 1",
+    "cell.seed": "an integer >= 0",
 }
 EXPECTED_BY_TYPE = {
     "string_type": "a string",
@@ -359,6 +396,7 @@ EXPECTED_BY_TYPE = {
     "list_type": "a list",
     "string_too_short": "a non-empty string",
     "missing": "a value",
+    "number": "a number",
 }
 # the fields that say which run a result is, copied from its cell
 IDENTITY_FIELDS = ("suite", "task", "task_version", "backbone", "method", "method_name", "method_version", "method_kind",

@@ -260,7 +260,7 @@ def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], di
     row["mean_cos"] = _nan(conflict.mean_cos if conflict is not None else None)
     for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
         row[k] = float(getattr(cost, k))
-    row["lr"] = float((result.cell.get("protocol") or {}).get("lr", math.nan))
+    row["lr"] = float(result.cell.protocol.lr)
     for k, v in result.metrics.test.items():
         row[f"test:{k}"] = float(v)
     for k, v in result.metrics.val.items():

@@ -149,7 +149,7 @@ def delta_m_conventions(task_info: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 def run_detail(result: Result) -> RunDetail:
-    detail = RunDetail(options=result.cell.get("method_options") or {})
+    detail = RunDetail(options=dict(result.cell.method_options))
     if not isinstance(result, OkResult):
         return detail
     layers = result.conflict.layers if result.conflict is not None else None
