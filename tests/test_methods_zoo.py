@@ -442,7 +442,7 @@ def test_uw_and_imtl_l_learn_their_parameters():
 
 # ------------------------------------------------------------------ state
 
-STATEFUL = ["dwa", "famo", "famo-next", "db-mtl", "gradvac", "moco", "nash-mtl", "gradnorm", "uw", "imtl-l"]
+STATEFUL = ["dwa", "famo", "famo-next", "db-mtl", "gradvac", "moco", "nash-mtl", "gradnorm", "uw", "imtl-l", "go4align"]
 
 
 @pytest.mark.parametrize("name", STATEFUL)
