@@ -27,12 +27,17 @@ accumulated in float64). Edge cases: identical gradients -> that gradient; exact
 gradients of equal norm -> the zero vector (the true min-norm point: MGDA stops at
 Pareto-stationary points); a zero gradient -> the zero vector.
 
+Properties depend on the normalisation (``properties_for``): for MGDA ``none`` and ``loss`` are
+linear under scaling of the gradients, ``l2`` and ``loss+`` scale invariant, all non-conflicting;
+MGDA-UB guarantees them only without a normalisation (its weights from normalised gradients are
+not unique on dependent gradients, and it combines the unnormalised ones).
+
 Version 2: ``l2``/``loss``/``loss+`` combine the normalised gradients (version 1 combined the
 unnormalised ones, which could conflict, unlike LibMTL); the Gram matrix is accumulated in
 float64.
 """
 
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor
@@ -55,6 +60,26 @@ class MGDA(GramWeighting):
                        differences={"solver": FRANK_WOLFE}),
     )  # fmt: skip
     NORMALISATIONS = ("none", "l2", "loss", "loss+")
+
+    @classmethod
+    def properties_for(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """Combining the normalised gradients (MGDA): ``l2`` and ``loss+`` divide each gradient
+        by its norm, so scaling every gradient by c leaves the update unchanged (scale invariant,
+        not linear); ``none`` and ``loss`` (the losses do not scale with the gradients) are linear.
+        Combining the unnormalised gradients with weights from the normalised ones (MGDA-UB with a
+        normalisation) guarantees none of the three: the min-norm weights are not unique when the
+        gradients are linearly dependent, and which ones the solver returns depends on rounding
+        (a rank-2 4 x 20 matrix gave updates that are neither linear in a scaling nor invariant
+        to the task order)."""
+        normalization = options.get("normalization", "none")
+        if normalization == "none":
+            return cls.properties
+        if not cls.combine_normalized:
+            return frozenset()
+        if normalization in ("l2", "loss+"):
+            return (cls.properties - {"linear_under_scaling"}) | {"scale_invariant"}
+        return cls.properties
+
     combine_normalized: ClassVar[bool] = True  # LibMTL's parameter path; its representation path does not
 
     def __init__(self, n_tasks: int, normalization: str = "none") -> None:

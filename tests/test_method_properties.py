@@ -45,12 +45,31 @@ CASES = [(label, g * scale, indep, dtype) for label, g, indep in MATRICES for sc
          for dtype in (torch.float64, torch.float32)]
 
 
-def aggregate(name: str, g: torch.Tensor) -> torch.Tensor:
-    """A fresh method's first update (state and random draws start from the same seed)."""
-    method = METHODS[name](n_tasks=g.shape[0]).to(g.dtype)
+# the option sets each property is checked under (a method's properties_for says which hold)
+OPTION_SETS = {
+    "mgda": [{"normalization": n} for n in ("none", "l2", "loss", "loss+")],
+    "mgda-ub": [{"normalization": n} for n in ("none", "l2", "loss", "loss+")],
+    "cagrad": [{"rescale": r} for r in (0, 1, 2)],
+    "gradvac": [{"granularity": g} for g in ("whole", "layer")],
+}
+
+
+def variants() -> list[tuple[str, dict]]:
+    return [(n, o) for n in GRADIENT for o in OPTION_SETS.get(n, [{}])]
+
+
+def _id(name: str, options: dict) -> str:
+    return "-".join([name] + [f"{k}={v}" for k, v in options.items()])
+
+
+def aggregate(name: str, g: torch.Tensor, options: dict | None = None, losses: torch.Tensor | None = None) -> torch.Tensor:
+    """A fresh method's first update (state and random draws start from the same seed); losses
+    of 1, 2, ... so that loss normalisations are not the identity."""
+    method = METHODS[name](n_tasks=g.shape[0], **(options or {})).to(g.dtype)
     info = StepInfo(step=0, epoch=0, steps_per_epoch=1, total_steps=1, generator=torch.Generator().manual_seed(0),
                     layer_sizes=(g.shape[1],))
-    return method.aggregate(g, torch.ones(g.shape[0], dtype=g.dtype), info)
+    losses = torch.arange(1, g.shape[0] + 1, dtype=g.dtype) if losses is None else losses
+    return method.aggregate(g, losses, info)
 
 
 def may_raise(name: str, independent: bool, g: torch.Tensor) -> bool:
@@ -75,63 +94,86 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
 def test_every_declared_property_is_known():
     for name, cls in METHODS.items():
         assert set(cls.properties) <= set(METHOD_PROPERTIES), name
+    for name, options in variants():
+        assert METHODS[name].properties_for(options) <= set(METHOD_PROPERTIES), (name, options)
 
 
-@pytest.mark.parametrize("name", GRADIENT)
-def test_finite_update_of_the_right_shape_on_hard_inputs(name):
-    for label, g, indep, dtype in CASES:
+# gradients of 1e10 (MoDo's simplex projection raised a RuntimeError beyond ~2^53): only a finite
+# update (or NoSolutionError) is asserted there
+HUGE = [(label, g * 1e10, indep, dtype) for label, g, indep in MATRICES for dtype in (torch.float64, torch.float32)]
+
+
+@pytest.mark.parametrize(("name", "options"), [pytest.param(n, o, id=_id(n, o)) for n, o in variants()])
+def test_finite_update_of_the_right_shape_on_hard_inputs(name, options):
+    for label, g, indep, dtype in CASES + HUGE:
         g = g.to(dtype)
         try:
-            d = aggregate(name, g)
+            d = aggregate(name, g, options)
         except NoSolutionError:
             assert may_raise(name, indep, g), (name, label, dtype)
             continue
         assert d.shape == (g.shape[1],) and d.dtype == dtype and torch.isfinite(d).all(), (name, label, dtype)
 
 
-def _claimed(prop: str) -> list[str]:
-    return [n for n in GRADIENT if prop in METHODS[n].properties]
+def _claimed(prop: str) -> list:
+    return [pytest.param(n, o, id=_id(n, o)) for n, o in variants() if prop in METHODS[n].properties_for(o)]
 
 
-@pytest.mark.parametrize("name", _claimed("non_conflicting") + _claimed("non_conflicting_if_independent"))
-def test_declared_non_conflicting_never_conflicts(name):
-    conditional = "non_conflicting_if_independent" in METHODS[name].properties
+@pytest.mark.parametrize(("name", "options"), _claimed("non_conflicting") + _claimed("non_conflicting_if_independent"))
+def test_declared_non_conflicting_never_conflicts(name, options):
+    conditional = "non_conflicting_if_independent" in METHODS[name].properties_for(options)
     for label, g, indep, dtype in CASES:
         if conditional and not indep:
             continue
         g = g.to(dtype)
         try:
-            d = aggregate(name, g)
+            d = aggregate(name, g, options)
         except NoSolutionError:
             continue
-        # relative to the update's norm, plus its rounding noise (when the update is nearly zero)
-        tol = g.norm(dim=1) * (tolerance(name, dtype) * d.norm() + noise(name, g))
+        # relative to the update's norm, plus its rounding noise (when the update is nearly zero);
+        # a scale-invariant update is made of unit-norm gradients: its noise is theirs
+        unit = g / g.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        scale_free = "scale_invariant" in METHODS[name].properties_for(options)
+        tol = g.norm(dim=1) * (tolerance(name, dtype) * d.norm() + noise(name, unit if scale_free else g))
         assert (g @ d >= -tol).all(), (name, label, dtype, (g @ d).tolist())
 
 
-@pytest.mark.parametrize("name", _claimed("permutation_invariant"))
-def test_declared_permutation_invariance(name):
+@pytest.mark.parametrize(("name", "options"), _claimed("permutation_invariant"))
+def test_declared_permutation_invariance(name, options):
     for k, (label, g, indep, dtype) in enumerate(CASES):
         g = g.to(dtype)
         perm = torch.randperm(g.shape[0], generator=torch.Generator().manual_seed(k))
+        losses = torch.arange(1, g.shape[0] + 1, dtype=dtype)
         try:
-            d, permuted = aggregate(name, g), aggregate(name, g[perm])
+            d, permuted = aggregate(name, g, options), aggregate(name, g[perm], options, losses[perm])
         except NoSolutionError:
             continue
         tol = tolerance(name, dtype) * 100
         assert close(permuted, d, tol, 100 * noise(name, g)), (name, label, dtype)
 
 
-@pytest.mark.parametrize("name", _claimed("linear_under_scaling") + _claimed("scale_invariant"))
-def test_declared_behaviour_under_scaling(name):
-    power = 1 if "linear_under_scaling" in METHODS[name].properties else 0
+@pytest.mark.parametrize(("name", "options"), _claimed("linear_under_scaling") + _claimed("scale_invariant"))
+def test_declared_behaviour_under_scaling(name, options):
+    """Every option set is checked against what ``properties_for`` declares for it (MGDA with
+    ``l2`` normalisation is scale invariant, not linear: the review found G = diag(1, 2) and
+    1e-3 G giving the same update)."""
+    power = 1 if "linear_under_scaling" in METHODS[name].properties_for(options) else 0
     for label, g, _ in MATRICES:
         try:
-            d = aggregate(name, g)
+            d = aggregate(name, g, options)
         except NoSolutionError:
             continue
         for c in (1e-3, 1e3):
-            scaled = aggregate(name, c * g)
+            scaled = aggregate(name, c * g, options)
             tol = tolerance(name, torch.float64) * 100
             atol = 100 * noise(name, c * g) * c ** (power - 1)
             assert close(scaled, c**power * d, tol, atol), (name, label, c)
+
+
+def test_mgda_l2_is_scale_invariant_not_linear():
+    """The review's case, by hand: unit-normalised gradients diag(1, 1) -> min-norm point (0.5, 0.5)."""
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    for c in (1.0, 1e-3):
+        assert torch.allclose(aggregate("mgda", c * g, {"normalization": "l2"}), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert METHODS["mgda"].properties_for({"normalization": "l2"}) >= {"scale_invariant", "non_conflicting"}
+    assert "linear_under_scaling" not in METHODS["mgda"].properties_for({"normalization": "loss+"})

@@ -4,7 +4,7 @@ baseline (one file per method in ``baselines/``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -102,7 +102,7 @@ class Method(nn.Module, Plugin):
 
     kind: ClassVar[str]
     ROLES: ClassVar[dict[str, str]] = dict(METHOD_ROLES)
-    properties: ClassVar[frozenset[str]] = frozenset()  # see METHOD_PROPERTIES
+    properties: ClassVar[frozenset[str]] = frozenset()  # see METHOD_PROPERTIES; with the default options
     matches: ClassVar[tuple[ReferenceMatch, ...]] = ()  # references whose outputs the tests compare
     wants_losses_after_step: ClassVar[bool] = False
 
@@ -113,6 +113,14 @@ class Method(nn.Module, Plugin):
 
     def after_step(self, losses: Tensor, info: StepInfo) -> None:
         """Called after the optimiser step with the losses of the same batch (see class doc)."""
+
+    @classmethod
+    def properties_for(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """What the method guarantees with these options (names of :data:`METHOD_PROPERTIES`);
+        by default ``properties``, declared for every option. A method whose options change a
+        guarantee (MGDA's gradient normalisation) says so here; the property tests check each
+        option set against what this returns."""
+        return cls.properties
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -74,11 +74,19 @@ GRAM_CHUNK = 1 << 22  # entries of the (T, P) matrix cast to float64 at a time (
 def project_to_simplex(v: Tensor) -> Tensor:
     """The Euclidean projection of ``v`` (T,) onto the probability simplex {w >= 0, sum w = 1}
     (the sort-based rule: shift by the threshold that makes the positive part sum to 1)."""
+    if not torch.isfinite(v).all():
+        raise NoSolutionError(f"simplex projection of a non-finite vector {v.tolist()}")
     u = torch.sort(v, descending=True).values
     cumulative = torch.cumsum(u, 0) - 1.0
     ks = torch.arange(1, len(v) + 1, dtype=v.dtype, device=v.device)
-    rho = int(torch.nonzero(u - cumulative / ks > 0).max())
-    return torch.clamp(v - cumulative[rho] / (rho + 1), min=0.0)
+    keep = u - cumulative / ks > 0
+    keep[0] = True  # always true in exact arithmetic (u_1 - (u_1 - 1) = 1); rounding loses it beyond ~2^53
+    rho = int(torch.nonzero(keep).max())
+    w = torch.clamp(v - cumulative[rho] / (rho + 1), min=0.0)
+    if not w.sum() > 0:  # the 1 was lost to rounding (|v| beyond ~2^53): the largest entry takes it all
+        w = torch.zeros_like(v)
+        w[int(torch.argmax(v))] = 1.0
+    return w
 
 
 def gram_matrix(grads: Tensor) -> Tensor:
@@ -121,6 +129,21 @@ def power_balance_weights(
         raise NoSolutionError(
             f"task(s) {torch.nonzero(diag <= 0).flatten().tolist()} have a zero gradient: K w = w^-p has no solution"
         )
+    try:
+        return _power_balance(k, power, tol, accept, max_iter)
+    except torch.linalg.LinAlgError:
+        # the Newton system is singular in float64 at this scale (gradients of ~1e10): solve the
+        # scale-free problem K / s and rescale, w = w' s^(-1 / (1 + p)) (exact in exact arithmetic)
+        scale = float(diag.mean())
+        try:
+            return _power_balance(k / scale, power, tol, accept, max_iter) * scale ** (-1.0 / (1.0 + power))
+        except torch.linalg.LinAlgError:
+            raise NoSolutionError("K w = w^-p: the Newton system is singular (the gradients are too ill-conditioned)") from None
+
+
+def _power_balance(k: Tensor, power: float, tol: float, accept: float, max_iter: int) -> Tensor:
+    """Damped Newton's method for :func:`power_balance_weights` on the float64 Gram matrix ``k``."""
+    diag = k.diagonal()
 
     def objective(w: Tensor) -> float:
         h = w.log() if power == 1 else w.pow(1 - power) / (1 - power)
