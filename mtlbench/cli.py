@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and their state, run nothing")
     p.add_argument("--retry-failed", action="store_true", help="also re-run cells whose result is `failed`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--add-method",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="run these methods (default options) under the suite's protocol as if it listed them, without editing "
+        "benchmark.toml; only their cells run unless --only method=... says otherwise (repeatable)",
+    )
     _executor_args(p)
 
     p = sub.add_parser("status", help="done / failed (with reasons) / running / pending, per task and method")
@@ -158,8 +165,17 @@ def _results_dir(args: argparse.Namespace, config: Path) -> Path:
 def _load(args: argparse.Namespace):
     from mtlbench.grid.config import load_benchmark, parse_filters
 
-    bench = load_benchmark(args.config)
-    cells = bench.cells(args.suite, parse_filters(args.only))
+    added = [m.strip() for item in getattr(args, "add_method", None) or [] for m in item.split(",") if m.strip()]
+    bench = load_benchmark(args.config, added, args.suite)
+    filters = parse_filters(args.only)
+    if added and "method" not in filters:
+        filters["method"] = set(added)  # run the added methods only; the suite's others are already run
+        suites = ", ".join(args.suite or [bench.default_suite])
+        print(
+            f"--add-method: {', '.join(added)} under suite {suites}'s protocol (only these cells run; build the site with "
+            "--results results --results leaderboard/results to compare with the accepted runs)"
+        )
+    cells = bench.cells(args.suite, filters)
     return bench, cells
 
 

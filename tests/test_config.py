@@ -243,3 +243,23 @@ def test_protocol_and_conflict_settings_check_themselves_wherever_they_are_built
             ConflictSettings(**kwargs)
         assert e.value.field == field_name
     assert Protocol(lr=1e-3, scheduler="step", step_size=2).lr == 1e-3 and ConflictSettings(s=(-0.1,)).s == (-0.1,)
+
+
+def test_add_method_runs_a_new_method_under_a_suite_s_protocol_without_editing_it(tmp_path, capsys):
+    """``--add-method`` gives exactly the cells a suite listing the method would have (same
+    config hashes), runs only those, and names an unknown method with its close match."""
+    from mtlbench.cli import main
+    from mtlbench.grid.config import load_benchmark
+
+    config = make_project(tmp_path / "p", TINY_TOML)
+    listed = make_project(tmp_path / "q", TINY_TOML.replace('"mgda", "pcgrad"]', '"mgda", "pcgrad", "rlw"]'))
+    added = load_benchmark(config, ["rlw"]).cells(None, {"method": {"rlw"}})
+    expected = load_benchmark(listed).cells(None, {"method": {"rlw"}})
+    assert added and [c.config_hash for c in added] == [c.config_hash for c in expected]
+    assert main(["run", "--config", str(config), "--add-method", "rlw", "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "--add-method: rlw under suite tiny's protocol" in out and "2 cells (2 would run)" in out
+    assert all(" rlw " in line for line in out.splitlines() if line.startswith("tiny "))
+    with pytest.raises(ConfigError, match=r"--add-method rwl: unknown method \(did you mean 'rlw'\?\)"):
+        load_benchmark(config, ["rwl"])
+    assert [c.method for c in load_benchmark(config, ["ew"]).cells(None, {"method": {"ew"}})] == ["ew", "ew"]  # listed already

@@ -367,3 +367,15 @@ def test_the_parse_cache_is_keyed_on_what_the_caller_keeps():
         return result.task
 
     assert _parse_cache_version(visit) != _parse_cache_version() == _parse_cache_version(None)
+
+
+def test_delta_m_without_baseline_runs_says_how_to_get_them(results, tmp_path):
+    """A site built from new runs alone (no ``stl``) shows Δm as missing and says which runs
+    are missing and the two ways to bring them: run them, or read the accepted results too."""
+    plain = copy_results(results, tmp_path / "new", keep=lambda r: r["method_name"] != "stl")
+    build_site([plain], tmp_path / "site")
+    page = (tmp_path / "site" / GROUP_PAGE).read_text()
+    assert "Δm cannot be computed" in page and "mtlbench run --suite site --only method=stl" in page
+    assert "mtlbench site --results results --results leaderboard/results" in page
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert "no <code>stl</code> runs: Δm needs them" in index and f'href="{GROUP_PAGE}"' in index

@@ -51,7 +51,11 @@ BACKBONE_KEYS = {"model", "kwargs", "stem", "pretrained"}
 CONFLICT_KEYS = {"every", "histogram", "s"}
 
 
-def load_benchmark(path: str | Path) -> Benchmark:
+def load_benchmark(path: str | Path, add_methods: list[str] | None = None, suites: list[str] | None = None) -> Benchmark:
+    """The parsed, checked benchmark file. ``add_methods``: method names appended (with their
+    default options) to the ``methods`` of ``suites`` (default: the file's default suite), as if
+    the file listed them there: a new method runs under an existing suite's protocol without
+    editing the file (``mtlbench run --add-method``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found. Run from the project folder or pass --config PATH/benchmark.toml")
@@ -60,13 +64,16 @@ def load_benchmark(path: str | Path) -> Benchmark:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     plugins = discover(path.parent)
-    return _Parser(path, plugins).parse(raw)
+    return _Parser(path, plugins, add_methods or [], suites).parse(raw)
 
 
 class _Parser:
-    def __init__(self, path: Path, plugins: Plugins) -> None:
+    def __init__(
+        self, path: Path, plugins: Plugins, add_methods: list[str] | None = None, targets: list[str] | None = None
+    ) -> None:
         self.path = path
         self.plugins = plugins
+        self.add_methods, self.targets = list(add_methods or []), targets
 
     def err(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {message}")
@@ -77,8 +84,21 @@ class _Parser:
         suites_raw = raw.get("suites")
         if not isinstance(suites_raw, dict) or not suites_raw:
             raise self.err("suites", "no suites defined; add at least one [suites.<name>] table")
+        default = raw.get("default_suite", "default" if "default" in suites_raw else next(iter(suites_raw)))
+        if self.add_methods:
+            for name in self.add_methods:
+                if name not in self.plugins.methods:
+                    raise ConfigError(
+                        f"--add-method {name}: unknown method{_hint(name, self.plugins.methods)}; valid: "
+                        f"{_names(self.plugins.methods)} (a new method is a file in baselines/ that sets `name`)"
+                    )
+            for target in self.targets or [default]:
+                if not isinstance(suites_raw.get(target), dict) or not isinstance(suites_raw[target].get("methods"), list):
+                    continue  # an unknown suite is reported below, a malformed one by suite()
+                listed = [m if isinstance(m, str) else m.get("label", m.get("name")) for m in suites_raw[target]["methods"]]
+                extra = [m for m in self.add_methods if m not in listed]
+                suites_raw = {**suites_raw, target: {**suites_raw[target], "methods": suites_raw[target]["methods"] + extra}}
         suites = {name: self.suite(name, s, backbones) for name, s in suites_raw.items()}
-        default = raw.get("default_suite", "default" if "default" in suites else next(iter(suites)))
         if default not in suites:
             raise self.err("default_suite", f"{default!r} is not a defined suite; defined: {', '.join(sorted(suites))}")
         executor = parse_executor(raw.get("executor", {}), str(self.path))
