@@ -172,8 +172,8 @@ def _load(args: argparse.Namespace):
         filters["method"] = set(added)  # run the added methods only; the suite's others are already run
         suites = ", ".join(args.suite or [bench.default_suite])
         print(
-            f"--add-method: {', '.join(added)} under suite {suites}'s protocol (only these cells run; build the site with "
-            "--results results --results leaderboard/results to compare with the accepted runs)"
+            f"--add-method: {', '.join(added)} under suite {suites}'s protocol (only these cells run; compare with the "
+            "accepted runs: mtlbench leaderboard --results results --results leaderboard/results)"
         )
     cells = bench.cells(args.suite, filters)
     return bench, cells

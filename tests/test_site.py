@@ -376,6 +376,6 @@ def test_delta_m_without_baseline_runs_says_how_to_get_them(results, tmp_path):
     build_site([plain], tmp_path / "site")
     page = (tmp_path / "site" / GROUP_PAGE).read_text()
     assert "Δm cannot be computed" in page and "mtlbench run --suite site --only method=stl" in page
-    assert "mtlbench site --results results --results leaderboard/results" in page
+    assert "mtlbench leaderboard --results results --results leaderboard/results" in page
     index = (tmp_path / "site" / "index.html").read_text()
     assert "no <code>stl</code> runs: Δm needs them" in index and f'href="{GROUP_PAGE}"' in index
