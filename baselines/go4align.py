@@ -50,14 +50,15 @@ def group_means(x: Tensor, k: int) -> Tensor:
     k = min(k, n)
     if k == n:
         return x.clone()
-    c = counts.double()
-    s1 = torch.cat([values.new_zeros(1), torch.cumsum(values * c, 0)])
-    s2 = torch.cat([values.new_zeros(1), torch.cumsum(values * values * c, 0)])
-    w = torch.cat([values.new_zeros(1), torch.cumsum(c, 0)])
+    v, c = values.tolist(), counts.tolist()  # plain floats: the dynamic programme is O(k n^2) scalar steps
+    s1, s2, w = [0.0], [0.0], [0.0]  # prefix sums of value, value^2 and count
+    for vi, ci in zip(v, c):
+        s1.append(s1[-1] + vi * ci)
+        s2.append(s2[-1] + vi * vi * ci)
+        w.append(w[-1] + ci)
 
-    def sse(a: int, b: int) -> float:  # values[a:b] as one group
-        m = float(w[b] - w[a])
-        return float(s2[b] - s2[a]) - float(s1[b] - s1[a]) ** 2 / m
+    def sse(a: int, b: int) -> float:  # v[a:b] as one group
+        return s2[b] - s2[a] - (s1[b] - s1[a]) ** 2 / (w[b] - w[a])
 
     inf = float("inf")
     cost = [[inf] * (n + 1) for _ in range(k + 1)]
@@ -69,13 +70,13 @@ def group_means(x: Tensor, k: int) -> Tensor:
                 total = cost[g - 1][a] + sse(a, b)
                 if total < cost[g][b] - 1e-12 * max(1.0, abs(total)):
                     cost[g][b], cut[g][b] = total, a
-    means = values.new_empty(n)
+    means = [0.0] * n
     b = n
     for g in range(k, 0, -1):
         a = cut[g][b]
-        means[a:b] = float(s1[b] - s1[a]) / float(w[b] - w[a])
+        means[a:b] = [(s1[b] - s1[a]) / (w[b] - w[a])] * (b - a)
         b = a
-    return means[inverse].to(x.dtype)
+    return torch.tensor(means, dtype=torch.float64)[inverse].to(x.dtype)
 
 
 class GO4Align(LossWeighting):
