@@ -337,6 +337,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         width = max(len(n) for n in plugins.methods)
         pad = " " * (width + 14)
+        same_paper = plugins.same_paper()
         for name, cls in sorted(plugins.methods.items()):
             opts = ", ".join(f"{k}={v!r}" for k, v in cls.option_defaults().items()) or "-"
             roles = f"  roles: {', '.join(sorted(cls.roles))}" if cls.roles else ""
@@ -345,6 +346,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 for label, text in (
                     ("properties", ", ".join(sorted(cls.properties))),
                     ("checked against", ", ".join(f"{m.source} {m.name}" for m in cls.matches)),
+                    ("same paper as", ", ".join(same_paper.get(name, []))),
                 )
                 if text
             )

@@ -62,3 +62,20 @@ def test_every_plugin_declares_its_metadata():
     for name, cls in plugins.methods.items():
         assert cls.reference, f"method {name} names no reference implementation"
     assert plugins.methods.with_role("baseline") == ["stl"] and plugins.mitigations.with_role("unmitigated") == ["none"]
+
+
+def test_a_new_method_of_a_shipped_paper_is_pointed_out(tmp_path, capsys):
+    """A new method file that re-implements a shipped method's paper (cited in another format)
+    is listed as of the same paper; shipped variants of one paper are too, unrelated ones not."""
+    config = make_project(tmp_path / "p")
+    (config.parent / "baselines" / "geo.py").write_text(
+        "import torch\nfrom mtlbench.api import LossWeighting\n\n\nclass GeometricMean(LossWeighting):\n"
+        '    name = "geo-mean"\n    description = "geometric mean of the losses"\n'
+        '    citation = "S. Chennupati et al. (2019). MultiNet++: multi-stream feature aggregation and geometric loss strategy."\n\n'
+        "    def loss(self, losses, info):\n        return losses.log().mean().exp()\n"
+    )
+    same = discover(config.parent).same_paper()
+    assert same["geo-mean"] == ["gls"] and "geo-mean" in same["gls"]
+    assert same["mgda"] == ["mgda-ub"] and "ew" not in same and "pcgrad" not in same
+    assert main(["list", "methods", "--config", str(config)]) == 0
+    assert re.search(r"geo-mean .*\n(.*\n)*?\s+same paper as: gls", capsys.readouterr().out)
