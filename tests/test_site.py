@@ -379,3 +379,29 @@ def test_delta_m_without_baseline_runs_says_how_to_get_them(results, tmp_path):
     assert "mtlbench leaderboard --results results --results leaderboard/results" in page
     index = (tmp_path / "site" / "index.html").read_text()
     assert "no <code>stl</code> runs: Δm needs them" in index and f'href="{GROUP_PAGE}"' in index
+
+
+def test_step_time_compares_across_hosts_as_a_ratio_to_the_host_reference(results, tmp_path):
+    """The same runs as if a 2.5x slower machine had made them: raw milliseconds differ 2.5x,
+    the step time over the host's own EW step does not; a page mixing two machines says so."""
+    from mtlbench.report.aggregate import load_results
+
+    def slower(data):
+        data["provenance"]["hostname"] = "slow-host"
+        for key in ("step_time_ms", "reference_step_ms"):
+            if data["cost"].get(key) is not None:
+                data["cost"][key] *= 2.5
+
+    ok = lambda r: r["status"] == "ok"  # noqa: E731
+    fast = load_results([copy_results(results, tmp_path / "fast", keep=ok)]).runs.set_index(["method", "seed"]).sort_index()
+    slow = load_results([copy_results(results, tmp_path / "slow", slower, keep=ok)]).runs.set_index(["method", "seed"]).sort_index()
+    assert len(fast) >= 8 and fast["step_x_ref"].notna().all() and list(fast.index) == list(slow.index)
+    assert np.allclose(slow["step_time_ms"], 2.5 * fast["step_time_ms"])
+    assert np.allclose(slow["step_x_ref"], fast["step_x_ref"])  # comparable across hosts
+    ew = fast.loc["ew", "step_x_ref"]
+    assert ((ew > 0.3) & (ew < 3.0)).all()  # EW over the host's EW step: about 1 (timing noise aside)
+
+    mixed = copy_results(results, tmp_path / "mixed", lambda d: slower(d) if d["seed"] == 1 else None, keep=ok)
+    build_site([mixed], tmp_path / "site")
+    page = (tmp_path / "site" / GROUP_PAGE).read_text()
+    assert "step ms (2 hosts)" in page and "step × EW" in page

@@ -205,6 +205,10 @@ class Cost(Open):
     peak_memory_kind: str = ""
     params: Annotated[Int, Field(gt=0)]
     params_shared: Int = 0
+    # the host's reference step: the reference method (EW) on this cell's model, batch and
+    # protocol, timed on the same machine right after the run (null in results from before it)
+    reference_step_ms: Annotated[Finite, Field(gt=0)] | None = None
+    reference_method: str = ""
 
 
 class CellProtocol(Open):

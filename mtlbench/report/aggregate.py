@@ -254,12 +254,15 @@ def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], di
     info = {k: m if m.label else m.model_copy(update={"label": k}) for k, m in result.metric_info.items()}
     conflict, cost = result.conflict, result.cost
     row = {**base, "device": result.provenance.device}
+    # the machine: step times compare only within one (or as ratios to its reference step)
+    row["host"] = f"{getattr(result.provenance, 'hostname', '')}/{getattr(result.provenance, 'device_name', '')}"
     row["p_pct"] = _nan(conflict.p_pct if conflict is not None else None)
     reference = conflict.reference if conflict is not None else None
     row["p_pct_ref"] = _nan(reference.p_pct if reference is not None else None)
     row["mean_cos"] = _nan(conflict.mean_cos if conflict is not None else None)
     for k in ("step_time_ms", "peak_memory_mb", "params", "wall_time_s"):
         row[k] = float(getattr(cost, k))
+    row["step_x_ref"] = row["step_time_ms"] / cost.reference_step_ms if cost.reference_step_ms else math.nan
     row["lr"] = float(result.cell.protocol.lr)
     for k, v in result.metrics.test.items():
         row[f"test:{k}"] = float(v)
@@ -283,7 +286,7 @@ DESCRIPTIVE = [
     "mitigation_version",
     *ROLE_COLUMNS,
 ]
-COST = ("p_pct", "p_pct_ref", "mean_cos", "step_time_ms", "peak_memory_mb", "params", "wall_time_s")
+COST = ("p_pct", "p_pct_ref", "mean_cos", "step_time_ms", "step_x_ref", "peak_memory_mb", "params", "wall_time_s")
 
 
 def run_delta_m(loaded: Loaded) -> pd.DataFrame:

@@ -82,6 +82,8 @@ def group_pages(data: SiteData) -> Iterator[Page]:
         records = row_records(data, rows)
         convention = str(rows["dm_convention"].iloc[0])
         has_base = any(is_baseline_row(r) for r in records)
+        runs = data.runs[(data.runs[GROUP] == pd.Series((suite, task, backbone), index=GROUP)).all(axis=1)]
+        hosts = int(runs["host"].nunique()) if "host" in runs else 1
         pages.append(
             (
                 Page(
@@ -96,6 +98,7 @@ def group_pages(data: SiteData) -> Iterator[Page]:
                         "rows": records,
                         "metrics": list(info.items()),
                         "has_baseline": has_base,
+                        "hosts": hosts,
                         "convention": CONVENTION_NAMES[convention],
                         "other_convention": CONVENTION_NAMES["task" if convention == "flat" else "flat"],
                         "filters": filter_options(records, ["mitigation", "kind"]),

@@ -5,6 +5,7 @@ model (with any work before training, such as Recon's search phase), train with
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -21,7 +22,7 @@ from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
 from mtlbench.train.checkpoint import CellCheckpoints
 from mtlbench.train.provenance import PeakMemory, now_iso
-from mtlbench.train.record import failed_result, ok_result, provenance
+from mtlbench.train.record import cost, failed_result, ok_result, provenance
 from mtlbench.train.trainer import (  # noqa: F401  (NonFiniteError and FitOutput are part of this module's API)
     FitOutput,
     NonFiniteError,
@@ -134,6 +135,23 @@ class CellRun:
         fit = self.trainer(model, self.tasks, method, cell.conflict, cell.seed, self.desc, "joint", mitigation).fit()
         return {"joint": fit}, mitigation.report()
 
+    def reference_step(self, warmup: int = 2, steps: int = 5) -> tuple[str, float] | None:
+        """The host's reference step in ms: the project's reference method (role ``reference``,
+        EW) on a fresh copy of this cell's model, its batch and protocol, median of ``steps``
+        steps after ``warmup`` — what makes step times comparable across machines (a run's step
+        time over this is a ratio to EW measured on the same host). None when the project has no
+        reference method or the model is single-task only."""
+        names = self.plugins.methods.with_role("reference")
+        if not names or len(self.tasks) < 2:
+            return None
+        seed_everything(self.cell.seed)
+        model = build_model(self.task, self.spec, self.tasks)
+        method = self.plugins.methods[names[0]](n_tasks=len(self.tasks))
+        trainer = self.trainer(model, self.tasks, method, ConflictSettings(every=0), self.cell.seed, f"{self.desc}:host-ref")
+        trainer.progress = False
+        times = trainer.fit(max_steps=min(warmup + steps, trainer.total_steps)).step_times[warmup:]
+        return (names[0], 1000 * statistics.median(times)) if times else None
+
     def search(self, method: str, steps: int, every: int, s_values: list[float], seed: int) -> Conflict | None:
         """The :class:`~mtlbench.plugin.mitigation.SearchPhase` this cell offers its mitigation."""
         seed_everything(seed)
@@ -216,4 +234,8 @@ def train_cell(
         deterministic=deterministic,
         resumed_after_epoch=checkpoints.resumed if checkpoints is not None else {},
     )
-    return ok_result(cell, plugins, run.task, fits, report, memory=memory, t_start=t_start, provenance=info)
+    spent = cost(fits, memory, t_start)  # the run's own wall time and memory, before the reference step
+    reference = run.reference_step()
+    if reference is not None:
+        spent = spent.model_copy(update={"reference_step_ms": reference[1], "reference_method": reference[0]})
+    return ok_result(cell, plugins, run.task, fits, report, cost=spent, provenance=info)

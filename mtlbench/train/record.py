@@ -31,8 +31,7 @@ def ok_result(
     fits: dict[str, FitOutput],
     mitigation_report: dict[str, Any] | None,
     *,
-    memory: PeakMemory,
-    t_start: float,
+    cost: Cost,
     provenance: dict[str, Any],
 ) -> OkResult:
     """The record of a finished cell (status ok), checked against the result file's definition.
@@ -60,13 +59,15 @@ def ok_result(
             "curves": {name: f.epochs for name, f in fits.items()},
             "conflict": joint.conflict if joint is not None else None,
             "mitigation_report": mitigation_report,
-            "cost": cost(fits, memory, t_start),
+            "cost": cost,
             "provenance": provenance,
         }
     )
 
 
 def cost(fits: dict[str, FitOutput], memory: PeakMemory, t_start: float) -> Cost:
+    """What the run cost (the host's reference step is added by the caller:
+    :meth:`mtlbench.train.cell.CellRun.reference_step`)."""
     step_times = [s for f in fits.values() for s in f.step_times]
     peak, peak_kind = memory.peak_mb()
     joint = fits.get("joint")
