@@ -331,6 +331,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print('any timm model name can be declared as [backbones.<id>] model = "..." (pooled features)')
         return 0
     plugins = discover(root)
+    registry = plugins.tasks if args.what == "tasks" else plugins.methods
+    for cls_name, src in registry.unnamed:  # a plugin class that would silently not exist
+        print(f'warning: {src}: class {cls_name} sets no `name`, so it is not registered; add `name = "..."`', file=sys.stderr)
     if args.what == "tasks":
         for name, task in sorted(plugins.tasks.items()):
             print(f"{name:<14} v{task.version}  tasks: {', '.join(task.tasks)}  {task.description}")

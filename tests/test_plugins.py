@@ -79,3 +79,14 @@ def test_a_new_method_of_a_shipped_paper_is_pointed_out(tmp_path, capsys):
     assert same["mgda"] == ["mgda-ub"] and "ew" not in same and "pcgrad" not in same
     assert main(["list", "methods", "--config", str(config)]) == 0
     assert re.search(r"geo-mean .*\n(.*\n)*?\s+same paper as: gls", capsys.readouterr().out)
+
+
+def test_list_warns_about_a_plugin_class_without_name(tmp_path, capsys):
+    config = make_project(tmp_path / "p")
+    (config.parent / "baselines" / "geo.py").write_text(
+        "from mtlbench.api import LossWeighting\n\n\nclass GeometricMean(LossWeighting):\n"
+        "    def loss(self, losses, info):\n        return losses.log().mean()\n"
+    )
+    assert main(["list", "methods", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: .*geo\.py: class GeometricMean sets no `name`, so it is not registered", err), err
