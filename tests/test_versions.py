@@ -100,3 +100,28 @@ def test_a_project_outside_git_records_no_commit_and_writes_its_results(tmp_path
     assert data["status"] == "ok" and data["provenance"]["git"] == {"commit": None, "dirty": None}
     out = subprocess.run([sys.executable, "-m", "mtlbench", "validate", str(results)], capture_output=True, text=True)
     assert out.returncode == 1 and "provenance.git.commit: None, expected the 40-hex git commit" in out.stdout
+
+
+def test_an_edit_made_while_a_grid_runs_is_not_recorded_for_its_cells(tmp_path):
+    """The provenance is the code state when the grid was planned (what its cells run): a
+    tracked file edited while a cell runs does not mark that cell dirty; the next grid, planned
+    from the edited tree, records it."""
+    config = make_grid_project(tmp_path / "p")
+    notes = config.parent / "notes.txt"
+    notes.write_text("v1\n")
+    (config.parent / "baselines" / "touchy.py").write_text(
+        "from pathlib import Path\n\nfrom mtlbench.api import LossWeighting\n\n\nclass Touchy(LossWeighting):\n"
+        '    name = "touchy"\n\n    def weights(self, losses, info):  # during training\n'
+        '        Path(__file__).parents[1].joinpath("notes.txt").write_text("edited while the grid ran\\n")\n'
+        "        return losses.new_ones(len(losses))\n"
+    )
+    commit_all(config.parent)
+    results = tmp_path / "r"
+    args = ["run", "--config", str(config), "--results", str(results), "--no-progress", "--add-method", "touchy"]
+    assert main([*args, "--only", "seed=0"]) == 0
+    assert notes.read_text() == "edited while the grid ran\n"  # the tree changed during the cell
+    first = next(results.rglob("touchy__none__seed0.json"))
+    assert json.loads(first.read_text())["provenance"]["git"]["dirty"] is False
+    assert main([*args, "--only", "seed=1"]) == 0
+    second = next(results.rglob("touchy__none__seed1.json"))
+    assert json.loads(second.read_text())["provenance"]["git"]["dirty"] is True

@@ -47,6 +47,10 @@ class CellJob:
     progress: bool = False
     executor: str = "local"
     planned: tuple[int, int] | None = None  # (inode, mtime_ns) of the result file when planned
+    # the project's git commit and dirty flag when the grid was planned: the code the cells run
+    # (read per cell instead, an edit made while a long grid runs would be recorded for cells
+    # that ran the code loaded before it)
+    code_state: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
@@ -145,6 +149,8 @@ def resolve_device(name: str) -> "torch.device":
 
 def run_info(job: CellJob, device: "torch.device") -> dict[str, Any]:
     info: dict[str, Any] = {"executor": job.executor, "run_device": str(device)}
+    if job.code_state is not None:
+        info["git"] = dict(job.code_state)
     if slurm_job_id():
         info["slurm_job_id"] = slurm_job_id()
     return info

@@ -7,8 +7,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from mtlbench.core.code_state import git_state
 from mtlbench.grid.config import Benchmark, Cell
 from mtlbench.grid.executor import ExecutorOptions
 from mtlbench.run.executors import make_executor
@@ -77,7 +78,8 @@ def run_cells(
             clear_leftover_checkpoint(_job(bench, s, results, data_dir, options, progress))
     if todo:
         echo(f"executor: {executor.describe()}")
-        jobs = [_job(bench, s, results, data_dir, options, progress) for s in todo]
+        state = git_state(bench.root, results)  # once, as the grid starts: what every cell of it runs
+        jobs = [_job(bench, s, results, data_dir, options, progress, state) for s in todo]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -108,7 +110,10 @@ def run_cells(
     )
 
 
-def _job(bench: Benchmark, s: CellState, results: Path, data_dir: Path, options: ExecutorOptions, progress: bool) -> CellJob:
+def _job(
+    bench: Benchmark, s: CellState, results: Path, data_dir: Path, options: ExecutorOptions, progress: bool,
+    code_state: dict[str, Any] | None = None,
+) -> CellJob:  # fmt: skip
     return CellJob(
         cell=s.cell,
         root=bench.root,
@@ -121,6 +126,7 @@ def _job(bench: Benchmark, s: CellState, results: Path, data_dir: Path, options:
         progress=progress,
         executor=options.kind,
         planned=file_state(s.path),
+        code_state=code_state,
     )
 
 
