@@ -42,10 +42,12 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def collect(root: Path, device: torch.device, outputs: Path | None = None) -> dict[str, Any]:
+def collect(root: Path, device: torch.device, outputs: Path | None = None, git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, code state and machine; ``git``: the code state when the caller knows it (the
+    runner's, taken when it planned the grid), else read now."""
     info: dict[str, Any] = {
         "mtlbench": mtlbench.__version__,
-        "git": git_state(root, outputs),
+        "git": git if git is not None else git_state(root, outputs),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "packages": {p: _version(p) for p in PACKAGES},

@@ -97,7 +97,7 @@ def provenance(
     """Versions, code state and machine (mtlbench/train/provenance.py), how the cell was run, its
     seed, config hash, start and end time."""
     return {
-        **collect(plugins.root, device, outputs),
+        **collect(plugins.root, device, outputs, (run_info or {}).get("git")),
         **(run_info or {}),
         **extra,
         "seed": cell.seed,
