@@ -36,7 +36,7 @@ from mtlbench.plugin.backbone import NativeBackbone
 from mtlbench.plugin.branching import (
     CurrentTask,
     branch,
-    branchable_in,
+    check_branchable,
     init_style,
     per_stream_norms,
     reference_after_surgery,
@@ -266,10 +266,7 @@ class BranchedMTAN(MultiTaskModel):
         tasks = list(base.heads)
         self.n_tasks = len(tasks)
         self.current = CurrentTask()
-        allowed = branchable_in(base.surgery_parts())
-        for name in branched:
-            if name not in allowed:
-                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared SegNet)")
+        check_branchable(base.surgery_parts(), branched)
         branch(base, branched, self.n_tasks, init, init_style(base), generator, self.current)
         in_segnet = [b[len("segnet.") :] for b in branched if b.startswith("segnet.")]
         self.streams = bool(in_segnet)

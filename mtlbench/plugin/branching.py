@@ -165,6 +165,14 @@ def branchable_in(parts: list[tuple[str, nn.Module]]) -> set[str]:
     return {f"{prefix}.{n}" if prefix else n for prefix, root in parts for n in branchable_layers(root)}
 
 
+def check_branchable(parts: list[tuple[str, nn.Module]], branched: list[str]) -> None:
+    """Every name in ``branched`` is a branchable layer of ``parts`` (:func:`branchable_in`)."""
+    allowed = branchable_in(parts)
+    for name in branched:
+        if name not in allowed:
+            raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters of the shared parts)")
+
+
 def stack_streams(x: Any, n_tasks: int) -> Any:
     """T copies of a batch stacked on the batch axis: one stream per task. A batch that is not a
     tensor (a batch of molecule graphs) stacks itself (``repeat_streams``)."""
@@ -281,10 +289,7 @@ class BranchedModel(MultiTaskModel):
         tasks = list(base.heads)
         self.n_tasks = len(tasks)
         trunk = base.trunk
-        allowed = branchable_layers(trunk)
-        for name in branched:
-            if name not in allowed:
-                raise ValueError(f"layer {name!r} cannot be branched (not a leaf module owning parameters)")
+        check_branchable(base.surgery_parts(), branched)
         self.split_at = split_point(trunk, branched)
         order = [name for name, _ in trunk.named_modules()]
         # registration order = execution order before the split point (checked at the first forward)
