@@ -1,103 +1,183 @@
 """Benchmark: build the leaderboard site from thousands of result files and print the time table.
 
 SYNTHETIC DATA, FOR TIMING ONLY. The files are generated into a temporary folder from real
-result files (``--source``, e.g. the default suite's ``results/`` after ``make run``): each copy
-gets a new suite name (``synthetic-bench-<k>``), a new method label (``<method>-v<j>``) or seed,
-small noise on its metrics and a ``synthetic`` field saying so, and a recomputed config hash.
-They are never written into leaderboard/results/ and say nothing about any method.
+result files (``--source``, by default the leaderboard's own ``leaderboard/results/``: the
+flagship's files, with their full conflict sampling): each copy gets a new suite name
+(``synthetic-bench-<k>``), a new method label (``<method>-v<j>``) or seed, small noise on its
+metrics and a ``synthetic`` field saying so, and a recomputed config hash; it is written as the
+result store writes files. They are never written into leaderboard/results/ and say nothing
+about any method.
 
-    python bench/site_build.py --source results --files 500,5000
+Each build runs in its own process (as ``mtlbench leaderboard`` does), so its memory peak is its
+own: "peak MiB" is the build process's maximum resident set, "worker MiB" the largest of its
+forked workers'. "cold": into an empty folder; "rebuild": the same folder again after one result
+file changed. Where the disk cannot hold a row's files and site, that row is projected linearly
+from the two largest measured rows and marked "projected".
+
+    python bench/site_build.py                       # 5,000 and 50,000 files, 2 workers
+    python bench/site_build.py --files 500,5000 --workers 1,2
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 from mtlbench.core.cell import Cell
-from mtlbench.core.files import iter_result_files
-from mtlbench.site.build import build_site
+from mtlbench.core.files import dumps_result, iter_result_files, read_result
+from mtlbench.core.parallel import fork_map
 
 LABELS = 16  # variants of each multi-task method per suite and backbone
-SEEDS = 5  # 490 files per suite from the default suite's 2 backbones x 4 methods
+SEEDS = 5
+
+BUILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from mtlbench.site.build import build_site
+t0 = time.perf_counter()
+report = build_site([Path(sys.argv[1])], Path(sys.argv[2]), workers=int(sys.argv[3]))
+total = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"timings": report.timings, "total": total, "pages": len(report.pages), "peak": peak, "worker": worker}))
+"""
 
 
-def synthesize(sources: list[dict], n_files: int, dst: Path, rng: random.Random) -> int:
-    """Write ``n_files`` result files derived from ``sources`` under ``dst``; returns the count.
-    Each suite holds, per backbone, the real ``stl`` runs and LABELS labelled variants of every
-    other method, SEEDS seeds each; suites are added until ``n_files`` are written."""
-    by_method: dict[tuple, list[dict]] = {}
-    for r in sources:
-        by_method.setdefault((r["backbone"], r["method"]), []).append(r)
-    written = 0
+def plan(sources: list[dict[str, Any]], n_files: int) -> list[tuple[int, int, str, int]]:
+    """What to write: (source index, suite number, label, seed) per file. Each suite holds, per
+    backbone and method of the sources, the real ``stl`` runs and LABELS labelled variants of every
+    other method, SEEDS seeds each; suites are added until ``n_files`` are planned."""
+    by_method: dict[tuple, list[int]] = {}
+    for i, r in enumerate(sources):
+        by_method.setdefault((r["suite"], r["backbone"], r["method"], r["mitigation"]), []).append(i)
+    out: list[tuple[int, int, str, int]] = []
     for k in itertools.count():
-        for (backbone, method), runs in sorted(by_method.items()):
+        for (_, _, method, _), runs in sorted(by_method.items()):
             labels = [method] if method == "stl" else [f"{method}-v{j}" for j in range(LABELS)]
             for label, seed in itertools.product(labels, range(SEEDS)):
-                if written == n_files:
-                    return written
-                r = copy.deepcopy(runs[seed % len(runs)])
-                r.update(suite=f"synthetic-bench-{k}", method=label, seed=seed,
-                         synthetic="site-build benchmark: a copy of a real result with a new suite, label or seed "
-                                   "and noise on its metrics; not a real run")
-                r["cell"].update(suite=r["suite"], method=label, seed=seed)
-                r["config_hash"] = Cell(**r["cell"]).config_hash
-                for split in (r.get("metrics") or {}).values():
-                    for key, v in split.items():
-                        split[key] = min(1.0, max(0.0, v + rng.gauss(0.0, 0.003)))
-                if r.get("cost", {}).get("step_time_ms"):
-                    r["cost"]["step_time_ms"] *= rng.uniform(0.9, 1.1)
-                path = dst / r["suite"] / r["task"] / backbone / f"{label}__{r['mitigation']}__seed{seed}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(r))
-                written += 1
-    return written
+                if len(out) == n_files:
+                    return out
+                out.append((runs[seed % len(runs)], k, label, seed))
+    return out
+
+
+def synthesize(sources: list[dict[str, Any]], n_files: int, dst: Path, workers: int) -> list[Path]:
+    """Write ``n_files`` result files derived from ``sources`` under ``dst`` (in ``workers``
+    processes); returns their paths."""
+    jobs = plan(sources, n_files)
+
+    def write(job: tuple[int, int, str, int]) -> str:
+        i, k, label, seed = job
+        src = sources[i]
+        rng = random.Random(f"{k}/{label}/{seed}")
+        r = dict(src)
+        suite = f"synthetic-bench-{k}-{src['suite']}"
+        r.update(suite=suite, method=label, seed=seed, synthetic="site-build benchmark: a copy of a real result with a "
+                 "new suite, label or seed and noise on its metrics; not a real run")  # fmt: skip
+        r["cell"] = {**src["cell"], "suite": suite, "method": label, "seed": seed}
+        r["config_hash"] = Cell(**r["cell"]).config_hash
+        r["metrics"] = {split: {key: v + rng.gauss(0.0, 0.003 * max(abs(v), 1e-3)) for key, v in values.items()}
+                        for split, values in (src.get("metrics") or {}).items()}  # fmt: skip
+        if (src.get("cost") or {}).get("step_time_ms"):
+            r["cost"] = {**src["cost"], "step_time_ms": src["cost"]["step_time_ms"] * rng.uniform(0.9, 1.1)}
+        path = dst / suite / r["task"] / r["backbone"] / f"{label}__{r['mitigation']}__seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps_result(r), encoding="utf-8")
+        return str(path)
+
+    return [Path(p) for p in fork_map(write, jobs, workers, 200)]
+
+
+def build(results: Path, out: Path, workers: int) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", BUILD, str(results), str(out), str(workers)],
+                          check=True, capture_output=True, text=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def size_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default="results", help="folder of real result files to derive from (default: results/)")
-    parser.add_argument("--files", default="500,5000", help="comma-separated numbers of result files to build from")
-    parser.add_argument("--workers", default="1,2", help="comma-separated numbers of reading and rendering processes to compare")
+    parser.add_argument("--source", default="leaderboard/results", help="folder of real result files to derive from")
+    parser.add_argument("--files", default="5000,50000", help="comma-separated numbers of result files to build from")
+    parser.add_argument("--workers", default="2", help="comma-separated numbers of reading and rendering processes")
+    parser.add_argument("--tmp", default=None, help="folder for the synthetic files and sites (default: the system's)")
     args = parser.parse_args()
-    sources = [json.loads(p.read_text()) for p in iter_result_files([Path(args.source)])]
-    sources = [r for r in sources if r.get("status") == "ok"]
+    sources = []
+    for p in iter_result_files([Path(args.source)]):
+        try:
+            r = read_result(p)
+        except Exception:  # noqa: BLE001 - another schema or an unreadable file: not a source
+            continue
+        if r.get("status") == "ok":
+            sources.append(r)
     if not sources:
         print(f"no ok result files under {args.source}: run `make run` (the default suite) first", file=sys.stderr)
         return 2
-    rng = random.Random(0)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in (int(x) for x in args.files.split(",")):
-        with tempfile.TemporaryDirectory(prefix="mtlbench-site-bench-") as tmp:
-            results = Path(tmp) / "results"
-            written = synthesize(sources, n, results, rng)
-            for workers in (int(x) for x in args.workers.split(",")):
-                out = Path(tmp) / f"site-{workers}"
-                t0 = time.perf_counter()
-                report = build_site([results], out, workers=workers)
-                cold = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                build_site([results], out, workers=workers)
-                warm = time.perf_counter() - t0
-                size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-                rows.append((written, workers, len(report.pages), report.plots_drawn, report.timings, cold, warm, size))
-    steps = list(rows[0][4])
-    head = ["files", "workers", "pages", "plots"] + steps + ["total s", "rebuild s", "site MiB"]
-    print("Site build time in seconds (synthetic result files derived from real ones; rebuild: same files,"
-          " plots from the cache)")
-    print(" | ".join(head))
-    print(" | ".join("---" for _ in head))
-    for written, workers, pages, drawn, timings, cold, warm, size in rows:
-        print(" | ".join([str(written), str(workers), str(pages), str(drawn)] + [f"{timings[s]:.2f}" for s in steps]
-                         + [f"{cold:.2f}", f"{warm:.2f}", f"{size:.0f}"]))
+        for workers in (int(x) for x in args.workers.split(",")):
+            with tempfile.TemporaryDirectory(prefix="mtlbench-site-bench-", dir=args.tmp) as tmp:
+                rows.append(measure(sources, n, workers, Path(tmp), rows))
+    head = ["files", "workers", "result KiB", "read s", "run pages s", "other pages s", "cold s", "rebuild s",
+            "site MiB", "peak MiB", "worker MiB"]  # fmt: skip
+    print(f"Site build from synthetic result files derived from {len(sources)} real ones (2 cores; seconds)")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(str(row[h]) for h in head) + " |")
     return 0
+
+
+def measure(sources: list[dict[str, Any]], n: int, workers: int, tmp: Path, done: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of the table: n files built with ``workers``; projected when the disk is too small."""
+    measured = [r for r in done if not r["projected"] and r["workers"] == workers]
+    if measured:
+        per_file = (measured[-1]["site MiB"] + measured[-1]["result KiB"] * measured[-1]["files"] / 1024) / measured[-1]["files"]
+        if per_file * n * 1.2 > shutil.disk_usage(tmp).free / 2**20:
+            return project(measured, n, workers)
+    results, out = tmp / "results", tmp / "site"
+    paths = synthesize(sources, n, results, workers)
+    kib = size_mib(results) * 1024 / len(paths)
+    cold = build(results, out, workers)
+    one = paths[len(paths) // 2]
+    data = json.loads(one.read_text(encoding="utf-8"))
+    data["metrics"]["test"] = {k: v * 1.001 for k, v in data["metrics"]["test"].items()}
+    one.write_text(dumps_result(data), encoding="utf-8")
+    warm = build(results, out, workers)
+    t = cold["timings"]
+    read = t.get("read and aggregate results", 0.0)
+    pages = t.get("run pages", 0.0)
+    return {"files": len(paths), "workers": workers, "result KiB": f"{kib:.1f}", "read s": f"{read:.1f}",
+            "run pages s": f"{pages:.1f}", "other pages s": f"{cold['total'] - read - pages:.1f}",
+            "cold s": f"{cold['total']:.1f}", "rebuild s": f"{warm['total']:.1f}", "site MiB": f"{size_mib(out):.0f}",
+            "peak MiB": f"{max(cold['peak'], warm['peak']):.0f}", "worker MiB": f"{cold['worker']:.0f}",
+            "projected": False}  # fmt: skip
+
+
+def project(measured: list[dict[str, Any]], n: int, workers: int) -> dict[str, Any]:
+    """A row for ``n`` files, linear in the file count through the two largest measured rows."""
+    a, b = (measured[-2], measured[-1]) if len(measured) > 1 else (None, measured[-1])
+    row: dict[str, Any] = {"files": f"{n} (projected)", "workers": workers, "projected": True}
+    for key in ("result KiB", "read s", "run pages s", "other pages s", "cold s", "rebuild s", "site MiB", "peak MiB"):
+        yb = float(b[key])
+        if a is None:
+            row[key] = f"{yb * n / b['files']:.1f}" if key != "result KiB" else b[key]
+            continue
+        ya, slope = float(a[key]), (yb - float(a[key])) / (b["files"] - a["files"])
+        row[key] = f"{ya + slope * (n - a['files']):.1f}"
+    row["worker MiB"] = "–"
+    return row
 
 
 if __name__ == "__main__":

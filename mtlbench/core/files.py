@@ -31,7 +31,12 @@ class SchemaMismatch(ResultError):
 
 def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON via a temporary file in the same folder, fsync, then rename over ``path``."""
-    atomic_write_text(path, json.dumps(_clean(data), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, dumps_result(data))
+
+
+def dumps_result(data: dict[str, Any]) -> str:
+    """A result file's text as the store writes it (NaN and Inf stored as null)."""
+    return json.dumps(_clean(data), indent=1, allow_nan=False) + "\n"
 
 
 def _clean(obj: Any) -> Any:
