@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -135,7 +136,7 @@ def main() -> int:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for row in rows:
-        print("| " + " | ".join(str(row[h]) for h in head) + " |")
+        print("| " + " | ".join(cell(h, row[h], row["projected"]) for h in head) + " |")
     return 0
 
 
@@ -158,26 +159,35 @@ def measure(sources: list[dict[str, Any]], n: int, workers: int, tmp: Path, done
     t = cold["timings"]
     read = t.get("read and aggregate results", 0.0)
     pages = t.get("run pages", 0.0)
-    return {"files": len(paths), "workers": workers, "result KiB": f"{kib:.1f}", "read s": f"{read:.1f}",
-            "run pages s": f"{pages:.1f}", "other pages s": f"{cold['total'] - read - pages:.1f}",
-            "cold s": f"{cold['total']:.1f}", "rebuild s": f"{warm['total']:.1f}", "site MiB": f"{size_mib(out):.0f}",
-            "peak MiB": f"{max(cold['peak'], warm['peak']):.0f}", "worker MiB": f"{cold['worker']:.0f}",
-            "projected": False}  # fmt: skip
+    row = {"files": len(paths), "workers": workers, "result KiB": kib, "read s": read, "run pages s": pages,
+           "other pages s": cold["total"] - read - pages, "cold s": cold["total"], "rebuild s": warm["total"],
+           "site MiB": size_mib(out), "peak MiB": max(cold["peak"], warm["peak"]), "worker MiB": cold["worker"],
+           "projected": False}  # fmt: skip
+    print(row, file=sys.stderr, flush=True)
+    return row
 
 
 def project(measured: list[dict[str, Any]], n: int, workers: int) -> dict[str, Any]:
     """A row for ``n`` files, linear in the file count through the two largest measured rows."""
     a, b = (measured[-2], measured[-1]) if len(measured) > 1 else (None, measured[-1])
-    row: dict[str, Any] = {"files": f"{n} (projected)", "workers": workers, "projected": True}
+    row: dict[str, Any] = {"files": n, "workers": workers, "projected": True}
     for key in ("result KiB", "read s", "run pages s", "other pages s", "cold s", "rebuild s", "site MiB", "peak MiB"):
-        yb = float(b[key])
         if a is None:
-            row[key] = f"{yb * n / b['files']:.1f}" if key != "result KiB" else b[key]
+            row[key] = b[key] * n / b["files"] if key != "result KiB" else b[key]
             continue
-        ya, slope = float(a[key]), (yb - float(a[key])) / (b["files"] - a["files"])
-        row[key] = f"{ya + slope * (n - a['files']):.1f}"
-    row["worker MiB"] = "–"
+        row[key] = a[key] + (b[key] - a[key]) / (b["files"] - a["files"]) * (n - a["files"])
+    row["worker MiB"] = math.nan
     return row
+
+
+def cell(key: str, value: Any, projected: bool) -> str:
+    if key == "files":
+        return f"{value:,}" + (" (projected)" if projected else "")
+    if key == "workers":
+        return str(value)
+    if value != value:
+        return "–"
+    return f"{value:.1f}" if key.endswith(" s") or key == "result KiB" else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

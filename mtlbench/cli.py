@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark file whose tasks/ and baselines/ declare the known names (default: ./benchmark.toml)",
     )
 
+    p = sub.add_parser("migrate", help="rewrite result files of an older schema in the current one (in place, values unchanged)")
+    p.add_argument("paths", nargs="+", help="result files or folders")
+    p.add_argument("--dry-run", action="store_true", help="say what would change, write nothing")
+
     p = sub.add_parser("list", help="list tasks, backbones, methods or mitigations")
     p.add_argument("what", choices=["tasks", "backbones", "methods", "mitigations"])
     p.add_argument("--config", default="benchmark.toml", help="benchmark file whose plugins to list")
@@ -307,6 +311,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if report.rejected else 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from mtlbench.core.cell import RESULT_SCHEMA
+    from mtlbench.report.migrate import migrate_paths
+
+    report = migrate_paths([Path(p) for p in args.paths], dry_run=args.dry_run)
+    for p in report.problems:
+        print(f"error: {p}", file=sys.stderr)
+    verb = "would migrate" if args.dry_run else "migrated"
+    print(
+        f"{verb} {len(report.migrated)} file(s) to {RESULT_SCHEMA} ({report.bytes_before / 2**20:.1f} MiB -> "
+        f"{report.bytes_after / 2**20:.1f} MiB); {report.current} already current; {len(report.problems)} left as they are"
+    )
+    return 1 if report.problems else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from mtlbench.grid.plugins import discover
 
@@ -366,6 +385,7 @@ COMMANDS = {
     "prepare": cmd_prepare,
     "leaderboard": cmd_leaderboard,
     "validate": cmd_validate,
+    "migrate": cmd_migrate,
     "list": cmd_list,
 }
 

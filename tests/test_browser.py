@@ -102,6 +102,40 @@ def test_group_page_plots_render(site, tab):
     assert tab.errors == []
 
 
+def test_a_run_page_draws_its_packed_layer_series_in_the_browser(site, tab):
+    """The per-layer conflict series reaches the page as the result's packed arrays; the page's
+    script decodes them (base64, little-endian float32 / uint8) and draws one cell per layer and
+    sampled step, each coloured by its value: checked against the values decoded here."""
+    import json
+
+    from mtlbench.core.packed import unpack
+
+    path = next(p for p in sorted(site.glob("runs/*pcgrad--none--seed0.html")) if "script" not in p.name)
+    page = tab.open(path)
+    data = json.loads(page.locator("script.layer-series").text_content())
+    cos = unpack(data["mean_cos"])
+    rows, cols = data["mean_cos"]["shape"]
+    assert rows > 1 and cols == len(data["layers"]) > 1
+    heatmap = page.locator("#layer-heatmap svg.heatmap")
+    assert heatmap.count() == 1 and page.locator("#layer-heatmap").get_attribute("data-drawn") == str(rows * cols)
+    fills = heatmap.locator("rect").evaluate_all("rs => rs.map(r => r.getAttribute('fill'))")
+    assert len(fills) == rows * cols
+    by_cell = {(i, j): fills[j * rows + i] for j in range(cols) for i in range(rows)}  # drawn a layer (row of cells) at a time
+    for (i, j), fill in by_cell.items():
+        v = cos[i][j]
+        if v != v:
+            assert fill == "#eeeeee"
+            continue
+        r, g, b = (int(x) for x in fill[4:-1].split(","))
+        shade = round(255 - 200 * min(1.0, abs(v)))
+        assert (r, g, b) == ((255, shade, shade) if v <= 0 else (shade, round(255 - 130 * min(1.0, v)), 255)), (v, fill)
+    assert heatmap.locator("text", has_text=data["layers"][0]).count() >= 1
+    box = heatmap.bounding_box()
+    assert box and box["width"] > 200 and box["height"] > 10 * cols
+    assert page.locator("#layer-heatmap-pairs").count() == 0  # one task pair: its share is the sign of the cosine
+    assert tab.errors == []
+
+
 def _column(page, table: str, header: str) -> list[str]:
     idx = page.locator(f"#{table} thead th").all_inner_texts().index(header)
     return page.locator(f"#{table} tbody tr").evaluate_all(

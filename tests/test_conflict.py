@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from mtlbench.core.packed import unpack
 from mtlbench.train.conflict import (
     HISTOGRAMS, RECON_EDGES, ConflictRecorder, bin_labels, conflict_incidence, histogram, layer_cosines,
     pair_values, pairwise_cosines,
@@ -75,7 +76,9 @@ def test_recorder_averages_over_sampled_steps():
     assert s["layers"]["names"] == ["l1", "l2"]
     assert s["layers"]["p_pct"] == [100.0, 50.0]
     assert s["histogram"]["counts"] == [1, 0, 0, 0, 1]
-    assert s["layer_series"]["mean_cos"][0] == [-1.0, 1.0]
+    series = s["layer_series"]
+    assert unpack(series["mean_cos"], digits=6) == [[-1.0, 1.0], [-1.0, -1.0]]
+    assert unpack(series["conflicting_pairs"]) == [[1, 0], [1, 1]] and series["conflicting_pairs"]["dtype"] == "uint8"
 
 
 def test_recorder_is_silent_for_one_task_or_every_zero():

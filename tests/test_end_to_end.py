@@ -36,7 +36,7 @@ def test_one_result_file_per_cell(tiny_run):
     assert len(files) == len(load_benchmark(config).cells()) == 8
     for name, r in files.items():
         assert r["status"] == "ok", (name, r.get("reason"))
-        assert r["schema"] == "mtlbench.result/2" and len(r["config_hash"]) == 16
+        assert r["schema"] == "mtlbench.result/3" and len(r["config_hash"]) == 16
         assert set(r["metrics"]["test"]) == {"left.acc", "right.acc"}
         assert all(0.0 <= v <= 1.0 for v in r["metrics"]["test"].values())
         assert r["selection"]["rule"] == "best_val"

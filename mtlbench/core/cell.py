@@ -11,7 +11,11 @@ from typing import Any, Mapping
 
 from mtlbench.core.spec import BackboneSpec, ConflictSettings, Protocol
 
-RESULT_SCHEMA = "mtlbench.result/2"
+RESULT_SCHEMA = "mtlbench.result/3"
+# What the config hash is salted with: the schema that last changed what a cell is. Schema 3 only
+# changed how a file is written (compact, packed series), so a migrated result keeps its hash and
+# still belongs to the same cell; a schema that changes what cells compute changes this too.
+HASH_SALT = "mtlbench.result/2"
 CELL_FILTER_KEYS = ("suite", "task", "backbone", "method", "mitigation", "seed")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # suite, backbone, method and mitigation labels
 # a tuned method's cells, one label per grid point of a suite's `tune` table, and the pattern that
@@ -67,7 +71,7 @@ class Cell:
         d = self.to_dict()
         for k in ("suite", "method", "mitigation", "backbone"):
             d.pop(k)
-        d["schema"] = RESULT_SCHEMA
+        d["schema"] = HASH_SALT
         return d
 
     @property

@@ -15,10 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import orjson
+
 from mtlbench.core.cell import RESULT_SCHEMA, Cell, config_hash
 from mtlbench.core.errors import ResultError
 
 REQUIRED = ("schema", "config_hash", "cell", "status")
+MIGRATABLE = ("mtlbench.result/2",)  # older schemas `mtlbench migrate` carries forward (mtlbench/report/migrate.py)
 
 
 class SchemaMismatch(ResultError):
@@ -35,8 +38,9 @@ def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def dumps_result(data: dict[str, Any]) -> str:
-    """A result file's text as the store writes it (NaN and Inf stored as null)."""
-    return json.dumps(_clean(data), indent=1, allow_nan=False) + "\n"
+    """A result file's text as the store writes it: compact (no indentation; a third of an
+    indented file was spaces), one line, NaN and Inf stored as null."""
+    return json.dumps(_clean(data), separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def _clean(obj: Any) -> Any:
@@ -52,8 +56,12 @@ def _clean(obj: Any) -> Any:
 
 def read_result(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        raw = Path(path).read_bytes()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = json.loads(raw)  # NaN or Infinity tokens: read, so that the schema names the field
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultError(f"{path}: not valid JSON ({e}); delete it to re-run the cell") from None
     except OSError as e:
         raise ResultError(f"{path}: cannot be read ({e})") from None
@@ -63,7 +71,8 @@ def read_result(path: Path) -> dict[str, Any]:
     if missing:
         raise ResultError(f"{path}: missing field(s) {', '.join(missing)}")
     if data["schema"] != RESULT_SCHEMA:
-        raise SchemaMismatch(f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}", str(data["schema"]))
+        hint = f" (`mtlbench migrate {Path(path).parent}` rewrites it, values unchanged)" if data["schema"] in MIGRATABLE else ""
+        raise SchemaMismatch(f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}{hint}", str(data["schema"]))
     return data
 
 

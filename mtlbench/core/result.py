@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mtlbench.core import packed
 from mtlbench.core.cell import RESULT_SCHEMA
 
 
@@ -55,7 +56,7 @@ Cosine = Annotated[Finite, Field(ge=-1, le=1)]
 IsoTime = Annotated[str, Strict(), AfterValidator(_iso_time)]
 
 
-SchemaName = Literal["mtlbench.result/2"]
+SchemaName = Literal["mtlbench.result/3"]
 if get_args(SchemaName) != (RESULT_SCHEMA,):  # one schema name, declared in core/cell.py
     raise RuntimeError(f"the result model reads {get_args(SchemaName)}, cells write {RESULT_SCHEMA}")
 
@@ -166,6 +167,60 @@ class Layers(Open):
     s_conflict: dict[str, list[Int]] = {}
 
 
+class Packed(Record):
+    """A columnar array packed into one base64 string (:mod:`mtlbench.core.packed`). Its length
+    is checked on every read; the values are decoded and checked only by ``validate`` (strict
+    reads), so readers that skip them pay for one string."""
+
+    dtype: Literal["float32", "uint8", "uint16"]
+    shape: Annotated[list[Annotated[Int, Field(ge=0)]], Field(min_length=1, max_length=2)]
+    base64: Annotated[str, Strict()]
+
+    @model_validator(mode="after")
+    def _check(self) -> Packed:
+        problem = packed.length_problem(self.dtype, self.shape, self.base64)
+        if problem:
+            raise PydanticCustomError("packed", "{problem}", {"problem": problem})
+        return self
+
+    def values(self) -> list[float]:
+        """The values, flat in row order (PackedError when the text is not base64)."""
+        return packed.decode(self.dtype, self.shape, self.base64).tolist()
+
+
+class LayerSeries(Record):
+    """Per sampled step and shared layer (shape ``[n_samples, layers]``): the mean cosine over
+    task pairs (float32) and the number of pairs that conflict (cos < 0; p% = 100 × count /
+    pairs)."""
+
+    mean_cos: Packed
+    conflicting_pairs: Packed
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> LayerSeries:
+        if self.mean_cos.dtype != "float32":
+            raise PydanticCustomError("packed", "mean_cos has dtype {d}, expected float32", {"d": self.mean_cos.dtype})
+        if self.conflicting_pairs.dtype == "float32":
+            raise PydanticCustomError("packed", "conflicting_pairs has dtype float32, expected uint8 or uint16 (counts)")
+        if self.mean_cos.shape != self.conflicting_pairs.shape:
+            raise PydanticCustomError(
+                "packed",
+                "mean_cos has shape {a}, conflicting_pairs {b}: expected one shape [n_samples, layers]",
+                {"a": self.mean_cos.shape, "b": self.conflicting_pairs.shape},
+            )
+        if not (info.context or {}).get("lenient"):  # validate decodes and checks every value
+            try:
+                bad = [v for v in self.mean_cos.values() if not -1 <= v <= 1 and v == v]
+                self.conflicting_pairs.values()
+            except packed.PackedError as e:
+                raise PydanticCustomError("packed", "{e}", {"e": str(e)}) from None
+            if bad:
+                raise PydanticCustomError(
+                    "packed", "mean_cos holds {n} value(s) outside [-1, 1] (e.g. {v})", {"n": len(bad), "v": f"{bad[0]:.4g}"}
+                )
+        return self
+
+
 class ReferenceConflict(Open):
     """Conflict statistics on the reference parameter set (the unmodified model's shared
     trunk), comparable across the mitigations of a cell."""
@@ -191,6 +246,7 @@ class Conflict(Open):
     histogram: Histogram | None = None
     series: dict[str, Any] = {}
     layers: Layers | None = None
+    layer_series: LayerSeries | None = None
     reference: ReferenceConflict | None = None
 
 
@@ -257,7 +313,7 @@ class ResultBase(Record):
             return {k: v for k, v in data.items() if k in cls.model_fields or k == "schema"}
         return data
 
-    schema_: SchemaName = Field("mtlbench.result/2", alias="schema")
+    schema_: SchemaName = Field("mtlbench.result/3", alias="schema")
     config_hash: Text
     cell: CellRecord
     suite: Text
@@ -344,6 +400,15 @@ def _conflict_consistency(c: Conflict) -> list[FieldProblem]:
         for key in ("params", "mean_cos", "p_pct"):
             if len(getattr(c.layers, key)) != n:
                 out.append(FieldProblem(f"conflict.layers.{key}", f"expected {n} values, one per layer"))
+    if c.layer_series is not None:
+        want = [c.n_samples, len(c.layers.names) if c.layers is not None else c.layer_series.mean_cos.shape[-1]]
+        if c.layer_series.mean_cos.shape != want:
+            out.append(
+                FieldProblem(
+                    "conflict.layer_series.mean_cos.shape",
+                    f"{c.layer_series.mean_cos.shape}, expected [n_samples, layers] = {want}",
+                )
+            )
     if c.histogram is not None and sum(c.histogram.counts) != c.n_samples * len(c.pairs):
         out.append(
             FieldProblem(
@@ -379,6 +444,11 @@ EXPECTED: dict[str, str] = {
     "conflict.layers.mean_cos": "numbers in [-1, 1], one per layer",
     "conflict.layers.p_pct": "numbers in [0, 100], one per layer",
     "conflict.histogram.counts": "counts >= 0",
+    "conflict.layer_series": "{mean_cos, conflicting_pairs}: packed arrays of one shape [n_samples, layers]",
+    "conflict.layer_series.*": "a packed array {dtype, shape, base64}",
+    "conflict.layer_series.*.dtype": "'float32', 'uint8' or 'uint16'",
+    "conflict.layer_series.*.shape": "[n_samples, layers]",
+    "conflict.layer_series.*.base64": "base64 of the array's little-endian bytes",
     "cost.wall_time_s": "a number > 0",
     "cost.step_time_ms": "a number > 0",
     "cost.peak_memory_mb": "a number >= 0",
@@ -441,6 +511,8 @@ def _problems(error: ValidationError) -> list[FieldProblem]:
         where = "".join(f"item {i}: " for i in items)
         if e["type"] == "missing":
             out.append(FieldProblem(field, f"{where}missing; expected {expected}"))
+        elif e["type"] == "packed":  # the message says what the block holds and what it should
+            out.append(FieldProblem(field, f"{e['msg']}; expected {expected}", f"{field}: {e['msg']:.100}"))
         elif e["type"] == "extra_forbidden":
             out.append(FieldProblem(field, "unknown field; remove it (or check its spelling)"))
         else:

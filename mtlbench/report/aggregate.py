@@ -27,7 +27,7 @@ import pandas as pd
 
 from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
-from mtlbench.core.files import SchemaMismatch, iter_result_files, read_result
+from mtlbench.core.files import MIGRATABLE, SchemaMismatch, iter_result_files, read_result
 from mtlbench.core.parallel import fork_map
 from mtlbench.core.registry import version_key
 from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, MetricDecl, OkResult, Result, parse_result
@@ -216,8 +216,14 @@ def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:
             + "; ".join(
                 f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items())
             )
-            + ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
-            "mtlbench version that wrote them."
+            + (
+                ". Rewrite them in this schema, values unchanged: `mtlbench migrate "
+                + " ".join(sorted({str(p.parent) for s, paths in other_schemas.items() if s in MIGRATABLE for p in paths}))
+                + "`"
+                if any(s in MIGRATABLE for s in other_schemas)
+                else ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
+                "mtlbench version that wrote them."
+            )
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mtlbench.core.cell import Cell
 from mtlbench.core.errors import ResultError
-from mtlbench.core.files import atomic_write_json, read_result
+from mtlbench.core.files import MIGRATABLE, SchemaMismatch, atomic_write_json, read_result
 from mtlbench.core.result import FailedResult, OkResult
 
 
@@ -35,6 +35,13 @@ class ResultStore:
             return CellState(cell, path, "pending")
         try:
             data = read_result(path)
+        except SchemaMismatch as e:
+            if e.schema in MIGRATABLE:  # hours of training: never re-run what a migration keeps
+                raise ResultError(
+                    f"{path} has schema {e.schema}, which this mtlbench migrates: run `mtlbench migrate {self.root}` "
+                    "(rewrites the folder's results in place, values unchanged), then run again; nothing was run"
+                ) from None
+            return CellState(cell, path, "stale", str(e))
         except ResultError as e:
             return CellState(cell, path, "stale", str(e))
         for kind, now in (("task", cell.task_version), ("method", cell.method_version), ("mitigation", cell.mitigation_version)):

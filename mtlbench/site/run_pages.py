@@ -78,6 +78,7 @@ def run_context(r: dict[str, Any]) -> dict[str, Any]:
         "metric_rows": rows,
         "conflict": conflict,
         "layers": layer_table(_layer_rows(conflict)),
+        "layer_series": layer_series_data(conflict),
         "charts": run_charts(r, conflict),
         "config_json": json.dumps(r.get("cell"), indent=1, sort_keys=False, default=str),
         "provenance": flatten(r.get("provenance") or {}),
@@ -122,6 +123,23 @@ def layer_table(rows: list[tuple[str, float, float, float]]) -> Markup:
             f'<td class="l"><span class="bar" style="width: {bar}px"></span></td></tr>'
         )
     return Markup("\n".join(out))
+
+
+def layer_series_data(conflict: dict[str, Any] | None) -> Markup | None:
+    """The run's per-layer conflict series for the page's script (JSON; the packed arrays are
+    passed on as they are, decoded and drawn in the browser), or None when the run has none."""
+    c = conflict or {}
+    series = c.get("layer_series")
+    if not isinstance(series, dict) or not all(isinstance(series.get(k), dict) for k in ("mean_cos", "conflicting_pairs")):
+        return None
+    data = {
+        "steps": (c.get("series") or {}).get("step") or [],
+        "layers": (c.get("layers") or {}).get("names") or [],
+        "pairs": len(c.get("pairs") or []) or 1,
+        "mean_cos": series["mean_cos"],
+        "conflicting_pairs": series["conflicting_pairs"],
+    }
+    return Markup(json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"))  # inert inside <script>
 
 
 def _layer_rows(conflict: dict[str, Any] | None) -> list[tuple[str, float, float, float]]:

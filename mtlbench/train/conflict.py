@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.core import result as records
+from mtlbench.core.packed import count_dtype, pack
 from mtlbench.core.spec import HISTOGRAMS, RECON_EDGES  # noqa: F401  (re-exported)
 
 
@@ -116,6 +117,7 @@ class ConflictRecorder:
         self.pair_cos: list[list[float]] = []
         self.layer_mean_cos: list[list[float]] = []
         self.layer_p_pct: list[list[float]] = []
+        self.layer_conflicting: list[list[int]] = []  # per sample and layer: pairs with cos < 0
         self.counts = [0] * (len(self.edges) - 1)
         self.s_values = [float(v) for v in s_values]
         self.s_conflict = {v: [0] * len(self.layer_names) for v in self.s_values}
@@ -136,6 +138,7 @@ class ConflictRecorder:
             self.s_conflict[v] = [a + b for a, b in zip(self.s_conflict[v], s_conflict_counts(per_layer, v))]
         self.layer_mean_cos.append([_r(v) for v in per_layer.mean(dim=1).tolist()])
         self.layer_p_pct.append([_r(v) for v in ((per_layer < 0).double().mean(dim=1) * 100).tolist()])
+        self.layer_conflicting.append([int(v) for v in (per_layer < 0).sum(dim=1).tolist()])
 
     def summary(self) -> records.Conflict | None:
         """The sampled statistics as the result file records them (None when nothing was sampled)."""
@@ -161,7 +164,10 @@ class ConflictRecorder:
                 "p_pct": [mean(self.layer_p_pct, k) for k in range(len(self.layer_names))],
                 "s_conflict": {f"{v:g}": counts for v, counts in self.s_conflict.items()},
             },
-            "layer_series": {"mean_cos": self.layer_mean_cos, "p_pct": self.layer_p_pct},
+            "layer_series": {
+                "mean_cos": pack(self.layer_mean_cos, "float32"),
+                "conflicting_pairs": pack(self.layer_conflicting, count_dtype(len(self.tasks) * (len(self.tasks) - 1) // 2)),
+            },
         })  # fmt: skip
 
     def reference_summary(self, description: str) -> records.ReferenceConflict | None:

@@ -2,6 +2,9 @@
 // A <th> click sorts its column (numbers by the cell's data-v, else by text; missing values
 // last); a <form class="filters" data-table="ID"> hides the rows whose data-<name> differs
 // from a chosen <select name="..."> value or whose data-search lacks the typed text.
+// A <script type="application/json" class="layer-series"> (a run's per-layer conflict series,
+// packed columnar arrays: little-endian, base64) is drawn as heatmaps into the elements
+// its data-targets names, each showing the array its data-value names.
 (function () {
   "use strict";
   function sortKey(cell) {
@@ -59,5 +62,57 @@
     form.addEventListener("change", apply);
     form.addEventListener("submit", function (e) { e.preventDefault(); });
     apply();
+  });
+  function decode(block) {
+    var raw = atob(block.base64), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    var view = new DataView(bytes.buffer), n = block.shape[0] * (block.shape[1] || 1), out = new Array(n);
+    var get = { float32: function (k) { return view.getFloat32(4 * k, true); },
+                uint8: function (k) { return view.getUint8(k); },
+                uint16: function (k) { return view.getUint16(2 * k, true); } }[block.dtype];
+    for (var k = 0; k < n; k++) out[k] = get(k);
+    return out;
+  }
+  function esc(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+  }
+  function color(v, signed) {  // signed: cosine in [-1, 1], red below 0, blue above; else a share in [0, 1], red
+    if (v !== v) return "#eeeeee";
+    var t = Math.min(1, Math.abs(v)), r = 255, g = Math.round(255 - 200 * t), b = Math.round(255 - 200 * t);
+    if (signed && v > 0) { r = Math.round(255 - 200 * t); g = Math.round(255 - 130 * t); b = 255; }
+    return "rgb(" + r + "," + g + "," + b + ")";
+  }
+  function heatmap(d, target) {  // an inline <svg> written as markup: the parser gives it the SVG namespace
+    var value = target.getAttribute("data-value") || "mean_cos", label = target.getAttribute("data-label") || value;
+    var block = d[value], rows = block.shape[0], cols = block.shape[1] || 0;
+    var values = decode(block), signed = value === "mean_cos";
+    if (!signed) values = values.map(function (c) { return c / d.pairs; });
+    var cw = Math.max(2, Math.min(8, Math.floor(700 / Math.max(rows, 1)))), ch = 12, left = 170, top = 22;
+    var w = left + rows * cw + 10, h = top + cols * ch + 34, y = top + cols * ch + 14, steps = d.steps || [];
+    var out = ['<svg class="chart heatmap" width="' + w + '" height="' + h + '" role="img" aria-label="' + esc(label) + '">',
+               '<text x="' + left + '" y="14" class="t">' + esc(label) + "</text>"];
+    for (var j = 0; j < cols; j++) {
+      var name = esc(d.layers[j] || ("layer " + (j + 1)));
+      out.push("<g><title>" + name + '</title><text x="' + (left - 6) + '" y="' + (top + j * ch + 9) + '" text-anchor="end">' + name + "</text>");
+      for (var i = 0; i < rows; i++) {
+        out.push('<rect x="' + (left + i * cw) + '" y="' + (top + j * ch) + '" width="' + cw + '" height="' + (ch - 1) +
+                 '" fill="' + color(values[i * cols + j], signed) + '"/>');
+      }
+      out.push("</g>");
+    }
+    out.push('<text x="' + left + '" y="' + y + '">step ' + esc(steps.length ? steps[0] : 0) + "</text>",
+             '<text x="' + (left + rows * cw) + '" y="' + y + '" text-anchor="end">step ' +
+             esc(steps.length ? steps[steps.length - 1] : rows) + "</text>",
+             '<text x="' + (left + rows * cw / 2) + '" y="' + (y + 14) + '" text-anchor="middle">training step (one column per sample)</text>',
+             "</svg>");
+    target.innerHTML = out.join("");
+    target.setAttribute("data-drawn", String(rows * cols));
+  }
+  document.querySelectorAll('script[type="application/json"].layer-series').forEach(function (el) {
+    var d = JSON.parse(el.textContent);
+    (el.getAttribute("data-targets") || "").split(" ").forEach(function (id) {
+      var target = id && document.getElementById(id);
+      if (target) heatmap(d, target);
+    });
   });
 })();
