@@ -72,7 +72,8 @@ def read_result(path: Path) -> dict[str, Any]:
         raise ResultError(f"{path}: missing field(s) {', '.join(missing)}")
     if data["schema"] != RESULT_SCHEMA:
         hint = f" (`mtlbench migrate {Path(path).parent}` rewrites it, values unchanged)" if data["schema"] in MIGRATABLE else ""
-        raise SchemaMismatch(f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}{hint}", str(data["schema"]))
+        message = f"{path}: schema {data['schema']!r}, this mtlbench reads {RESULT_SCHEMA!r}{hint}"
+        raise SchemaMismatch(message, str(data["schema"]))
     return data
 
 
