@@ -119,3 +119,35 @@ def test_rank_table_pairs_by_seed_and_corrects_over_the_page():
     assert out.loc[("a", "recon"), "vs_none_n"] == 5
     welch = stats.ttest_ind(a_none, ew, equal_var=False).pvalue
     assert welch > 0.05  # unpaired, the seed effects would hide the difference
+
+
+def test_batched_comparisons_equal_one_scipy_call_each_bit_for_bit():
+    """paired_many stacks the t-tests of equally many seeds into one scipy call; every row must
+    give exactly what scipy's paired t-test on that row alone gives (seeds 2..12, scales from
+    1e-6 to 1e6, a few rows that the edge rules decide)."""
+    import warnings
+
+    from mtlbench.report.stats import LEVEL, Paired, paired_many
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for n in range(2, 13):
+        for scale in (1e-6, 1.0, 1e6):
+            for _ in range(40):
+                a = {s: float(v) for s, v in enumerate(rng.normal(0, scale, n))}
+                b = {s: float(v) for s, v in enumerate(rng.normal(0.3 * scale, scale, n))}
+                pairs.append((a, b))
+    pairs += [({0: 1.0, 1: 2.0}, {0: 0.0, 1: 1.0}), ({0: 1.0}, {0: 2.0}), ({}, {1: 1.0})]
+    batched = paired_many(pairs)
+    for (a, b), got in zip(pairs, batched):
+        seeds = sorted(set(a) & set(b))
+        d = np.array([a[s] - b[s] for s in seeds])
+        if len(d) < 2 or d.std(ddof=1) <= 1e-12 * max(abs(d.mean()), 1e-300):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_rel(d, np.zeros(len(d))).pvalue)
+        half = float(stats.t.ppf(0.5 + LEVEL / 2, len(d) - 1)) * float(d.std(ddof=1)) / math.sqrt(len(d))
+        mean = float(d.mean())
+        assert got == Paired(len(d), mean, mean - half, mean + half, p)
+    assert batched[-3].p == 0.0 and math.isnan(batched[-2].p) and batched[-1].n == 0

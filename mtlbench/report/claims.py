@@ -30,7 +30,7 @@ import pandas as pd
 
 from mtlbench.report.aggregate import GROUP, unmitigated_labels
 from mtlbench.report.ranking import per_seed
-from mtlbench.report.stats import INCONCLUSIVE, Paired, combine, holm, paired, verdict
+from mtlbench.report.stats import INCONCLUSIVE, NOT_TESTABLE, Paired, combine, holm, paired_many, verdict
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,8 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
     multi = runs[~runs["is_baseline"]]
     if multi["unmitigated"].all():  # nothing to compare (most grids): skip the grouping
         return out
+    families: list[list[Comparison]] = []  # one per group: Holm-corrected together
+    todo: list[tuple[dict[int, float], dict[int, float]]] = []  # every comparison's two sides, tested in one batch
     for group, rows in multi.groupby(GROUP, sort=True):
         column = f"dm_{conventions.get(str(group[1]), 'flat')}"
         found: list[Comparison] = []
@@ -114,7 +116,7 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
             step_ratio = _mean(g["step_time_ms"]) / _mean(base["step_time_ms"])
             added_params = _mean(g["params"]) - _mean(base["params"])
             for measure, col in (("dm", column), ("p_ref", "p_pct_ref")):
-                result = paired(per_seed(g, col), per_seed(base, col))
+                todo.append((per_seed(g, col), per_seed(base, col)))
                 found.append(
                     Comparison(
                         tuple(group),  # type: ignore[arg-type]
@@ -123,11 +125,16 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
                         str(mitigation),
                         str(g["mitigation_name"].iloc[0]),
                         measure,
-                        result,
+                        NOT_TESTABLE,
                         step_ratio=step_ratio,
                         added_params=added_params,
                     )
                 )
+        families.append(found)
+    results = iter(paired_many(todo))
+    for found in families:
+        for c in found:
+            c.result = next(results)
         for c, p in zip(found, holm([c.result.p for c in found])):
             c.p_holm = p
             c.verdict = verdict(c.result, p, -1, MARGINS[c.measure])

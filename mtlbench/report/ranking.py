@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mtlbench.report.aggregate import CONVENTIONS, GROUP, ROW, unmitigated_labels
-from mtlbench.report.stats import ALPHA, NOT_TESTABLE, Paired, holm, mark, paired
+from mtlbench.report.stats import ALPHA, NOT_TESTABLE, Paired, holm, mark, paired_many
 
 COMPARISONS = ("vs_ew", "vs_none")
 
@@ -56,7 +56,8 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
     bases = {group: _base_keys(rows) for group, rows in out.groupby(GROUP, sort=False)}
     records = out[GROUP + ROW + ["dm_convention"]].to_dict("records")
     found: dict[str, list[tuple[str, Paired | None]]] = {c: [] for c in COMPARISONS}
-    for row in records:
+    todo: list[tuple[str, int, dict[int, float], dict[int, float]]] = []  # (comparison, row, a, b): tested in one batch
+    for i, row in enumerate(records):
         group = tuple(row[k] for k in GROUP)
         key, c = (row["method"], row["mitigation"]), row["dm_convention"]
 
@@ -64,13 +65,14 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
             return per_seed(per_row.get(group + k), f"dm_{c}")
 
         ref, base = refs[group], bases[group].get(key)
-        if ref is None:
-            found["vs_ew"].append(("", None))
-        elif key == ref:
-            found["vs_ew"].append(("reference", None))
-        else:
-            found["vs_ew"].append(("", paired(seeds(key), seeds(ref))))
-        found["vs_none"].append(("", paired(seeds(key), seeds(base)) if base is not None else None))
+        found["vs_ew"].append(("reference" if ref is not None and key == ref else "", None))
+        if ref is not None and key != ref:
+            todo.append(("vs_ew", i, seeds(key), seeds(ref)))
+        found["vs_none"].append(("", None))
+        if base is not None:
+            todo.append(("vs_none", i, seeds(key), seeds(base)))
+    for (c, i, _, _), result in zip(todo, paired_many([(a, b) for _, _, a, b in todo])):
+        found[c][i] = ("", result)
     # Holm within each page (group), over both kinds of comparison
     adjusted: dict[str, list[float]] = {c: [float("nan")] * len(records) for c in COMPARISONS}
     by_group: dict[tuple, list[tuple[str, int]]] = {}
