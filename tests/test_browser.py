@@ -136,6 +136,32 @@ def test_a_run_page_draws_its_packed_layer_series_in_the_browser(site, tab):
     assert tab.errors == []
 
 
+def test_a_run_page_draws_its_line_charts_in_the_browser(site, tab):
+    """The run page's curves arrive as data and the page's script draws them: one chart per
+    spec, one polyline per named line, each line's points within the plot area."""
+    import json
+
+    path = site / "runs/site--multimnist--vit1--pcgrad--none--seed1.html"
+    page = tab.open(path)
+    specs = json.loads(page.locator("script.line-charts").text_content())
+    charts = page.locator("#run-charts svg.chart")
+    assert charts.count() == len(specs) == 3
+    for i, spec in enumerate(specs):
+        chart = charts.nth(i)
+        assert chart.locator("text.t").text_content() == spec["title"]
+        assert chart.locator("polyline").count() == len(spec["lines"])
+        for j, (name, xs, ys) in enumerate(spec["lines"]):
+            points = chart.locator("polyline").nth(j).get_attribute("points").split()
+            assert len(points) == sum(x is not None and y is not None for x, y in zip(xs, ys)) > 0
+            for p in points:
+                x, y = (float(v) for v in p.split(","))
+                assert 52 <= x <= 428 and 24 <= y <= 190, (name, p)
+        assert chart.locator("line.z").count() == (1 if spec["hline"] is not None else 0)
+        box = chart.bounding_box()
+        assert box and box["width"] > 100 and box["height"] > 100
+    assert tab.errors == []
+
+
 def _column(page, table: str, header: str) -> list[str]:
     idx = page.locator(f"#{table} thead th").all_inner_texts().index(header)
     return page.locator(f"#{table} tbody tr").evaluate_all(

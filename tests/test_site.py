@@ -105,8 +105,11 @@ def test_group_page_has_every_plot_with_the_fixed_weight_front(site):
     ids = re.findall(r' id="([^"]+)"', page)
     assert len(ids) == len(set(ids)), "several inline SVGs on one page must not share ids"
     run = (site / "runs/site--multimnist--vit1--pcgrad--none--seed1.html").read_text()
-    assert run.count('<svg class="chart"') == 3  # loss, validation metrics, pair cosines
-    assert "cosine between task gradients" in run and "patch_embed.proj" in run
+    charts = json.loads(re.search(r'<script type="application/json" class="line-charts"[^>]*>(.*?)</script>', run).group(1))
+    assert [c["title"] for c in charts] == ["training loss per sub-task", "validation metrics",
+                                            "cosine between task gradients (cos < 0: conflict)"]  # drawn in the browser
+    assert [name for name, _, _ in charts[2]["lines"]] == ["left · right"] and charts[2]["hline"] == 0.0
+    assert "patch_embed.proj" in run
 
 
 def test_pareto_without_fixed_runs_and_results_without_plugin_descriptions(results, tmp_path):

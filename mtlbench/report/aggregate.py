@@ -372,9 +372,15 @@ def unmitigated_labels(rows: pd.DataFrame) -> dict[str, str]:
     task x backbone): the row labelled by its mitigation's own name when the method has several
     unmitigated labels, else the first label in sorted order. The one rule behind every "vs the
     same method without a mitigation" of the reports (summary deltas, group page, claims)."""
+    plain = rows[rows["unmitigated"]][["method", "mitigation", "mitigation_name"]]
+    return unmitigated_of(plain.itertuples(index=False, name=None))
+
+
+def unmitigated_of(rows: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """:func:`unmitigated_labels` of (method label, mitigation label, mitigation name) triples of
+    unmitigated runs."""
     out: dict[str, str] = {}
-    plain = rows[rows["unmitigated"]][["method", "mitigation", "mitigation_name"]].drop_duplicates()
-    for method, label, name in sorted(plain.itertuples(index=False, name=None)):
+    for method, label, name in sorted(set(rows)):
         if method not in out or (label == name and out[method] != name):
             out[method] = label
     return out

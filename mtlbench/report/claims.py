@@ -26,10 +26,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
-from mtlbench.report.aggregate import GROUP, unmitigated_labels
-from mtlbench.report.ranking import per_seed
+from mtlbench.report.aggregate import GROUP, unmitigated_of
 from mtlbench.report.stats import INCONCLUSIVE, NOT_TESTABLE, Paired, combine, holm, paired_many, verdict
 
 
@@ -104,26 +104,32 @@ def compare(runs: pd.DataFrame, conventions: Mapping[str, str]) -> list[Comparis
         return out
     families: list[list[Comparison]] = []  # one per group: Holm-corrected together
     todo: list[tuple[dict[int, float], dict[int, float]]] = []  # every comparison's two sides, tested in one batch
-    for group, rows in multi.groupby(GROUP, sort=True):
+    columns = [*GROUP, "method", "mitigation", "mitigation_name", "method_kind", "unmitigated", "seed",
+               "step_time_ms", "params", "p_pct_ref", "dm_flat", "dm_task"]  # fmt: skip
+    groups: dict[tuple, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+    for r in multi[[c for c in columns if c in multi]].to_dict("records"):
+        groups.setdefault(tuple(r[k] for k in GROUP), {}).setdefault((r["method"], r["mitigation"]), []).append(r)
+    for group in sorted(groups):
         column = f"dm_{conventions.get(str(group[1]), 'flat')}"
         found: list[Comparison] = []
-        by_row = {key: g for key, g in rows.groupby(["method", "mitigation"], sort=True)}
-        plain = unmitigated_labels(rows)
+        by_row = dict(sorted(groups[group].items()))
+        plain = unmitigated_of((m, r["mitigation"], r["mitigation_name"]) for (m, _), g in by_row.items() for r in g
+                               if r["unmitigated"])  # fmt: skip
         for (method, mitigation), g in by_row.items():
-            if bool(g["unmitigated"].iloc[0]) or method not in plain:
+            if bool(g[0]["unmitigated"]) or method not in plain:
                 continue
             base = by_row[(method, plain[method])]
-            step_ratio = _mean(g["step_time_ms"]) / _mean(base["step_time_ms"])
-            added_params = _mean(g["params"]) - _mean(base["params"])
+            step_ratio = _mean(g, "step_time_ms") / _mean(base, "step_time_ms")
+            added_params = _mean(g, "params") - _mean(base, "params")
             for measure, col in (("dm", column), ("p_ref", "p_pct_ref")):
-                todo.append((per_seed(g, col), per_seed(base, col)))
+                todo.append((_seeds(g, col), _seeds(base, col)))
                 found.append(
                     Comparison(
-                        tuple(group),  # type: ignore[arg-type]
+                        group,  # type: ignore[arg-type]
                         str(method),
-                        str(g["method_kind"].iloc[0]),
+                        str(g[0]["method_kind"]),
                         str(mitigation),
-                        str(g["mitigation_name"].iloc[0]),
+                        str(g[0]["mitigation_name"]),
                         measure,
                         NOT_TESTABLE,
                         step_ratio=step_ratio,
@@ -174,6 +180,16 @@ def judge(comparisons: list[Comparison], claims: tuple[Claim, ...]) -> list[Clai
     return out
 
 
-def _mean(values: pd.Series) -> float:
-    v = pd.to_numeric(values, errors="coerce").dropna()
-    return float(v.mean()) if len(v) else math.nan
+def _mean(rows: list[dict[str, Any]], column: str) -> float:
+    """The mean of a column over one row's runs (values that are not numbers left out; none: NaN)."""
+    values = [float(r[column]) for r in rows if _number(r.get(column))]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _seeds(rows: list[dict[str, Any]], column: str) -> dict[int, float]:
+    """seed → value of ``column`` over one row's runs."""
+    return {int(r["seed"]): float(r[column]) for r in rows}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and not math.isnan(float(v))

@@ -51,7 +51,13 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
         out["dm_vs_none"] = np.where(flat, out["dm_flat_vs_none"], out["dm_task_vs_none"])
     out["rank"] = out.groupby(GROUP)["dm"].rank(method="min", na_option="bottom").astype(int)
 
-    per_row = {key: g for key, g in runs.groupby(GROUP + ROW, sort=False)} if not runs.empty else {}
+    per_row: dict[tuple, dict[str, dict[int, float]]] = {}  # row -> column -> seed -> per-seed Δm
+    if not runs.empty:
+        keys = runs[GROUP + ROW].itertuples(index=False, name=None)
+        for key, seed, flat, task in zip(keys, runs["seed"], runs["dm_flat"], runs["dm_task"]):
+            row_seeds = per_row.setdefault(key, {"dm_flat": {}, "dm_task": {}})
+            row_seeds["dm_flat"][int(seed)] = float(flat)
+            row_seeds["dm_task"][int(seed)] = float(task)
     refs = {group: _reference_key(rows) for group, rows in out.groupby(GROUP, sort=False)}
     bases = {group: _base_keys(rows) for group, rows in out.groupby(GROUP, sort=False)}
     records = out[GROUP + ROW + ["dm_convention"]].to_dict("records")
@@ -62,7 +68,7 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
         key, c = (row["method"], row["mitigation"]), row["dm_convention"]
 
         def seeds(k: tuple[str, str], group: tuple = group, c: str = c) -> dict[int, float]:
-            return per_seed(per_row.get(group + k), f"dm_{c}")
+            return (per_row.get(group + k) or {}).get(f"dm_{c}", {})
 
         ref, base = refs[group], bases[group].get(key)
         found["vs_ew"].append(("reference" if ref is not None and key == ref else "", None))
@@ -71,8 +77,8 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
         found["vs_none"].append(("", None))
         if base is not None:
             todo.append(("vs_none", i, seeds(key), seeds(base)))
-    for (c, i, _, _), result in zip(todo, paired_many([(a, b) for _, _, a, b in todo])):
-        found[c][i] = ("", result)
+    for (c, i, _, _), outcome in zip(todo, paired_many([(a, b) for _, _, a, b in todo])):
+        found[c][i] = ("", outcome)
     # Holm within each page (group), over both kinds of comparison
     adjusted: dict[str, list[float]] = {c: [float("nan")] * len(records) for c in COMPARISONS}
     by_group: dict[tuple, list[tuple[str, int]]] = {}

@@ -76,14 +76,14 @@ def group_pages(data: SiteData) -> Iterator[Page]:
     if data.table.empty:
         return
     pages = []
+    hosts_of = data.runs.groupby(GROUP)["host"].nunique().to_dict() if "host" in data.runs else {}
     for (suite, task, backbone), rows in data.table.groupby(GROUP, sort=True):
         version = str(rows["task_version"].iloc[0])
         info = data.metric_info(task, version)
         records = row_records(data, rows)
         convention = str(rows["dm_convention"].iloc[0])
         has_base = any(is_baseline_row(r) for r in records)
-        runs = data.runs[(data.runs[GROUP] == pd.Series((suite, task, backbone), index=GROUP)).all(axis=1)]
-        hosts = int(runs["host"].nunique()) if "host" in runs else 1
+        hosts = int(hosts_of.get((suite, task, backbone), 1))
         pages.append(
             (
                 Page(

@@ -4,7 +4,9 @@
 // from a chosen <select name="..."> value or whose data-search lacks the typed text.
 // A <script type="application/json" class="layer-series"> (a run's per-layer conflict series,
 // packed columnar arrays: little-endian, base64) is drawn as heatmaps into the elements
-// its data-targets names, each showing the array its data-value names.
+// its data-targets names, each showing the array its data-value names. A <script
+// type="application/json" class="line-charts"> (a list of {title, xlabel, hline, lines: [[name,
+// xs, ys]]}) is drawn as line charts into the element named by its data-target.
 (function () {
   "use strict";
   function sortKey(cell) {
@@ -114,5 +116,70 @@
       var target = id && document.getElementById(id);
       if (target) heatmap(d, target);
     });
+  });
+  var PALETTE = ["#2457c5", "#d9730d", "#137333", "#a50e0e", "#7b3fb5", "#8c6d1f", "#00838f", "#c2185b", "#455a64", "#6d8f00"];
+  function ticks(lo, hi, n) {  // about n round values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]
+    if (hi <= lo) { lo -= 0.5; hi += 0.5; }
+    var raw = (hi - lo) / (n - 1), mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    var step = [1, 2, 5, 10].map(function (m) { return m * mag; }).filter(function (s) { return s >= raw; })[0];
+    var first = Math.floor(lo / step + 1e-9) * step, last = Math.ceil(hi / step - 1e-9) * step, out = [];
+    for (var i = 0; i <= Math.round((last - first) / step); i++) out.push(Number((first + i * step).toPrecision(12)));
+    return out;
+  }
+  function tickLabel(v) {
+    return Math.abs(v) >= 1e-3 || v === 0 ? String(Number(v.toPrecision(6))) : v.toExponential(1);
+  }
+  function lineChart(c) {
+    var width = 440, height = 230, left = 52, right = 12, top = 24, bottom = 40;
+    var lines = c.lines.map(function (l) {
+      var pts = [];
+      for (var i = 0; i < Math.min(l[1].length, l[2].length); i++) {
+        if (l[1][i] !== null && l[2][i] !== null) pts.push([l[1][i], l[2][i]]);
+      }
+      return [l[0], pts];
+    });
+    var all = [].concat.apply([], lines.map(function (l) { return l[1]; }));
+    var legendH = 16 * Math.floor((lines.length + 2) / 3), total = height + legendH;
+    var out = ['<svg class="chart" viewBox="0 0 ' + width + " " + total + '" width="' + width + '" height="' + total +
+               '" role="img" aria-label="' + esc(c.title) + '">', '<text x="' + left + '" y="15" class="t">' + esc(c.title) + "</text>"];
+    if (!all.length) {
+      out.push('<text x="' + width / 2 + '" y="' + height / 2 + '" text-anchor="middle" class="m">no data</text></svg>');
+      return out.join("");
+    }
+    var xs = all.map(function (p) { return p[0]; }), ys = all.map(function (p) { return p[1]; });
+    if (c.hline !== null && c.hline !== undefined) ys.push(c.hline);
+    var xt = ticks(Math.min.apply(null, xs), Math.max.apply(null, xs), 5), yt = ticks(Math.min.apply(null, ys), Math.max.apply(null, ys), 5);
+    var pw = width - left - right, ph = height - top - bottom;
+    function sx(x) { return (left + pw * (x - xt[0]) / (xt[xt.length - 1] - xt[0])).toFixed(1); }
+    function sy(y) { return (top + ph * (1 - (y - yt[0]) / (yt[yt.length - 1] - yt[0]))).toFixed(1); }
+    out.push('<rect x="' + left + '" y="' + top + '" width="' + pw + '" height="' + ph + '" class="f"/>');
+    yt.forEach(function (t) {
+      out.push('<line x1="' + left + '" x2="' + (left + pw) + '" y1="' + sy(t) + '" y2="' + sy(t) + '" class="g"/>' +
+               '<text x="' + (left - 4) + '" y="' + (Number(sy(t)) + 4).toFixed(1) + '" text-anchor="end">' + tickLabel(t) + "</text>");
+    });
+    xt.forEach(function (t) {
+      out.push('<text x="' + sx(t) + '" y="' + (top + ph + 14) + '" text-anchor="middle">' + tickLabel(t) + "</text>");
+    });
+    if (c.hline !== null && c.hline !== undefined) {
+      out.push('<line x1="' + left + '" x2="' + (left + pw) + '" y1="' + sy(c.hline) + '" y2="' + sy(c.hline) + '" class="z"/>');
+    }
+    out.push('<text x="' + (left + pw / 2) + '" y="' + (top + ph + 30) + '" text-anchor="middle">' + esc(c.xlabel) + "</text>");
+    lines.forEach(function (l, i) {
+      var color = PALETTE[i % PALETTE.length], pts = l[1];
+      out.push('<polyline points="' + pts.map(function (p) { return sx(p[0]) + "," + sy(p[1]); }).join(" ") +
+               '" fill="none" stroke="' + color + '" stroke-width="1.6"/>');
+      if (pts.length <= 60) {
+        pts.forEach(function (p) { out.push('<circle cx="' + sx(p[0]) + '" cy="' + sy(p[1]) + '" r="2.2" fill="' + color + '"/>'); });
+      }
+      var lx = (left + (i % 3) * (pw / 3)).toFixed(1), ly = height + 4 + 16 * Math.floor(i / 3);
+      out.push('<rect x="' + lx + '" y="' + ly + '" width="12" height="3" fill="' + color + '"/>' +
+               '<text x="' + (Number(lx) + 16).toFixed(1) + '" y="' + (ly + 5) + '">' + esc(l[0]) + "</text>");
+    });
+    out.push("</svg>");
+    return out.join("");
+  }
+  document.querySelectorAll('script[type="application/json"].line-charts').forEach(function (el) {
+    var target = document.getElementById(el.getAttribute("data-target"));
+    if (target) target.innerHTML = JSON.parse(el.textContent).map(lineChart).join("");
   });
 })();
