@@ -112,7 +112,8 @@ def test_a_run_page_draws_its_packed_layer_series_in_the_browser(site, tab):
 
     path = next(p for p in sorted(site.glob("runs/*pcgrad--none--seed0.html")) if "script" not in p.name)
     page = tab.open(path)
-    data = json.loads(page.locator("script.layer-series").text_content())
+    conflict = json.loads(page.locator("script#run-result").text_content())["conflict"]
+    data = {**conflict["layer_series"], "layers": conflict["layers"]["names"]}
     cos = unpack(data["mean_cos"])
     rows, cols = data["mean_cos"]["shape"]
     assert rows > 1 and cols == len(data["layers"]) > 1
@@ -143,7 +144,16 @@ def test_a_run_page_draws_its_line_charts_in_the_browser(site, tab):
 
     path = site / "runs/site--multimnist--vit1--pcgrad--none--seed1.html"
     page = tab.open(path)
-    specs = json.loads(page.locator("script.line-charts").text_content())
+    r = json.loads(page.locator("script#run-result").text_content())
+    epochs, series = r["curves"]["joint"], r["conflict"]["series"]
+    xs = [e["epoch"] for e in epochs]
+    specs = [  # what the page draws from its result: the loss and validation curves, the pair's cosines
+        {"title": "training loss per sub-task", "hline": None,
+         "lines": [[t, xs, [e["train_loss"][t] for e in epochs]] for t in epochs[0]["train_loss"]]},
+        {"title": "validation metrics", "hline": None, "lines": [[k, xs, [e["val"][k] for e in epochs]] for k in epochs[0]["val"]]},
+        {"title": "cosine between task gradients (cos < 0: conflict)", "hline": 0.0,
+         "lines": [["left · right", series["step"], [c[0] for c in series["pair_cos"]]]]},
+    ]  # fmt: skip
     charts = page.locator("#run-charts svg.chart")
     assert charts.count() == len(specs) == 3
     for i, spec in enumerate(specs):
@@ -151,6 +161,7 @@ def test_a_run_page_draws_its_line_charts_in_the_browser(site, tab):
         assert chart.locator("text.t").text_content() == spec["title"]
         assert chart.locator("polyline").count() == len(spec["lines"])
         for j, (name, xs, ys) in enumerate(spec["lines"]):
+            assert chart.locator("text", has_text=name).count() >= 1  # the legend
             points = chart.locator("polyline").nth(j).get_attribute("points").split()
             assert len(points) == sum(x is not None and y is not None for x, y in zip(xs, ys)) > 0
             for p in points:
@@ -159,6 +170,45 @@ def test_a_run_page_draws_its_line_charts_in_the_browser(site, tab):
         assert chart.locator("line.z").count() == (1 if spec["hline"] is not None else 0)
         box = chart.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100
+    assert tab.errors == []
+
+
+def test_a_recon_run_page_draws_every_part_from_its_embedded_result(tab, tmp_path):
+    """A real accepted Recon result (the flagship's): the page's script draws the mitigation's
+    report (its values, and its ranking table under the caption the mitigation declares), the
+    per-layer table, cost, configuration and provenance from the result embedded in the page."""
+    import json
+    import shutil
+
+    src = REPO / "leaderboard/results/flagship/multimnist/resnet18-w16"
+    folder = tmp_path / "results" / "flagship/multimnist/resnet18-w16"
+    folder.mkdir(parents=True)
+    for name in ("stl__none__seed0.json", "pcgrad__none__seed0.json", "pcgrad__recon__seed0.json"):
+        shutil.copy(src / name, folder / name)
+    build_site([tmp_path / "results"], tmp_path / "site")
+    r = json.loads((folder / "pcgrad__recon__seed0.json").read_text())
+    page = tab.open(tmp_path / "site/runs/flagship--multimnist--resnet18-w16--pcgrad--recon--seed0.html")
+    report = r["mitigation_report"]
+    assert page.locator("#run-mitigation h2").text_content() == "Mitigation: recon"
+    terms = page.locator("#run-mitigation dt").all_text_contents()
+    assert "chosen" in terms and page.locator("#run-mitigation dd").nth(terms.index("chosen")).text_content() == ", ".join(report["chosen"])
+    caption = r["mitigation_info"]["report_tables"]["ranking"]
+    assert page.locator("#run-mitigation p", has_text=caption).count() == 1
+    ranking = page.locator("#run-mitigation table.sortable")
+    assert ranking.locator("tbody tr").count() == len(report["ranking"])
+    assert "branchable" in ranking.locator("thead th").all_text_contents()
+    layers = r["conflict"]["layers"]["names"]
+    assert page.locator("#layers tbody tr").count() == len(layers)
+    assert page.locator("#layers tbody tr").first.locator("td").nth(1).text_content() == layers[0]
+    page.locator("#layers thead th", has_text="mean cos").click()  # the drawn table sorts like the others
+    cos = [float(v) for v in page.locator("#layers tbody tr td:nth-child(4)").evaluate_all("c => c.map(x => x.dataset.v)") if v]
+    assert cos == sorted(cos)
+    assert page.locator("#layer-heatmap").get_attribute("data-drawn") == str(r["conflict"]["n_samples"] * len(layers))
+    assert json.loads(page.locator("#run-config").text_content()) == r["cell"]
+    provenance = page.locator("#run-provenance dt").all_text_contents()
+    assert "git.commit" in provenance and "torch" in provenance
+    assert "step_time_ms" in page.locator("#run-cost dt").all_text_contents()
+    assert page.locator("#run-charts svg.chart").count() == 3
     assert tab.errors == []
 
 

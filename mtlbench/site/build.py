@@ -114,10 +114,11 @@ def build_site(result_dirs: list[Path], out: Path, published: Path | None = None
     written: list[Path] = []
     listed: list[Page] = []
     manifest = read_manifest(out, json.dumps(common["sources"]))
+    on_disk = files_under(out)
     kept: dict[str, str] = {}
     for name, page_type in page_types().items():
         pages = list(page_type().pages(data))
-        for page, path in zip(pages, render_all(env, pages, out, common, manifest, workers)):
+        for page, path in zip(pages, render_all(env, pages, out, common, manifest, workers, on_disk)):
             if path is None:
                 continue
             written.append(path)
@@ -160,14 +161,19 @@ def site_code_key() -> str:
 
 
 def render(
-    env: jinja2.Environment, page: Page, out: Path, common: dict[str, Any], manifest: dict[str, str] | None = None
+    env: jinja2.Environment,
+    page: Page,
+    out: Path,
+    common: dict[str, Any],
+    manifest: dict[str, str] | None = None,
+    on_disk: set[str] | None = None,
 ) -> Path | None:
     """Write ``page``; an incremental page whose key the manifest holds for an existing file is
     kept as it is. None when its result file can no longer be read (the page is left out)."""
     if page.text is not None:
         return write_file(out / page.path, page.text)
     target = out / page.path
-    if manifest is not None and unchanged(page, out, manifest):
+    if manifest is not None and unchanged(page, manifest, on_disk or set()):
         return target
     context = page.context
     if page.lazy is not None:
@@ -185,23 +191,39 @@ def render(
 MIN_PARALLEL = 200  # pages to render before extra processes pay for themselves (~2 ms a page)
 
 
-def unchanged(page: Page, out: Path, manifest: dict[str, str]) -> bool:
+def unchanged(page: Page, manifest: dict[str, str], on_disk: set[str]) -> bool:
     """An incremental page the previous build wrote under the same key, still on disk."""
-    return bool(page.key) and manifest.get(page.path) == page.key and (out / page.path).exists()
+    return bool(page.key) and manifest.get(page.path) == page.key and page.path in on_disk
+
+
+def files_under(out: Path) -> set[str]:
+    """The files under ``out`` (relative, "/"-separated), listed once per build: a site holds a
+    page per run, and a stat per page cost more than rendering a small page."""
+    found: set[str] = set()
+    for folder, _, names in os.walk(out):
+        rel = os.path.relpath(folder, out).replace(os.sep, "/")
+        found.update(n if rel == "." else f"{rel}/{n}" for n in names)
+    return found
 
 
 def render_all(
-    env: jinja2.Environment, pages: list[Page], out: Path, common: dict[str, Any], manifest: dict[str, str], workers: int
+    env: jinja2.Environment,
+    pages: list[Page],
+    out: Path,
+    common: dict[str, Any],
+    manifest: dict[str, str],
+    workers: int,
+    on_disk: set[str],
 ) -> list[Path | None]:
     """:func:`render` for each page; the lazy pages that must be (re)rendered go to ``workers``
     forked processes when there are at least MIN_PARALLEL of them (:func:`fork_map`: the
     children inherit the loaded data, only page numbers and paths cross)."""
-    todo = [i for i, p in enumerate(pages) if p.lazy is not None and not unchanged(p, out, manifest)]
+    todo = [i for i, p in enumerate(pages) if p.lazy is not None and not unchanged(p, manifest, on_disk)]
     done = dict(zip(todo, fork_map(lambda i: render(env, pages[i], out, common), todo, workers, MIN_PARALLEL)))
     paths = []
     for i, page in enumerate(pages):
         if i not in done:
-            paths.append(render(env, page, out, common, manifest))
+            paths.append(render(env, page, out, common, manifest, on_disk))
             continue
         if done[i] is not None and page.key:
             manifest[page.path] = page.key
