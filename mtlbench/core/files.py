@@ -93,12 +93,19 @@ def check_hash(path: Path, data: dict[str, Any]) -> None:
 
 
 def iter_result_files(dirs: list[Path]) -> Iterator[Path]:
+    """The ``*.json`` files under ``dirs`` (files given as they are), hidden files and folders
+    left out, each folder's in path order (part by part, as paths compare)."""
     for d in dirs:
         d = Path(d)
         if d.is_file():
             yield d
         elif d.is_dir():
-            yield from sorted(p for p in d.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(d).parts))
+            found: list[str] = []
+            for folder, subdirs, names in os.walk(d):
+                subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+                found.extend(os.path.join(folder, n) for n in names if n.endswith(".json") and not n.startswith("."))
+            found.sort(key=lambda p: p.split(os.sep))
+            yield from map(Path, found)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -132,7 +132,8 @@ def load_results(
             rows.append(row)
         else:
             failed.append(row)
-    _write_parse_cache(cache, version, kept)
+    if todo or kept.keys() != stored.keys():  # a rebuild with nothing new keeps the cache as it is
+        _write_parse_cache(cache, version, kept)
     _refuse_mixed_schemas(other_schemas)
     runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
     if not runs.empty:

@@ -80,14 +80,14 @@ class SiteData:
     def runs_by_row(self) -> dict[tuple, list[tuple[Any, str, str]]]:
         """(suite, task, backbone, method, mitigation) -> [(seed, page, path)] sorted by seed."""
         if self._runs_by_row is None:
-            self._runs_by_row = (
-                {}
-                if self.runs.empty
-                else {
-                    key: list(zip(g["seed"], g["page"], g["path"]))
-                    for key, g in self.runs.sort_values("seed").groupby(GROUP + ROW, sort=False)
-                }
-            )
+            by_row: dict[tuple, list[tuple[Any, str, str]]] = {}
+            if not self.runs.empty:
+                keys = self.runs[GROUP + ROW].itertuples(index=False, name=None)
+                for key, seed, page, path in zip(keys, self.runs["seed"], self.runs["page"], self.runs["path"]):
+                    by_row.setdefault(key, []).append((seed, page, path))
+                for runs in by_row.values():
+                    runs.sort(key=lambda run: run[0])
+            self._runs_by_row = by_row
         return self._runs_by_row
 
     def metric_info(self, task: str, version: str) -> dict:

@@ -30,6 +30,8 @@ RUN_FIELDS = ("suite", "task", "task_version", "backbone", "method", "method_nam
 def run_pages(data: SiteData) -> Iterator[Page]:
     groups = {group_page(*k) for k in data.table[GROUP].itertuples(index=False)} if not data.table.empty else set()
     roots = [(str(d) + os.sep, d.name + "/") for d in data.result_dirs if d.is_dir()]
+    group_pages: dict[tuple, str] = {}
+    method_pages: dict[str, str] = {}
     for status, frame in (("ok", data.runs), ("failed", data.failed)):
         if frame.empty:
             continue
@@ -43,13 +45,18 @@ def run_pages(data: SiteData) -> Iterator[Page]:
                 stat = os.stat(path)
             except OSError:
                 continue
-            page = group_page(run["suite"], run["task"], run["backbone"])
+            group = (run["suite"], run["task"], run["backbone"])
+            if group not in group_pages:
+                group_pages[group] = group_page(*group)
+            page = group_pages[group]
+            if run["method_name"] not in method_pages:
+                method_pages[run["method_name"]] = method_page(run["method_name"])
             fixed = {
                 "run": run,
                 "status": status,
                 "reason": reason if isinstance(reason := run.pop("reason", None), str) and reason else None,
                 "metric_rows": metric_rows(data, run, metrics) if status == "ok" else [],
-                "method_page": method_page(run["method_name"]),
+                "method_page": method_pages[run["method_name"]],
                 "group_page": page if page in groups else None,
                 "source": source_name(path, roots),
             }
@@ -58,7 +65,7 @@ def run_pages(data: SiteData) -> Iterator[Page]:
                 return {"result": embedded_result(path), **fixed}
 
             # the page shows the result file and the row's aggregates (Δm against the baseline, links)
-            key = repr((path, stat.st_mtime_ns, stat.st_size, sorted(fixed.items(), key=str), sorted(run.items())))
+            key = repr((path, stat.st_mtime_ns, stat.st_size, list(fixed.values()), list(run.values())))
             yield Page(page_path, "run.html", key=hashlib.sha256(key.encode()).hexdigest(), lazy=lazy)
 
 
