@@ -17,8 +17,10 @@ setup: $(BIN)/python
 setup-dev: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 
+# two cells at a time on one thread each (on 2 cores, 1.35x the cells per minute of one cell on
+# two threads); no per-epoch checkpoints (a default cell takes seconds)
 run: setup
-	$(BIN)/mtlbench run
+	$(BIN)/mtlbench run --runs-per-device 2 --no-checkpoint
 	$(BIN)/mtlbench leaderboard
 
 # the public leaderboard: the accepted results in leaderboard/results/ -> leaderboard/site/
