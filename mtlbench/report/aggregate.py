@@ -100,7 +100,8 @@ def load_results(
     stored = _read_parse_cache(cache, version)
     kept: dict[str, Any] = {}
     files: list[tuple[Path, tuple[int, int]]] = []
-    for path in iter_result_files(list(dirs)):
+    dirs = [Path(d) for d in dirs]
+    for path in iter_result_files(dirs):
         try:
             stat = path.stat()
         except OSError as e:
@@ -134,7 +135,7 @@ def load_results(
             failed.append(row)
     if todo or kept.keys() != stored.keys():  # a rebuild with nothing new keeps the cache as it is
         _write_parse_cache(cache, version, kept)
-    _refuse_mixed_schemas(other_schemas)
+    _refuse_mixed_schemas(other_schemas, dirs)
     runs, failed_runs = (latest_versions(pd.DataFrame(frame), problems) for frame in (rows, failed))
     if not runs.empty:
         versions = runs.groupby(["suite", "task"])["task_version"].nunique()
@@ -210,7 +211,7 @@ def _write_parse_cache(cache: Path | None, version: str, entries: dict[str, Any]
     os.replace(tmp, cache)
 
 
-def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:
+def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]], dirs: list[Path]) -> None:
     if other_schemas:
         raise ResultError(
             f"results of different schemas would be mixed: this mtlbench reads {RESULT_SCHEMA}, but "
@@ -218,9 +219,7 @@ def _refuse_mixed_schemas(other_schemas: dict[str, list[Path]]) -> None:
                 f"{len(paths)} file(s) have {schema} (e.g. {paths[0]})" for schema, paths in sorted(other_schemas.items())
             )
             + (
-                ". Rewrite them in this schema, values unchanged: `mtlbench migrate "
-                + " ".join(sorted({str(p.parent) for s, paths in other_schemas.items() if s in MIGRATABLE for p in paths}))
-                + "`"
+                ". Rewrite them in this schema, values unchanged: `mtlbench migrate " + " ".join(str(d) for d in dirs) + "`"
                 if any(s in MIGRATABLE for s in other_schemas)
                 else ". Re-run those cells with this version (`mtlbench run` treats them as stale) or read them with the "
                 "mtlbench version that wrote them."
@@ -256,9 +255,17 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     return runs[version == newest].reset_index(drop=True)
 
 
+_METRIC_INFO: dict[tuple[str, str], dict[str, MetricDecl]] = {}  # (task, version) -> the last declarations read
+
+
 def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricDecl]]:
     """One ok result as a table row, and its metric declarations."""
     info = {k: m if m.label else m.model_copy(update={"label": k}) for k, m in result.metric_info.items()}
+    seen = _METRIC_INFO.get((result.task, result.task_version))
+    if seen == info:  # the same declarations as the task's earlier results: one object (pickled once)
+        info = seen
+    else:
+        _METRIC_INFO[(result.task, result.task_version)] = info
     conflict, cost = result.conflict, result.cost
     row = {**base, "device": result.provenance.device}
     # the machine: step times compare only within one (or as ratios to its reference step)
