@@ -130,3 +130,94 @@ def test_losses_match_the_reference_formulas():
     target = torch.zeros_like(normals)
     target[:, 2, :, :2] = 1.0
     assert normal_loss(normals, target).item() == pytest.approx(1 - (1.0 + 0.5) / 2)
+
+
+# ---------------------------------------------------------------- evaluation pooling (issue: fidelity)
+# Five depth images split into unequal evaluation batches (2, then 3); image 2 has no valid pixel,
+# image 4 a single one. Per image (abs sum, valid count): (5, 3), (1, 1), (0, 0), (6, 2), (2, 1).
+DEPTH_PRED = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 9.0, 9.0, 9.0], [7.0, 7.0, 7.0, 7.0], [1.0, 1.0, 5.0, 5.0],
+                           [3.0, 3.0, 3.0, 3.0]]).reshape(5, 1, 2, 2)  # fmt: skip
+DEPTH_TARGET = torch.tensor([[2.0, 0.0, 3.0, 8.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0],
+                             [0.0, 1.0, 0.0, 0.0]]).reshape(5, 1, 2, 2)  # fmt: skip
+
+
+def _evaluate(task: str, pred: torch.Tensor, target: torch.Tensor, sizes: list[int], **pooling) -> dict[str, float]:
+    ev = DenseEvaluator([task], n_classes=1, **pooling)
+    start = 0
+    for n in sizes:  # the evaluation batches: unequal, and never aligned with the pooling groups
+        ev.update({task: pred[start : start + n]}, {task: target[start : start + n]})
+        start += n
+    return ev.compute()
+
+
+def test_depth_pooling_conventions_by_hand():
+    sums, counts = [5.0, 1.0, 0.0, 6.0, 2.0], [3, 1, 0, 2, 1]
+    rel = [1 / 2 + 0 + 4 / 8, 1 / 2, 0.0, 3 / 4 + 3 / 4, 2 / 1]  # per image: sums of |d̂ - d| / d
+    per_image = _evaluate("depth", DEPTH_PRED, DEPTH_TARGET, [2, 3])
+    assert per_image["depth.abs_err"] == pytest.approx((5 / 3 + 1 + 3 + 2) / 4)  # image 2 left out
+    # batch of 2 (MTAN's test loader on NYUv2): groups {0, 1}, {2, 3}, {4}; the last weighs as much
+    batch = _evaluate("depth", DEPTH_PRED, DEPTH_TARGET, [2, 3], pooling="batch", pool_size=2)
+    assert batch["depth.abs_err"] == pytest.approx(((5 + 1) / 4 + (0 + 6) / 2 + 2 / 1) / 3)
+    assert batch["depth.rel_err"] == pytest.approx(((rel[0] + rel[1]) / 4 + rel[3] / 2 + rel[4] / 1) / 3)
+    # a group with no valid pixel is left out: groups of 1 give per-image averaging
+    assert _evaluate("depth", DEPTH_PRED, DEPTH_TARGET, [5], pooling="batch", pool_size=1) == pytest.approx(per_image)
+    # the whole split (LibMTL: each batch's error weighted by its valid pixels)
+    split = _evaluate("depth", DEPTH_PRED, DEPTH_TARGET, [2, 3], pooling="split")
+    assert split["depth.abs_err"] == pytest.approx(sum(sums) / sum(counts))
+    assert split["depth.rel_err"] == pytest.approx(sum(rel) / sum(counts))
+
+
+def test_normal_pooling_conventions_by_hand():
+    # three images of four pixels; image 1 has one valid pixel, image 2 none
+    pred = torch.cat([unit_normals([0.0, 10.0, 20.0, 50.0]), unit_normals([40.0, 0.0, 0.0, 0.0]), unit_normals([5.0] * 4)])
+    target = torch.zeros_like(pred)
+    target[0, 2] = 1.0
+    target[1, 2, :, 0] = 1.0
+    angles = {0: [0.0, 10.0, 20.0, 50.0], 1: [40.0], 2: []}
+
+    def stats(values: list[float]) -> dict[str, float]:
+        a = np.array(values)
+        return {"normal.mean": a.mean(), "normal.median": np.median(a), "normal.within_11.25": (a < 11.25).mean(),
+                "normal.within_22.5": (a < 22.5).mean(), "normal.within_30": (a < 30).mean()}  # fmt: skip
+
+    split = _evaluate("normal", pred, target, [1, 2], pooling="split")
+    assert split == pytest.approx(stats(angles[0] + angles[1]), abs=1e-5)  # median of the joined angles: 20
+    batch = _evaluate("normal", pred, target, [1, 2], pooling="batch", pool_size=2)
+    groups = [stats(angles[0] + angles[1])]  # the second group, image 2 alone, has no valid pixel
+    assert batch == pytest.approx(groups[0], abs=1e-5)
+    per_image = _evaluate("normal", pred, target, [3])
+    assert per_image == pytest.approx({k: (stats(angles[0])[k] + stats(angles[1])[k]) / 2 for k in split}, abs=1e-5)
+    assert per_image["normal.median"] == pytest.approx((15.0 + 40.0) / 2)
+    assert split["normal.median"] == pytest.approx(20.0, abs=1e-5) and batch["normal.median"] == pytest.approx(20.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("pooling", [{"pooling": "per_image"}, {"pooling": "split"}])
+def test_per_image_and_split_do_not_depend_on_the_evaluation_batch_size(pooling):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(7, 1, 4, 5, generator=g) * 5
+    target = torch.rand(7, 1, 4, 5, generator=g) * 5 * (torch.rand(7, 1, 4, 5, generator=g) > 0.4)
+    normal_pred = F.normalize(torch.randn(7, 3, 4, 5, generator=g), dim=1)
+    normal_target = F.normalize(torch.randn(7, 3, 4, 5, generator=g), dim=1) * (torch.rand(7, 1, 4, 5, generator=g) > 0.3)
+    for sizes in ([7], [1] * 7, [3, 4], [2, 2, 3]):
+        assert _evaluate("depth", pred, target, sizes, **pooling) == pytest.approx(_evaluate("depth", pred, target, [7], **pooling))
+        assert _evaluate("normal", normal_pred, normal_target, sizes, **pooling) == pytest.approx(
+            _evaluate("normal", normal_pred, normal_target, [7], **pooling), abs=1e-4
+        )
+    # batch pooling does depend on its group size, by design (the references' test batch)
+    assert _evaluate("depth", pred, target, [7], pooling="batch", pool_size=2) != pytest.approx(
+        _evaluate("depth", pred, target, [7], pooling="batch", pool_size=3)
+    )
+
+
+def test_dense_tasks_refuse_unknown_pooling_options():
+    from tasks.nyuv2 import NYUv2
+
+    with pytest.raises(ValueError, match="eval_pooling='pixels'; valid: per_image, batch, split"):
+        NYUv2(eval_pooling="pixels")
+    with pytest.raises(ValueError, match="eval_pool_size=0; expected an integer >= 1"):
+        NYUv2(eval_pooling="batch", eval_pool_size=0)
+    with pytest.raises(ValueError, match="only applies with eval_pooling"):
+        NYUv2(eval_pool_size=2)
+    task = NYUv2(eval_pooling="batch", eval_pool_size=2)
+    ev = task.evaluator(["depth"])
+    assert (ev.pooling, ev.pool_size) == ("batch", 2)

@@ -18,10 +18,12 @@ value) because CUDA's 2-D NLL loss has no deterministic implementation. A batch 
 pixel contributes a loss of 0 (MTAN's code would divide by zero).
 
 Metrics (:mod:`mtlbench.datasets.metrics`): mIoU and pixel accuracy from one confusion matrix over the
-whole split; depth and normal errors per image over its valid pixels, then averaged over the
-images of the split (images without a valid pixel are left out). Per-image averaging is Recon's
-evaluation exactly (test batch size 1) and MTAN/CAGrad/Nash-MTL's up to their pooling of pixels
-within each test batch of 2; it does not depend on ``eval_batch_size``.
+whole split; depth and normal errors pooled over valid pixels as the task's ``eval_pooling``
+option says — per image then averaged (``per_image``, the default: Recon), per run of
+``eval_pool_size`` consecutive test images then averaged (``batch``: MTAN, CAGrad, Nash-MTL,
+FAMO, whose test loaders batch 2 images on NYUv2 and 8 on CityScapes), or over the whole split
+(``split``: LibMTL). None of the three depends on ``eval_batch_size``. The paper presets in
+benchmark.toml set their paper's; Δm against a suite's ``stl`` compares runs of one setting.
 """
 
 from __future__ import annotations
@@ -167,16 +169,36 @@ def random_scale_crop_flip(
 # ---------------------------------------------------------------- evaluation
 
 
-class DenseEvaluator:
-    """Accumulates one split: a confusion matrix for segmentation, per-image sums for depth and
-    normals (see the module docstring)."""
+POOLINGS = ("per_image", "batch", "split")
 
-    def __init__(self, tasks: Sequence[str], n_classes: int) -> None:
+
+class DenseEvaluator:
+    """Accumulates one split: a confusion matrix for segmentation; depth and normal errors pooled
+    as ``pooling`` says (see :class:`DenseTask`'s ``eval_pooling``):
+
+    - ``per_image``: each image's errors over its valid pixels, averaged over the images (Recon,
+      which tests one image at a time); independent of how the split is batched;
+    - ``batch``: the valid pixels of each run of ``pool_size`` consecutive images pooled, the
+      groups' errors averaged, the last, smaller group weighing as much as a full one (MTAN,
+      CAGrad, Nash-MTL, FAMO: their test loaders' batches of 2 on NYUv2, 8 on CityScapes);
+    - ``split``: the valid pixels of the whole split pooled (LibMTL: depth errors weighted by
+      valid pixels, all normal angles joined before the mean and the median).
+
+    Images, and groups, without a valid pixel are left out (the references would divide by
+    zero). Normal angles wait for their group as float32 (the whole split's for ``split``:
+    about 290 MB on NYUv2's test split); the statistics are computed in float64."""
+
+    def __init__(self, tasks: Sequence[str], n_classes: int, pooling: str = "per_image", pool_size: int = 1) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"evaluation pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
         self.tasks = list(tasks)
         self.n_classes = n_classes
+        self.pooling = pooling
+        self.pool_size = int(pool_size)
         self.conf = torch.zeros(n_classes, n_classes, dtype=torch.int64)
         self.sums: dict[str, float] = {}
         self.images = {t: 0 for t in self.tasks}
+        self.pending: dict[str, list[Any]] = {t: [] for t in self.tasks}  # the open group's per-image parts
 
     def _add(self, task: str, values: Mapping[str, Tensor]) -> None:
         ok = ~torch.isnan(next(iter(values.values())))
@@ -190,15 +212,39 @@ class DenseEvaluator:
             out, target = outputs[t].detach(), targets[t]
             if t == "segmentation":
                 self.conf += M.confusion_matrix(out.argmax(dim=1), target, self.n_classes).cpu()
-            elif t == "depth":
+            elif t not in ("depth", "normal"):
+                raise KeyError(f"no metrics for sub-task {t!r}")
+            elif self.pooling == "per_image" and t == "depth":
                 abs_err, rel_err, _ = M.depth_errors(out, target)
                 self._add(t, {"abs_err": abs_err, "rel_err": rel_err})
-            elif t == "normal":
+            elif self.pooling == "per_image":
                 self._add(t, M.angle_statistics(M.normal_angles(out, target)))
             else:
-                raise KeyError(f"no metrics for sub-task {t!r}")
+                parts = _depth_parts(out, target) if t == "depth" else _normal_parts(out, target)
+                for part in parts:
+                    self.pending[t].append(part)
+                    if self.pooling == "batch" and len(self.pending[t]) == self.pool_size:
+                        self._close(t)
+
+    def _close(self, task: str) -> None:
+        """Pool the open group of ``task`` into one set of errors (left out without a valid pixel)."""
+        parts, self.pending[task] = self.pending[task], []
+        if task == "depth":
+            count = sum(c for _, _, c in parts)
+            abs_sum, rel_sum = sum(a for a, _, _ in parts), sum(r for _, r, _ in parts)
+            stats = {"abs_err": abs_sum / count, "rel_err": rel_sum / count} if count else {}
+        else:
+            angles = torch.cat(parts).double() if parts else torch.zeros(0, dtype=torch.float64)
+            stats = {k: float(v[0]) for k, v in M.angle_statistics(angles[None]).items()} if angles.numel() else {}
+        if stats:
+            self.images[task] += 1
+            for name, v in stats.items():
+                self.sums[f"{task}.{name}"] = self.sums.get(f"{task}.{name}", 0.0) + v
 
     def compute(self) -> dict[str, float]:
+        for t in self.tasks:
+            if self.pending[t]:
+                self._close(t)
         out: dict[str, float] = {}
         if "segmentation" in self.tasks:
             out["segmentation.miou"] = M.mean_iou(self.conf)
@@ -207,6 +253,18 @@ class DenseEvaluator:
             n = self.images[key.split(".", 1)[0]]
             out[key] = total / n if n else float("nan")
         return out
+
+
+def _depth_parts(pred: Tensor, target: Tensor) -> list[tuple[float, float, int]]:
+    """Per image: the sums of absolute and relative errors over its valid pixels, and their count."""
+    abs_sum, rel_sum, count = M.depth_sums(pred, target)
+    return list(zip(abs_sum.tolist(), rel_sum.tolist(), count.tolist()))
+
+
+def _normal_parts(pred: Tensor, target: Tensor) -> list[Tensor]:
+    """Per image: the angles (degrees) at its valid pixels, as float32."""
+    angles = M.normal_angles(pred, target)
+    return [a[~torch.isnan(a)].float().cpu() for a in angles]
 
 
 # ---------------------------------------------------------------- the task base
@@ -232,14 +290,35 @@ class DenseTask(Task):
     main_metrics = MAIN_METRICS
     selection_reference: ClassVar[Mapping[str, float]] = {}
 
-    def __init__(self, augmentation: bool = True, val_fraction: float = 0.1) -> None:
+    def __init__(
+        self, augmentation: bool = True, val_fraction: float = 0.1, eval_pooling: str = "per_image", eval_pool_size: int = 1
+    ) -> None:
         if not isinstance(augmentation, bool):
             raise ValueError(f"task {self.name}: option augmentation must be true or false, got {augmentation!r}")
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"task {self.name}: option val_fraction={val_fraction!r}; expected a number in (0, 1)")
-        super().__init__(augmentation=augmentation, val_fraction=float(val_fraction))
+        if eval_pooling not in POOLINGS:
+            raise ValueError(
+                f"task {self.name}: option eval_pooling={eval_pooling!r}; valid: {', '.join(POOLINGS)} "
+                "(per_image: Recon; batch: MTAN, CAGrad, Nash-MTL, FAMO with eval_pool_size = their test batch; split: LibMTL)"
+            )
+        if isinstance(eval_pool_size, bool) or not isinstance(eval_pool_size, int) or eval_pool_size < 1:
+            raise ValueError(f"task {self.name}: option eval_pool_size={eval_pool_size!r}; expected an integer >= 1")
+        if eval_pool_size != 1 and eval_pooling != "batch":
+            raise ValueError(
+                f'task {self.name}: option eval_pool_size={eval_pool_size} only applies with eval_pooling = "batch" '
+                f"(it is {eval_pooling!r}); remove it"
+            )
+        super().__init__(
+            augmentation=augmentation,
+            val_fraction=float(val_fraction),
+            eval_pooling=eval_pooling,
+            eval_pool_size=eval_pool_size,
+        )
         self.augmentation = augmentation
         self.val_fraction = float(val_fraction)
+        self.eval_pooling = eval_pooling
+        self.eval_pool_size = eval_pool_size
 
     def store_path(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.name / f"mtan-npy-v{mtan_npy.STORE_FORMAT}"
@@ -280,7 +359,7 @@ class DenseTask(Task):
         return LOSSES[task](output, target)
 
     def evaluator(self, tasks: Sequence[str]) -> DenseEvaluator:
-        return DenseEvaluator(tasks, self.layout.n_classes)
+        return DenseEvaluator(tasks, self.layout.n_classes, self.eval_pooling, self.eval_pool_size)
 
     def selection_score(self, metrics: Mapping[str, float], tasks: Sequence[str]) -> float:
         terms = []

@@ -83,6 +83,14 @@ def depth_errors(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     ``pred`` and ``target`` are (N, 1, H, W). Images without a valid pixel get NaN errors and a
     count of 0.
     """
+    abs_sum, rel_sum, count = depth_sums(pred, target)
+    denom = count.double()
+    return abs_sum / denom, rel_sum / denom, count
+
+
+def depth_sums(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image: the sums of absolute and relative errors over the valid pixels, and their count
+    (what pooling over several images adds up)."""
     mask = valid_mask(target)
     pred, target = pred[:, 0].double(), target[:, 0].double()
     count = mask.sum(dim=(1, 2))
@@ -90,8 +98,7 @@ def depth_errors(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     rel_err = torch.where(
         mask, (pred - target).abs() / torch.where(mask, target.abs(), torch.ones_like(target)), torch.zeros_like(pred)
     )
-    denom = count.double()
-    return abs_err.sum(dim=(1, 2)) / denom, rel_err.sum(dim=(1, 2)) / denom, count
+    return abs_err.sum(dim=(1, 2)), rel_err.sum(dim=(1, 2)), count
 
 
 # ---------------------------------------------------------------- surface normals
