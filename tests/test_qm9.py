@@ -196,3 +196,23 @@ def test_list_backbones_names_each_native_model_s_representation(capsys):
     assert main(["list", "backbones", "--config", str(REPO / "benchmark.toml")]) == 0
     out = capsys.readouterr().out
     assert "mpnn           v2  [graph]" in out and "segnet_mtan    v1  [dense]" in out and "resnet18_recon v1  [pooled]" in out
+
+
+def test_standardize_all_uses_every_molecule_as_nash_mtl_and_libmtl(prepared):
+    """Nash-MTL's trainer standardises with train_dataset.data.y, PyG's storage of every molecule
+    (experiments/quantum_chemistry/trainer.py lines 93-96): the option ``standardize = "all"``."""
+    task = QM9(source="pyg", standardize="all")
+    splits = task.load(prepared)
+    columns = [0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11]
+    raw = torch.cat([m["y"] for m in molecules()]).double()[:, columns]
+    mean, std = raw.mean(dim=0), raw.std(dim=0)  # torch's std: n - 1, as the reference
+    ds = __import__("datasets").load_from_disk(str(task.store_path(prepared)))
+    for split in ("train", "test"):
+        rows = raw[torch.tensor(ds[split]["index"])]
+        for k, t in enumerate(QM9.tasks):
+            torch.testing.assert_close(splits[split].targets[t], ((rows[:, k] - mean[k]) / std[k]).float())
+    assert splits["train"].meta["std"] == pytest.approx(dict(zip(QM9.tasks, std.tolist())))  # the MAE's unit
+    train_only = QM9(source="pyg").load(prepared)["train"].meta["std"]
+    assert train_only != pytest.approx(splits["train"].meta["std"])
+    with pytest.raises(ValueError, match="standardize must be one of train, all"):
+        QM9(standardize="full")

@@ -178,7 +178,7 @@ def test_prepare_from_the_slice_and_one_training_run(sliced, tmp_path):
     assert main(["run", "--config", str(config), "--results", str(results), "--data", str(data), "--no-progress"]) == 0
     runs = [json.loads(p.read_text()) for p in results.rglob("*.json")]
     assert len(runs) == 2 and all(r["status"] == "ok" for r in runs)
-    assert all(r["cell"]["task_options"] == {"source": "qm9pack", "graph": "complete"} for r in runs)
+    assert all(r["cell"]["task_options"] == {"source": "qm9pack", "graph": "complete", "standardize": "train"} for r in runs)
     assert all(np.isfinite(list(r["metrics"]["test"].values())).all() for r in runs)
 
 
@@ -201,7 +201,7 @@ def test_the_nash_qm9_preset_takes_a_few_steps_on_the_real_store(sliced, tmp_pat
     declared = tomllib.loads((REPO / "benchmark.toml").read_text())
     preset = declared["suites"]["nash-qm9"]
     assert preset["backbones"] == ["mpnn"] and declared["backbones"]["mpnn"] == {"model": "mpnn"}
-    assert preset["tasks"]["qm9"] == {"epochs": 300}  # everything else is the task's protocol
+    assert preset["tasks"]["qm9"] == {"epochs": 300, "standardize": "all"}  # else the task's protocol; Nash-MTL's scaling
     toml = """
 [backbones.mpnn]
 model = "mpnn"
@@ -215,6 +215,7 @@ conflict = { every = 2 }
 [suites.nash-qm9.tasks.qm9]
 epochs = 1
 batch_size = 8
+standardize = "all"
 """
     config = make_project(tmp_path / "p", toml)
     data, results = tmp_path / "data", tmp_path / "r"
@@ -224,6 +225,6 @@ batch_size = 8
     assert set(runs) == {"ew", "nash-mtl"}
     for r in runs.values():
         assert r["status"] == "ok" and r["cell"]["protocol"]["scheduler"] == "plateau" and r["cell"]["protocol"]["lr"] == 1e-3
-        assert r["cell"]["task_options"] == {"source": "qm9pack", "graph": "complete"}
+        assert r["cell"]["task_options"] == {"source": "qm9pack", "graph": "complete", "standardize": "all"}
         assert r["cell"]["backbone_spec"]["kwargs"] in ({}, None) and r["conflict"]["n_samples"] == 3  # 5 steps, every 2
     assert main(["validate", str(results)]) == 0
