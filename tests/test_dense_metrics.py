@@ -221,3 +221,22 @@ def test_dense_tasks_refuse_unknown_pooling_options():
     task = NYUv2(eval_pooling="batch", eval_pool_size=2)
     ev = task.evaluator(["depth"])
     assert (ev.pooling, ev.pool_size) == ("batch", 2)
+
+
+def test_every_dense_paper_preset_names_its_evaluation_pooling():
+    """Each suite of benchmark.toml that trains a dense task says how its paper pools the test
+    errors (docs/dense-prediction.md has the table with the sources)."""
+    import tomllib
+
+    from tests.conftest import REPO
+
+    suites = tomllib.loads((REPO / "benchmark.toml").read_text())["suites"]
+    dense = {(name, task): opts for name, suite in suites.items() for task, opts in (suite.get("tasks") or {}).items()
+             if task in ("nyuv2", "cityscapes")}  # fmt: skip
+    assert len(dense) >= 7
+    expected = {"nash-nyuv2": ("batch", 2), "nash-cityscapes": ("batch", 8), "libmtl-nyuv2": ("split", None),
+                "st-mtan": None, "recon-cityscapes": ("per_image", None), "recon-nyuv2": ("per_image", None)}  # fmt: skip
+    for (suite, task), opts in dense.items():
+        assert opts.get("eval_pooling") in ("per_image", "batch", "split"), f"suite {suite}, task {task}: no eval_pooling"
+        want = expected.get(suite) or ("batch", 2 if task == "nyuv2" else 8)
+        assert (opts["eval_pooling"], opts.get("eval_pool_size")) == want, (suite, task)
