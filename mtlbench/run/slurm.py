@@ -15,6 +15,7 @@ process on this machine, signals and requeue included); the runner then keeps at
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import deque
@@ -28,6 +29,17 @@ from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 from mtlbench.run.locks import release_all
 
 POLL_S = {"local": 0.2, "slurm": 15.0}
+
+
+def partitions() -> list[str]:
+    """The partitions ``sinfo`` lists here (the default one without its ``*``); [] when it cannot run."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted({line.strip().rstrip("*") for line in out.splitlines() if line.strip()})
 
 
 class CellJobFunction:
@@ -102,7 +114,7 @@ class SlurmExecutor:
         pending: deque[CellJob] = deque(jobs)
         running: list[tuple[CellJob, Any]] = []
         if s.backend == "slurm":  # one array: SLURM keeps at most max_parallel of it running
-            running = list(zip(jobs, ex.map_array(fn, jobs)))
+            running = list(zip(jobs, self._submitted(lambda: ex.map_array(fn, jobs))))
             pending.clear()
             array = running[0][1].job_id.split("_")[0] if running else "-"
             self.echo(f"submitted job array {array}: {len(jobs)} jobs; submitit files in {self.folder}")
@@ -111,13 +123,36 @@ class SlurmExecutor:
         while pending or running:
             while pending and len(running) < s.max_parallel:
                 job = pending.popleft()
-                running.append((job, ex.submit(fn, job)))
+                running.append((job, self._submitted(functools.partial(ex.submit, fn, job))))
             finished = [(job, sj) for job, sj in running if sj.done()]
             for item in finished:
                 running.remove(item)
                 report(self._outcome(*item))
             if not finished:
                 time.sleep(POLL_S[s.backend])
+
+    def _submitted(self, submit: Callable[[], Any]) -> Any:
+        """``submit()``; sbatch refusing the jobs becomes one clear error: its message, and what
+        to change (the partitions sinfo lists; --gpus 0 where the partition has no GPUs)."""
+        import submitit
+
+        try:
+            return submit()
+        except submitit.core.utils.FailedJobError as e:
+            message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise ConfigError(f"sbatch refused the jobs: {message}. {self._hint(message)}") from None
+
+    def _hint(self, message: str) -> str:
+        s = self.slurm
+        if "partition" in message.lower():
+            found = partitions()
+            listed = ", ".join(found) if found else "none (is sinfo reachable?)"
+            return (f"Partition {s.partition or '(the default)'!r} is not one of this cluster's: {listed}. Pass --partition "
+                    "NAME or set partition in [executor.slurm] of benchmark.toml")  # fmt: skip
+        if "gres" in message.lower() and s.gpus:
+            return (f"The jobs ask for {s.gpus} GPU(s) (gres gpu) and this partition offers none: pass --gpus 0 "
+                    "(or gpus = 0 in [executor.slurm]) for CPU jobs, or choose a partition with GPUs")  # fmt: skip
+        return "Check [executor.slurm] in benchmark.toml (partition, account, qos, gpus, cpus, mem_gb, time_min)"
 
     def _outcome(self, job: CellJob, submitted: Any) -> Outcome:
         import submitit

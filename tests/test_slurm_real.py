@@ -1,0 +1,81 @@
+"""The slurm executor against a real SLURM scheduler (sbatch, slurmctld, slurmd on this machine:
+`scripts/slurm-one-node.sh` starts one). Without a reachable scheduler these tests skip with a
+one-line reason, unless MTLBENCH_REQUIRE_SLURM=1 turns that into a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mtlbench.cli import main
+from mtlbench.run.slurm import partitions
+from tests.grid_support import results_of, run_args, training_record
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("MTLBENCH_REQUIRE_SLURM") == "1":
+        pytest.fail(f"a SLURM scheduler is required here (MTLBENCH_REQUIRE_SLURM=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    """The default partition of the scheduler this machine reaches, with an idle node."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        _unavailable("no sbatch/sinfo on PATH (start one: sudo bash scripts/slurm-one-node.sh)")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        _unavailable(f"sinfo failed ({e}); is slurmctld running? (sudo bash scripts/slurm-one-node.sh)")
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    usable = [p.rstrip("*") for p, state in rows if p.endswith("*") and state in ("idle", "mixed")]
+    if not usable:
+        _unavailable(f"no default partition with an idle node: sinfo says {out.strip()!r}")
+    return usable[0]
+
+
+def _real(partition: str) -> list[str]:
+    return ["--executor", "slurm", "--slurm-backend", "slurm", "--partition", partition, "--cpus", "1", "--gpus", "0",
+            "--mem-gb", "2", "--time-min", "10"]  # fmt: skip
+
+
+def test_a_job_array_on_the_real_scheduler_equals_the_local_runs(grid_reference, partition, tmp_path, capsys):
+    config, expected = grid_reference
+    results = tmp_path / "r"
+    args = run_args(config, results, "--only", "method=ew,pcgrad", "--only", "seed=0", *_real(partition), "--max-parallel", "2")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "submitted job array" in out
+    got = results_of(results)
+    assert set(got) == {"grid/multimnist/r8/ew__none__seed0.json", "grid/multimnist/r8/pcgrad__none__seed0.json"}
+    for name, result in got.items():
+        assert result["status"] == "ok" and result["provenance"]["executor"] == "slurm"
+        assert result["provenance"]["slurm_job_id"]  # a real SLURM array task ran it
+        assert training_record(result) == training_record(expected[name])  # same numbers as the local runner
+    assert main(args) == 0  # finished cells are not submitted again
+    assert "0 to run" in capsys.readouterr().out
+
+
+def test_a_bad_partition_is_one_clear_error_naming_the_real_ones(grid_reference, partition, tmp_path, capsys):
+    config, _ = grid_reference
+    args = run_args(config, tmp_path / "r", "--only", "method=ew", "--only", "seed=0", *_real(partition))
+    args[args.index(partition)] = "no-such-partition"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: sbatch refused the jobs" in err and "'no-such-partition' is not one of this cluster's" in err
+    assert all(p in err for p in partitions()) and "Traceback" not in err
+
+
+def test_gpus_on_a_partition_without_them_is_one_clear_error(grid_reference, partition, tmp_path, capsys):
+    gres = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%G"], capture_output=True, text=True, timeout=30).stdout
+    if "gpu" in gres:
+        pytest.skip(f"partition {partition} offers GPUs ({gres.strip()})")
+    config, _ = grid_reference
+    args = run_args(config, tmp_path / "r", "--only", "method=ew", "--only", "seed=0", *_real(partition))
+    args[args.index("--gpus") + 1] = "1"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: sbatch refused the jobs" in err and "pass --gpus 0" in err and "Traceback" not in err
