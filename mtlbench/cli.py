@@ -216,6 +216,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_cells(
         bench, cells, results, data_dir=data_dir, options=options, retry_failed=args.retry_failed, progress=not args.no_progress
     )
+    if options.kind == "slurm" and not options.slurm.wait:  # submitted; the jobs write their results
+        submitted = summary.total - summary.skipped_done - summary.skipped_failed - summary.running_elsewhere
+        print(
+            f"submitted {submitted} cells without waiting ({summary.skipped_done} already done); follow them with "
+            f"`mtlbench status --results {results}`"
+        )
+        return 0
     others = f"; {summary.not_run} left to other runners" if summary.not_run else ""
     print(
         f"ran {summary.ran} cells in {summary.wall_time_s:.1f} s ({summary.failed} failed); "

@@ -79,3 +79,28 @@ def test_gpus_on_a_partition_without_them_is_one_clear_error(grid_reference, par
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "error: sbatch refused the jobs" in err and "pass --gpus 0" in err and "Traceback" not in err
+
+
+def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, partition, tmp_path, capsys):
+    import time
+
+    config, expected = grid_reference
+    results = tmp_path / "r"
+    only = ["--only", "method=ew", "--only", "seed=0"]
+    assert main([*run_args(config, results, *only, *_real(partition)), "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted job array" in out and "submitted 1 cells without waiting (0 already done); follow them with" in out
+    status = ["status", "--config", str(config), "--results", str(results), *only]
+    assert main(status) == 0
+    first = capsys.readouterr().out
+    assert "1 cells: 1 running" in first or "1 cells: 1 pending" in first or "1 cells: 1 done" in first, first
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert main(status) == 0
+        if "1 cells: 1 done" in capsys.readouterr().out:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the submitted job did not finish within 180 s")
+    got = results_of(results)["grid/multimnist/r8/ew__none__seed0.json"]
+    assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected["grid/multimnist/r8/ew__none__seed0.json"])
