@@ -102,5 +102,6 @@ def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, 
         time.sleep(2)
     else:
         pytest.fail("the submitted job did not finish within 180 s")
-    got = results_of(results)["grid/multimnist/r8/ew__none__seed0.json"]
-    assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected["grid/multimnist/r8/ew__none__seed0.json"])
+    name = "grid/multimnist/r8/ew__none__seed0.json"
+    got = results_of(results)[name]
+    assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected[name])
