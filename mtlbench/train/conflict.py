@@ -116,7 +116,6 @@ class ConflictRecorder:
         self.p_pct: list[float] = []
         self.pair_cos: list[list[float]] = []
         self.layer_mean_cos: list[list[float]] = []
-        self.layer_p_pct: list[list[float]] = []
         self.layer_conflicting: list[list[int]] = []  # per sample and layer: pairs with cos < 0
         self.counts = [0] * (len(self.edges) - 1)
         self.s_values = [float(v) for v in s_values]
@@ -137,7 +136,6 @@ class ConflictRecorder:
         for v in self.s_values:
             self.s_conflict[v] = [a + b for a, b in zip(self.s_conflict[v], s_conflict_counts(per_layer, v))]
         self.layer_mean_cos.append([_r(v) for v in per_layer.mean(dim=1).tolist()])
-        self.layer_p_pct.append([_r(v) for v in ((per_layer < 0).double().mean(dim=1) * 100).tolist()])
         self.layer_conflicting.append([int(v) for v in (per_layer < 0).sum(dim=1).tolist()])
 
     def summary(self) -> records.Conflict | None:
@@ -146,6 +144,9 @@ class ConflictRecorder:
             return None
         n = len(self.steps)
         mean = lambda rows, k: _r(sum(r[k] for r in rows) / n)  # noqa: E731
+        n_pairs = len(self.tasks) * (len(self.tasks) - 1) // 2
+        # p% per sample and layer from the counts (the same double as the share of pairs x 100)
+        layer_p_pct = [[_r(k / n_pairs * 100) for k in row] for row in self.layer_conflicting]
         flat_cos = [v for row in self.pair_cos for v in row]
         lo, hi = wilson_interval(sum(1 for v in flat_cos if v < 0), len(flat_cos))
         return records.Conflict.model_validate({
@@ -161,12 +162,12 @@ class ConflictRecorder:
                 "names": self.layer_names,
                 "params": self.layer_sizes,
                 "mean_cos": [mean(self.layer_mean_cos, k) for k in range(len(self.layer_names))],
-                "p_pct": [mean(self.layer_p_pct, k) for k in range(len(self.layer_names))],
+                "p_pct": [mean(layer_p_pct, k) for k in range(len(self.layer_names))],
                 "s_conflict": {f"{v:g}": counts for v, counts in self.s_conflict.items()},
             },
             "layer_series": {
                 "mean_cos": pack(self.layer_mean_cos, "float32"),
-                "conflicting_pairs": pack(self.layer_conflicting, count_dtype(len(self.tasks) * (len(self.tasks) - 1) // 2)),
+                "conflicting_pairs": pack(self.layer_conflicting, count_dtype(n_pairs)),
             },
         })  # fmt: skip
 
