@@ -216,6 +216,14 @@ class TargetMAE:
         return {f"{t}.mae": self.sums[t] / max(self.n, 1) for t in self.tasks}
 
 
+def _column(table: Any, name: str, dtype: Any, width: int, where: str) -> np.ndarray:
+    """A list column of the store's Arrow table as a (rows, ``width``) array of ``dtype``."""
+    values = np.asarray(table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+    if values.size % width:
+        raise DataError(f"{where}: column {name!r} does not hold rows of {width}; prepare the store again")
+    return values.reshape(-1, width)
+
+
 class QM9(Task):
     name = "qm9"
     version = "1"
@@ -372,21 +380,14 @@ class QM9(Task):
     @staticmethod
     def _targets(ds: Any, where: str) -> np.ndarray:
         """(molecules, 11) float64 targets of one split of the store, in PyG's units."""
-        values = np.asarray(ds.data.table.column("y").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float64)
-        if values.size % len(TASKS):
-            raise DataError(f"{where}: column 'y' does not hold rows of {len(TASKS)}; prepare the store again")
-        return values.reshape(-1, len(TASKS))
+        return _column(ds.data.table, "y", np.float64, len(TASKS), where)
 
     @staticmethod
     def _split(ds: Any, mean: np.ndarray, std: np.ndarray, where: str, complete: bool) -> GraphSplit:
         table = ds.data.table
 
         def flat(name: str, dtype: Any, width: int) -> Tensor:
-            col = table.column(name).combine_chunks()
-            values = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
-            if values.size % width:
-                raise DataError(f"{where}: column {name!r} does not hold rows of {width}; prepare the store again")
-            return torch.from_numpy(values.reshape(-1, width).copy())
+            return torch.from_numpy(_column(table, name, dtype, width, where).copy())
 
         n_atoms = np.asarray(table.column("n_atoms").to_numpy())
         n_bonds = np.asarray(table.column("n_bonds").to_numpy())

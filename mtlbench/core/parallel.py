@@ -35,3 +35,17 @@ def _call(item: Any) -> Any:
     fn = _FN[0]
     assert fn is not None, "fork_map's function is set before the workers fork"
     return fn(item)
+
+
+_SHARED: dict[Any, Any] = {}  # key -> the last value returned under it (per process)
+
+
+def shared(key: Any, value: Any) -> Any:
+    """``value``, or the equal value already returned under ``key``: thousands of result files
+    carry the same declarations, and one object pickles once (a worker's answers, the parse
+    cache) where equal copies pickle each time."""
+    seen = _SHARED.get(key, _SHARED)
+    if seen is not _SHARED and seen == value:
+        return seen
+    _SHARED[key] = value
+    return value

@@ -28,7 +28,7 @@ import pandas as pd
 from mtlbench.core.cell import RESULT_SCHEMA
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import MIGRATABLE, SchemaMismatch, iter_result_files, read_result
-from mtlbench.core.parallel import fork_map
+from mtlbench.core.parallel import fork_map, shared
 from mtlbench.core.registry import version_key
 from mtlbench.core.result import IDENTITY_FIELDS, ROLE_COLUMNS, MetricDecl, OkResult, Result, parse_result
 
@@ -255,17 +255,12 @@ def latest_versions(runs: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     return runs[version == newest].reset_index(drop=True)
 
 
-_METRIC_INFO: dict[tuple[str, str], dict[str, MetricDecl]] = {}  # (task, version) -> the last declarations read
-
-
 def _run_row(result: OkResult, base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, MetricDecl]]:
     """One ok result as a table row, and its metric declarations."""
-    info = {k: m if m.label else m.model_copy(update={"label": k}) for k, m in result.metric_info.items()}
-    seen = _METRIC_INFO.get((result.task, result.task_version))
-    if seen == info:  # the same declarations as the task's earlier results: one object (pickled once)
-        info = seen
-    else:
-        _METRIC_INFO[(result.task, result.task_version)] = info
+    info = shared(
+        ("metrics", result.task, result.task_version),
+        {k: m if m.label else m.model_copy(update={"label": k}) for k, m in result.metric_info.items()},
+    )
     conflict, cost = result.conflict, result.cost
     row = {**base, "device": result.provenance.device}
     # the machine: step times compare only within one (or as ratios to its reference step)

@@ -13,6 +13,7 @@ is reported.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,6 @@ class MigrationReport:
 def migrate_paths(paths: list[Path], dry_run: bool = False) -> MigrationReport:
     """Migrate every result file under ``paths`` (files or folders) in place; ``dry_run``: only
     say what would change."""
-    import json
-
     report = MigrationReport()
     for path in iter_result_files(paths):
         try:

@@ -104,13 +104,6 @@ def rank_table(table: pd.DataFrame, runs: pd.DataFrame, conventions: Mapping[str
     return out.sort_values(GROUP + ["rank", "method", "mitigation"]).reset_index(drop=True)
 
 
-def per_seed(runs: pd.DataFrame | None, column: str) -> dict[int, float]:
-    """seed → value of ``column`` for one row's runs (none: empty)."""
-    if runs is None or runs.empty:
-        return {}
-    return {int(s): float(v) for s, v in zip(runs["seed"], runs[column])}
-
-
 def _base_keys(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
     """For each mitigated row of a group, (method label, mitigation label) of the same method
     label's unmitigated row (:func:`~mtlbench.report.aggregate.unmitigated_labels`)."""

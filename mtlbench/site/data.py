@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from mtlbench.core.parallel import shared
 from mtlbench.core.result import OkResult, Result
 from mtlbench.report.aggregate import GROUP, ROW, Loaded, load_results, run_delta_m, summarize
 from mtlbench.report.ranking import rank_table
@@ -122,12 +123,18 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
         details[str(path)] = detail
 
     def visit(path: Path, result: Result) -> tuple[str, Any, str, Any, str, Any, RunDetail]:
-        infos = [(kind, name, info.model_dump(mode="json") if info is not None else None)
-                 for kind, name, info in (("task", result.task, result.task_info),
-                                          ("method", result.method_name, result.method_info),
-                                          ("mitigation", result.mitigation_name, result.mitigation_info))]  # fmt: skip
-        (_, task, t_info), (_, method, m_info), (_, mitigation, g_info) = [(k, n, shared((k, n), i)) for k, n, i in infos]
-        return (task, t_info, method, m_info, mitigation, g_info, run_detail(result))
+        def declared(kind: str, name: str, info: Any) -> Any:
+            return shared((kind, name), info.model_dump(mode="json") if info is not None else None)
+
+        return (
+            result.task,
+            declared("task", result.task, result.task_info),
+            result.method_name,
+            declared("method", result.method_name, result.method_info),
+            result.mitigation_name,
+            declared("mitigation", result.mitigation_name, result.mitigation_info),
+            run_detail(result),
+        )
 
     loaded = load_results(dirs, visit, cache=cache, revisit=revisit, workers=workers)
     runs = run_delta_m(loaded)
@@ -138,20 +145,6 @@ def load_site_data(result_dirs: Iterable[Path], cache: Path | None = None, worke
     table, tuning = select_tuned(summarize(loaded, runs), conventions)
     table = rank_table(table, runs, conventions)
     return SiteData(dirs, loaded, table, runs, failed, task_info, method_info, details, mitigation_info, tuning=tuning)
-
-
-_SHARED: dict[Any, Any] = {}  # key -> the last value seen under it (per process)
-
-
-def shared(key: Any, value: Any) -> Any:
-    """``value``, or the equal value already returned under ``key``: thousands of results carry
-    the same plugin declarations, and one object pickles once (the workers' answers, the parse
-    cache) where equal copies pickle each time."""
-    seen = _SHARED.get(key, _SHARED)
-    if seen is not _SHARED and seen == value:
-        return seen
-    _SHARED[key] = value
-    return value
 
 
 def delta_m_conventions(task_info: dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -10,6 +10,7 @@ configuration and provenance. Pages work opened from disk; nothing is fetched.""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -30,8 +31,7 @@ RUN_FIELDS = ("suite", "task", "task_version", "backbone", "method", "method_nam
 def run_pages(data: SiteData) -> Iterator[Page]:
     groups = {group_page(*k) for k in data.table[GROUP].itertuples(index=False)} if not data.table.empty else set()
     roots = [(str(d) + os.sep, d.name + "/") for d in data.result_dirs if d.is_dir()]
-    group_pages: dict[tuple, str] = {}
-    method_pages: dict[str, str] = {}
+    group_link, method_link = functools.cache(group_page), functools.cache(method_page)  # one per row, many runs each
     for status, frame in (("ok", data.runs), ("failed", data.failed)):
         if frame.empty:
             continue
@@ -45,18 +45,13 @@ def run_pages(data: SiteData) -> Iterator[Page]:
                 stat = os.stat(path)
             except OSError:
                 continue
-            group = (run["suite"], run["task"], run["backbone"])
-            if group not in group_pages:
-                group_pages[group] = group_page(*group)
-            page = group_pages[group]
-            if run["method_name"] not in method_pages:
-                method_pages[run["method_name"]] = method_page(run["method_name"])
+            page = group_link(run["suite"], run["task"], run["backbone"])
             fixed = {
                 "run": run,
                 "status": status,
                 "reason": reason if isinstance(reason := run.pop("reason", None), str) and reason else None,
                 "metric_rows": metric_rows(data, run, metrics) if status == "ok" else [],
-                "method_page": method_pages[run["method_name"]],
+                "method_page": method_link(run["method_name"]),
                 "group_page": page if page in groups else None,
                 "source": source_name(path, roots),
             }
@@ -65,7 +60,7 @@ def run_pages(data: SiteData) -> Iterator[Page]:
                 return {"result": embedded_result(path), **fixed}
 
             # the page shows the result file and the row's aggregates (Δm against the baseline, links)
-            key = repr((path, stat.st_mtime_ns, stat.st_size, list(fixed.values()), list(run.values())))
+            key = repr((path, stat.st_mtime_ns, stat.st_size, list(fixed.values())))  # fixed holds the run's row
             yield Page(page_path, "run.html", key=hashlib.sha256(key.encode()).hexdigest(), lazy=lazy)
 
 
