@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GramWeighting, StepInfo
+from mtlbench.plugin.solvers import gram_pinv
 
 VANISHING = 1e-9  # ||pinv(U) 1||^2 / T below which the direction is taken as zero
 
@@ -42,7 +43,7 @@ class ConFIG(GramWeighting):
         norms = gram.diagonal().clamp_min(0).sqrt()
         inv_norms = torch.where(norms > 0, 1 / norms.clamp_min(1e-300), torch.zeros_like(norms))
         unit_gram = gram * torch.outer(inv_norms, inv_norms)
-        unit_a = torch.linalg.pinv(unit_gram, hermitian=True) @ torch.ones_like(norms)  # direction on the u_i
+        unit_a = gram_pinv(unit_gram, self.grad_dtype) @ torch.ones_like(norms)  # direction on the u_i
         if unit_a @ unit_gram @ unit_a <= VANISHING * len(norms):
             return torch.zeros_like(norms)
         a = inv_norms * unit_a  # the same direction on the raw g_i

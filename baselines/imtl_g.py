@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from mtlbench.api import GramWeighting, ReferenceMatch, StepInfo
+from mtlbench.plugin.solvers import gram_pinv
 
 VANISHING = 1e-9  # ||K^+ n|| below this times ||K^+|| ||n||: the direction vanishes
 
@@ -41,7 +42,7 @@ class IMTLG(GramWeighting):
     reference = "LibMTL weighting/IMTL.py gradient part, in torchjd IMTLG's pseudo-inverse form"
 
     def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
-        pinv = torch.linalg.pinv(gram, hermitian=True)
+        pinv = gram_pinv(gram, self.grad_dtype)
         norms = gram.diagonal().clamp_min(0).sqrt()
         v = pinv @ norms
         if v.norm() <= VANISHING * pinv.norm() * norms.norm():

@@ -24,8 +24,9 @@ solve min_a a^T K a over the simplex on the float64 Gram matrix (closed form for
 exact minimum-norm-point algorithm otherwise), so the output is the min-norm point to
 numerical precision, also for rank-deficient gradients in float32 (the Gram matrix is
 accumulated in float64). Edge cases: identical gradients -> that gradient; exactly opposite
-gradients of equal norm -> the zero vector (the true min-norm point: MGDA stops at
-Pareto-stationary points); a zero gradient -> the zero vector.
+gradients of equal norm, or any gradients with a vanishing convex combination (squared norm
+of the min-norm point below T eps64 times the largest squared gradient) -> the zero vector (the
+true min-norm point: MGDA stops at Pareto-stationary points); a zero gradient -> the zero vector.
 
 Properties depend on the normalisation (``properties_for``): for MGDA ``none`` and ``loss`` are
 linear under scaling of the gradients, ``l2`` and ``loss+`` scale invariant, all non-conflicting;
@@ -45,6 +46,11 @@ from torch import Tensor
 from mtlbench.api import GramWeighting, ReferenceMatch, StepInfo
 from mtlbench.plugin.solvers import min_norm_weights
 
+# the squared min-norm point, relative to T times the largest squared (normalised) gradient,
+# below which it is float64 rounding of zero (a non-negative combination of the gradients
+# vanishes: the point is Pareto-stationary); version 2 returned that noise, ~1e-15 ||g||, whose
+# sign against a task gradient is arbitrary
+STATIONARY = torch.finfo(torch.float64).eps
 FRANK_WOLFE = "LibMTL's Frank-Wolfe loop stops ~1e-3 (relative) from the min-norm point; ours is exact"
 
 
@@ -102,7 +108,10 @@ class MGDA(GramWeighting):
 
     def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         scale = self.normalizers(gram, losses)
-        a = min_norm_weights(gram / torch.outer(scale, scale))  # on the normalised gradients
+        normalized = gram / torch.outer(scale, scale)
+        a = min_norm_weights(normalized)  # on the normalised gradients
+        if a @ normalized @ a <= STATIONARY * len(a) * normalized.diagonal().max():
+            return torch.zeros_like(a)  # Pareto-stationary: the min-norm point is 0, the rest is rounding
         return a / scale if self.combine_normalized else a
 
 

@@ -63,9 +63,12 @@ class NashMTL(GramWeighting):
     def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         if int(self.calls) % self.every == 0:
             norm = gram.norm()
-            self.alpha = (power_balance_weights(gram / norm, power=1.0) / norm.sqrt()).to(self.alpha)
+            weights = power_balance_weights(gram / norm, power=1.0) / norm.sqrt()
+            self.alpha = weights.to(self.alpha)
+        else:
+            weights = self.alpha.to(torch.float64)
         self.calls += 1
-        return self.alpha
+        return weights  # float64 even when the module was cast: large weights cancel in the combination
 
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         d = super().aggregate(grads, losses, info)

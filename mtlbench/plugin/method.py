@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlbench.core.registry import Plugin, keyword_defaults
-from mtlbench.plugin.solvers import gram_matrix
+from mtlbench.plugin.solvers import combine, gram_matrix
 
 METHOD_KINDS = ("weighting", "gradient", "single_task")
 GRADIENT_TARGETS = ("parameters", "representation")
@@ -193,15 +193,20 @@ class GramWeighting(GradientAggregator):
     """A gradient method whose update is a weighting of the task gradients computed from their
     Gram matrix: d = w(K)^T G with K = G G^T (T x T, float64). A subclass implements only its
     weighting rule, :meth:`gram_weights`; the (T, P) matrix is read twice (K, then the
-    combination), so the cost does not depend on the rule."""
+    combination), so the cost does not depend on the rule. ``grad_dtype`` is the dtype of the
+    gradients K was made from, for rules whose rank decisions depend on their precision
+    (:func:`mtlbench.plugin.solvers.gram_pinv`); the combination is accumulated in float64 when
+    it cancels (:func:`mtlbench.plugin.solvers.combine`)."""
+
+    grad_dtype: torch.dtype = torch.float64
 
     def gram_weights(self, gram: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         """(T, T) Gram matrix (float64) -> (T,) weights of the task gradients."""
         raise NotImplementedError
 
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
-        weights = self.gram_weights(gram_matrix(grads), losses, info)
-        return weights.to(grads.dtype) @ grads
+        self.grad_dtype = grads.dtype
+        return combine(self.gram_weights(gram_matrix(grads), losses, info), grads)
 
 
 class MultiSampleAggregator(GradientAggregator):
