@@ -303,3 +303,9 @@ def test_reproduction_page_in_chromium(reproduction_site, tab):
     imtl = page.locator("h2#liu2023-famo-table1-nyuv2 ~ div.scroll").first.locator("tr", has_text="IMTL-G").first.inner_text()
     assert "-0.60" in imtl and "≠ printed" in imtl  # the recomputed Δm and its flag beside the printed -0.76
     assert page.locator("text=10% of the official training images are held out").count() == 1
+    # each table's preset protocol, field by field, under it (closed until asked for)
+    protocol = page.locator("details#lin2023-libmtl-nyuv2-reruns-protocol")
+    assert not protocol.locator("table.protocol").is_visible()
+    protocol.locator("summary").click()
+    selection = protocol.locator("tr", has_text="model selection").inner_text()
+    assert "best test epoch" in selection and "≠" in selection and "_record.py" in selection

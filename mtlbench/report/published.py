@@ -114,7 +114,9 @@ def load_published(folder: Path) -> list[PublishedTable]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder of published tables")
-    return [read_table(p) for p in sorted(folder.glob("*.toml"))]
+    from mtlbench.report.protocols import PROTOCOLS_FILE  # the presets' protocol table lives beside them
+
+    return [read_table(p) for p in sorted(folder.glob("*.toml")) if p.name != PROTOCOLS_FILE]
 
 
 def read_table(path: Path) -> PublishedTable:

@@ -18,11 +18,13 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
     """``reproduction.html``: each published table (``leaderboard/published/``) beside our runs of
     its suite (:func:`mtlbench.report.published.reproduction_table`), with the table's own Δm check, and
     ``reproduction.csv``. Nothing when no folder of published tables is given or it holds none."""
+    from mtlbench.report.protocols import FIELDS, protocols_for
     from mtlbench.report.published import check_table, load_published, reproduction_table
 
     tables = load_published(data.published) if data.published is not None else []
     if not tables:
         return
+    protocols = protocols_for(data.published)
     view = reproduction_table(tables, data.table, data.loaded.metric_info)
     sections = []
     for t in tables:
@@ -51,10 +53,14 @@ def reproduction_pages(data: SiteData) -> Iterator[Page]:
                 "n_checked": sum(c.recomputed is not None for c in checks),
                 "n_inconsistent": sum(1 for c in checks if c.consistent is False or c.dm_check == "inconsistent"),
                 "flagged": [c for c in checks if c.dm_check != "recompute"],
+                "protocol": protocols.get((t.reproduce["suite"], t.reproduce["task"])),
             }
         )
     yield Page(
-        "reproduction.html", "reproduction.html", {"sections": sections}, title="Reproduction: published tables beside our runs"
+        "reproduction.html",
+        "reproduction.html",
+        {"sections": sections, "protocol_fields": FIELDS},
+        title="Reproduction: published tables beside our runs",
     )
     yield Page("reproduction.csv", text=view.to_csv(index=False))
 
