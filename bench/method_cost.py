@@ -46,7 +46,7 @@ from mtlbench.train.gradients import (  # noqa: E402
     task_gradients,
 )
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
-from mtlbench.train.strategies import ConflictProbe, StepContext, strategy_for  # noqa: E402
+from mtlbench.train.strategies import ConflictProbe, LookAhead, LookAheadInputs, StepContext, strategy_for  # noqa: E402
 from mtlbench.train.trainer import losses_after_step as _losses_after_step
 
 INPUT = (1, 36, 36)
@@ -109,6 +109,10 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
                     p.grad = g
             opt.step()
         else:
+            if isinstance(update, LookAhead):  # the meta batch: here the same batch
+                context.lookahead = LookAheadInputs(
+                    model, opt, lambda out, yy: torch.stack([task.loss(t, out[t], yy[t]) for t in tasks]), (x, y), (x, y)
+                )
             context.probe.begin(info.step, losses)
             update.fill_gradients(per_sample, info, context)
             clip_grad_norm(shared, method.max_norm)

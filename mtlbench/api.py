@@ -2,8 +2,8 @@
 
 A *task* (``tasks/*.py``) is a :class:`Task` subclass whose metadata is data: name, version,
 citation, sub-task names, metrics with their direction, and the default training protocol.
-A *method* (``baselines/*.py``) is a subclass of :class:`LossWeighting`,
-:class:`GradientAggregator` or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
+A *method* (``baselines/*.py``) is a subclass of :class:`LossWeighting` (or
+:class:`MetaWeighting`), :class:`GradientAggregator` or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
 :class:`Mitigation` subclass. The engine discovers every subclass that sets ``name`` in a plugin
 file (mtlbench.core.registry); nothing else needs editing to add one.
 
@@ -25,6 +25,7 @@ from mtlbench.plugin.method import (
     GradientAggregator,
     GramWeighting,
     LossWeighting,
+    MetaWeighting,
     Method,
     MultiSampleAggregator,
     ReferenceMatch,
@@ -51,6 +52,7 @@ __all__ = [
     "GradientAggregator",
     "GramWeighting",
     "MultiSampleAggregator",
+    "MetaWeighting",
     "ReferenceMatch",
     "METHOD_PROPERTIES",
     "SingleTask",

@@ -203,10 +203,10 @@ def test_cuda_rule_uses_the_batched_strategy_and_agrees_with_the_loop():
     assert torch.allclose(out["batched"], out["loop"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa", "modo"])
+@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa", "modo", "auto-lambda"])
 def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, data_dir):
     """Method state (a lazily sized (T, P) average, FAMO's logits and Adam moments, DWA's loss
-    history, MoDo's weights over three batches per step) lives in the method's state_dict, so a cell interrupted after epoch 1 and resumed
+    history, MoDo's weights over three batches per step, Auto-Lambda's lambda, its Adam moments and the order of its meta batches) lives in the method's state_dict or the checkpoint, so a cell interrupted after epoch 1 and resumed
     from its checkpoint ends exactly as an uninterrupted one."""
     from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.grid.config import load_benchmark

@@ -163,6 +163,27 @@ class LossWeighting(Method):
         return (self.weights(losses.detach(), info) * losses).sum()
 
 
+class MetaWeighting(LossWeighting):
+    """A loss weighting whose weights are learned by a look-ahead (Auto-Lambda's meta-gradient).
+
+    Each step the trainer also draws a *meta batch* from an independent shuffled pass over the
+    training split. Before the model's update, the strategy (``LookAhead``) takes one virtual
+    step of the model on the weighted training loss (the optimiser's learning rate, momentum
+    and weight decay, as a plain SGD step), computes the gradient ``d`` of the meta batch's
+    loss over the tasks of :meth:`meta_tasks` at the virtual parameters, and approximates the
+    meta-gradient of the weights by finite differences of the training losses at
+    theta +- eps d (eps = 0.01 / ||d||): ``-lr (L(theta + eps d) - L(theta - eps d)) / (2 eps)``.
+    :meth:`meta_step` applies it; the model then trains on :meth:`loss` with the new weights."""
+
+    def meta_tasks(self) -> Tensor:
+        """(T,) 0/1: the tasks whose meta-batch loss is the meta objective (all, in multi-task learning)."""
+        return torch.ones(self.n_tasks)
+
+    def meta_step(self, grad: Tensor, info: StepInfo) -> None:
+        """Update the weights with the meta-gradient ``grad`` (T,)."""
+        raise NotImplementedError
+
+
 class GradientAggregator(Method):
     """Per-task gradients of the shared parameters (T, P) -> one update direction (P,).
 

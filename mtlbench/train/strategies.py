@@ -19,6 +19,8 @@ RepresentationGrads    ``GradientAggregator`` with ``gradients = "representation
                        is cut at the shared representation; the method aggregates (T, N x D)
                        gradients, the update is back-propagated through the trunk
 MultiSample            ``MultiSampleAggregator``: several batches per step, a (S, T, P) tensor
+LookAhead              ``MetaWeighting``: a virtual step and a meta batch update the weights,
+                       then the backward of the weighted objective
 =====================  ==========================================================================
 
 A new method kind is a new strategy class and one line in :func:`strategy_for`.
@@ -33,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlbench.plugin.method import GradientAggregator, LossWeighting, Method, MultiSampleAggregator, StepInfo
+from mtlbench.plugin.method import GradientAggregator, LossWeighting, MetaWeighting, Method, MultiSampleAggregator, StepInfo
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.train.conflict import ConflictRecorder, ReferenceConflict
 from mtlbench.train.gradients import assign_flat_grad, pullback_rows, task_gradients
@@ -96,16 +98,31 @@ class ConflictProbe:
 
 
 @dataclass
+class LookAheadInputs:
+    """What a look-ahead step needs beyond the losses: the model, its optimiser (learning rate,
+    momentum buffers, weight decay of the virtual step), the task losses of a batch's outputs,
+    and the step's training batch and meta batch (inputs, targets)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    losses_of: Callable[[dict[str, Tensor], Mapping[str, Tensor]], Tensor]
+    train: tuple[Batch, Mapping[str, Tensor]]
+    meta: tuple[Batch, Mapping[str, Tensor]]
+
+
+@dataclass
 class StepContext:
     """What a strategy needs besides the losses: the shared parameters, each task's head
     parameters, how per-task gradients are computed (``gradients``: strategy and chunk size),
-    the mitigation's mask of shared task gradients (identity without one) and the probe."""
+    the mitigation's mask of shared task gradients (identity without one) and the probe;
+    ``lookahead`` only for a meta-weighting method (set by the trainer each step)."""
 
     shared: list[nn.Parameter]
     heads: list[list[nn.Parameter]]
     gradients: tuple[str, int]
     mask: Callable[[Tensor], Tensor]
     probe: ConflictProbe
+    lookahead: LookAheadInputs | None = None
 
     def task_gradients(self, losses: Tensor, params: Sequence[Tensor], heads: bool = True, **kwargs: Any) -> Any:
         return task_gradients(
@@ -263,6 +280,73 @@ class MultiSample(UpdateStrategy):
         _set_head_grads(ctx.heads, summed, method.head_weights())
 
 
+class LookAhead(WeightedLoss):
+    """``MetaWeighting`` (Auto-Lambda): first the meta-gradient of the weights from a virtual
+    step (see :class:`mtlbench.plugin.method.MetaWeighting`), then the backward of the weighted
+    objective with the updated weights. As in the reference, the training batch runs forward
+    four times in training mode (the trainer's forward gives the virtual step's gradient, then
+    theta + eps d, theta - eps d, and the update's own forward at theta), so the batch-norm
+    statistics see what the reference's do; the meta batch runs at the virtual parameters on a
+    copy of the buffers (the real statistics never see it, as the reference's second model)."""
+
+    method: MetaWeighting
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if ctx.lookahead is None:
+            raise RuntimeError(f"{self.method.name}: a meta-weighting step needs the trainer's look-ahead inputs")
+        io = ctx.lookahead
+        self.method.meta_step(self.meta_gradient(vector, info, io), info)
+        # the update's own forward (the reference's fourth of the training batch): the one behind
+        # ``losses`` saw the parameters change in place at theta +- eps d
+        x, y = io.train
+        super().fill_gradients([io.losses_of(forward(io.model, x), y)], info, ctx)
+
+    def meta_gradient(self, losses: Tensor, info: StepInfo, io: LookAheadInputs) -> Tensor:
+        model, group = io.model, io.optimizer.param_groups[0]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        weights = self.method.weights(losses.detach(), info).to(losses)
+        grads = _grads((weights * losses).sum(), params)
+        lr = float(group["lr"])
+        with torch.no_grad():  # theta' = theta - lr (momentum + g + weight decay theta), as a plain SGD step
+            virtual = {}
+            for (name, p), g in zip(named, grads):
+                buffer = io.optimizer.state.get(p, {}).get("momentum_buffer") if "momentum" in group else None
+                m = buffer * group["momentum"] if buffer is not None else 0.0
+                virtual[name] = (p - lr * (m + g + group.get("weight_decay", 0.0) * p)).requires_grad_()
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        x, y = io.meta
+        outputs = (
+            torch.func.functional_call(model, {**virtual, **buffers}, (x,))
+            if not isinstance(x, Mapping)
+            else {t: torch.func.functional_call(model, {**virtual, **buffers}, (inputs,))[t] for t, inputs in x.items()}
+        )
+        meta_loss = (self.method.meta_tasks().to(losses) * io.losses_of(outputs, y)).sum()
+        direction = _grads(meta_loss, list(virtual.values()))
+        norm = torch.cat([d.reshape(-1) for d in direction]).norm()
+        if not norm > 0:  # the meta loss is flat at theta': no direction to differentiate along
+            return torch.zeros_like(weights)
+        eps = 0.01 / norm
+        x, y = io.train
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+            plus = io.losses_of(forward(model, x), y)
+            for p, d in zip(params, direction):
+                p.sub_(2 * eps * d)
+            minus = io.losses_of(forward(model, x), y)
+            for p, d in zip(params, direction):
+                p.add_(eps * d)
+        return -lr * (plus - minus) / (2 * eps)
+
+
+def _grads(objective: Tensor, params: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
+    """d objective / d params, zeros for parameters it does not depend on."""
+    grads = torch.autograd.grad(objective, params, retain_graph=retain_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
 def strategy_for(method: Method | None) -> UpdateStrategy:
     """The update strategy of ``method``'s kind (chosen once per run)."""
     if method is None:
@@ -271,6 +355,8 @@ def strategy_for(method: Method | None) -> UpdateStrategy:
         return MultiSample(method)
     if isinstance(method, GradientAggregator):
         return RepresentationGradients(method) if method.gradients == "representation" else ParameterGradients(method)
+    if isinstance(method, MetaWeighting):
+        return LookAhead(method)
     if isinstance(method, LossWeighting):
         return WeightedLoss(method)
     name, kind = getattr(method, "name", method), getattr(method, "kind", None)

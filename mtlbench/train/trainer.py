@@ -30,7 +30,15 @@ from mtlbench.plugin.task import Task
 from mtlbench.train.checkpoint import Checkpoint
 from mtlbench.train.conflict import REFERENCE_SET, ConflictRecorder, ReferenceConflict
 from mtlbench.train.gradients import clip_grad_norm, default_strategy
-from mtlbench.train.strategies import ConflictProbe, NonFiniteError, StepContext, forward, strategy_for
+from mtlbench.train.strategies import (
+    ConflictProbe,
+    LookAhead,
+    LookAheadInputs,
+    NonFiniteError,
+    StepContext,
+    forward,
+    strategy_for,
+)
 
 AnySplit = Split | MultiInputSplit
 Batch = Tensor | Mapping[str, Tensor]
@@ -183,6 +191,8 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
         self.method_gen = torch.Generator(device="cpu").manual_seed(seed + 2_000_003)
+        # a meta-weighting method's meta batches: an independent shuffled pass over the training split
+        self.meta_gen = torch.Generator().manual_seed(seed + 3_000_017) if isinstance(self.update, LookAhead) else None
         self.layer_sizes = self.update.layer_sizes(tuple(self.recorder.layer_sizes))
         self.out = FitOutput(epochs=[], params=count_parameters(model), params_shared=sum(p.numel() for p in self.shared))
         if isinstance(method, GradientAggregator) or self.recorder.every > 0:
@@ -205,6 +215,7 @@ class Trainer:
             "data_order": self.data_gen,
             "augment": self.aug_gen,
             "method_rng": self.method_gen,
+            **({"meta_order": self.meta_gen} if self.meta_gen is not None else {}),
             "out": self.out,
         }
 
@@ -240,8 +251,11 @@ class Trainer:
         self.model.train()
         self.start_epoch_record()
         samples_per_step = self.update.samples_per_step
+        metas: Iterator[Any] | None = None
+        if self.meta_gen is not None:  # one pass of meta batches beside the pass of training batches
+            metas = iter(self.train.batches(self.protocol.batch_size, generator=self.meta_gen, drop_last=True))
         for samples in step_batches(self.train, self.protocol.batch_size, self.data_gen, self.steps_per_epoch, samples_per_step):
-            losses = self.train_step(samples, epoch)
+            losses = self.train_step(samples, epoch, next(metas) if metas is not None else None)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
@@ -257,19 +271,18 @@ class Trainer:
         self.n_batches = 0
         self.t_epoch = time.perf_counter()
 
-    def train_step(self, samples: list[tuple[Batch, dict[str, Tensor]]], epoch: int) -> Tensor:
-        """One optimiser step on one batch (a multi-sample method: on its independent batches);
-        returns the task losses (averaged over the batches)."""
+    def train_step(
+        self, samples: list[tuple[Batch, dict[str, Tensor]]], epoch: int, meta: tuple[Batch, dict[str, Tensor]] | None = None
+    ) -> Tensor:
+        """One optimiser step on one batch (a multi-sample method: on its independent batches;
+        a meta-weighting method also gets its meta batch); returns the task losses (averaged
+        over the batches)."""
         method, mitigation = self.method, self.mitigation
-        inputs = []
-        for x, y in samples:
-            x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
-            inputs.append((to_device(x, self.device), {k: v.to(self.device) for k, v in y.items()}))
+        inputs = [self.prepare(x, y) for x, y in samples]
         t0 = time.perf_counter()
         per_sample = []
         for x, y in inputs:
-            outputs = self.update.outputs(self.model, x)
-            per_sample.append(torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks]))
+            per_sample.append(self.losses_of(self.update.outputs(self.model, x), y))
         losses = per_sample[0] if len(per_sample) == 1 else torch.stack([s.detach() for s in per_sample])
         if not torch.isfinite(losses).all():
             raise NonFiniteError(f"non-finite loss at epoch {epoch} step {self.step}: {losses.tolist()}")
@@ -281,6 +294,8 @@ class Trainer:
             generator=self.method_gen,
             layer_sizes=self.layer_sizes,
         )
+        if meta is not None:
+            self.context.lookahead = LookAheadInputs(self.model, self.optimizer, self.losses_of, inputs[0], self.prepare(*meta))
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
         self.update.fill_gradients(per_sample, info, self.context)
@@ -303,6 +318,15 @@ class Trainer:
         self.n_batches += 1
         self.step += 1
         return losses
+
+    def prepare(self, x: Batch, y: dict[str, Tensor]) -> tuple[Batch, dict[str, Tensor]]:
+        """A training batch augmented and on the device."""
+        x, y = self.task.augment(x, y, self.aug_gen)  # type: ignore[arg-type]  # multi-input tasks augment a dict
+        return to_device(x, self.device), {k: v.to(self.device) for k, v in y.items()}
+
+    def losses_of(self, outputs: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
+        """The (T,) task losses of a batch's outputs."""
+        return torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks])
 
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, validation, the epoch's record, selection bookkeeping, checkpoint."""
