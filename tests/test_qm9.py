@@ -216,3 +216,23 @@ def test_standardize_all_uses_every_molecule_as_nash_mtl_and_libmtl(prepared):
     assert train_only != pytest.approx(splits["train"].meta["std"])
     with pytest.raises(ValueError, match="standardize must be one of train, all"):
         QM9(standardize="full")
+
+
+def test_qm9_methods_train_with_recon_and_st_on_the_mpnn(prepared, tmp_path):
+    """The QM9 grid's mitigations on the MPNN: Recon branches its most conflicting layers
+    (GRU, LSTM and linear layers alike), ST trains a fixed sparse subset; a meta-weighting and a
+    gradient method run under both."""
+    toml = QM9_TOML.replace('methods = ["stl", "ew", "pcgrad"]', 'methods = ["ew", "pcgrad", "auto-lambda"]').replace(
+        "seeds = [0]", 'seeds = [0]\nmitigations = [{ name = "recon", options = { s = 0.0, k = 3 } }, { name = "st", options = { fraction = 0.3 } }]'
+    )
+    config = make_project(tmp_path / "p", toml)
+    results = tmp_path / "r"
+    assert main(["run", "--config", str(config), "--results", str(results), "--data", str(prepared), "--no-progress"]) == 0
+    runs = {p.name.rsplit("__", 1)[0]: json.loads(p.read_text()) for p in results.rglob("*__seed*.json")}
+    assert set(runs) == {f"{m}__{g}" for m in ("ew", "pcgrad", "auto-lambda") for g in ("recon", "st")}
+    for label, r in runs.items():
+        assert r["status"] == "ok", (label, r.get("reason"))
+        assert all(v > 0 for v in r["metrics"]["test"].values())
+    for m in ("ew", "pcgrad", "auto-lambda"):
+        assert len(runs[f"{m}__recon"]["mitigation_report"]["chosen"]) == 3
+    assert main(["validate", str(results)]) == 0
