@@ -105,3 +105,32 @@ def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, 
     name = "grid/multimnist/r8/ew__none__seed0.json"
     got = results_of(results)[name]
     assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected[name])
+
+
+def test_max_parallel_limits_the_running_array_tasks(grid_reference, partition, tmp_path, capsys):
+    """The array's throttle (sbatch --array=...%N) holds at the scheduler: four cells with
+    --max-parallel 1 on a node whose CPUs could run two of them at once never overlap (each
+    result records when it started and ended; timestamps are whole seconds, so a start in the
+    second another ended is not counted as an overlap)."""
+    from datetime import datetime
+
+    cpus = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%c"], capture_output=True, text=True, timeout=30).stdout
+    if int(cpus.split()[0].rstrip("+")) < 2:
+        pytest.skip(f"partition {partition} has a single CPU: it cannot show a throttle")
+    config, expected = grid_reference
+    results = tmp_path / "r"
+    args = run_args(config, results, "--only", "method=ew,pcgrad", "--only", "seed=0,1", *_real(partition), "--max-parallel", "1")
+    assert main(args) == 0
+    assert "at most 1 at a time" in capsys.readouterr().out
+    got = results_of(results)
+    assert len(got) == 4 and all(r["status"] == "ok" for r in got.values())
+    spans = sorted(
+        (datetime.fromisoformat(r["provenance"]["start_time"]), datetime.fromisoformat(r["provenance"]["end_time"]))
+        for r in got.values()
+    )
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, spans  # the next array task started only after the previous ended
+    compared = [name for name in got if name in expected]  # the reference grid's cells among them
+    assert compared
+    for name in compared:
+        assert training_record(got[name]) == training_record(expected[name])
