@@ -134,3 +134,34 @@ def test_max_parallel_limits_the_running_array_tasks(grid_reference, partition, 
     assert compared
     for name in compared:
         assert training_record(got[name]) == training_record(expected[name])
+
+
+def test_a_local_runner_and_an_array_on_one_folder_run_each_cell_once(grid_reference, partition, tmp_path, capsys):
+    """Cells submitted to the scheduler without waiting, then the same cells run by a local
+    runner on the same results folder: each cell trains once (its log has one start), by
+    whichever took its lock first; the other finds the lock or the result and leaves it."""
+    import time
+
+    config, expected = grid_reference
+    results = tmp_path / "r"
+    only = ["--only", "method=ew,pcgrad", "--only", "seed=0"]
+    assert main([*run_args(config, results, *only, *_real(partition)), "--no-wait"]) == 0
+    assert main(run_args(config, results, *only)) == 0  # the local runner, at once
+    status = ["status", "--config", str(config), "--results", str(results), *only]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        capsys.readouterr()
+        assert main(status) == 0
+        if "2 cells: 2 done" in capsys.readouterr().out and not any(
+            subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout.split()
+        ):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the cells or their jobs did not finish within 240 s")
+    got = results_of(results)
+    assert set(got) == {"grid/multimnist/r8/ew__none__seed0.json", "grid/multimnist/r8/pcgrad__none__seed0.json"}
+    for name, result in got.items():
+        log = (results / name).with_suffix(".log").read_text()
+        assert log.count(" start ") == 1, log  # trained once, by one runner
+        assert training_record(result) == training_record(expected[name])
