@@ -28,6 +28,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+# a cancelled or requeued job's processes get SIGKILL 5 s after SIGTERM (SLURM's default: 30 s;
+# submitit ignores SIGTERM, so this is how long a killed cell keeps running)
+KillWait=5
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 StateSaveLocation=/var/spool/slurmctld
@@ -37,7 +40,9 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 NodeName=$host CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
+running=$(pgrep -x slurmctld >/dev/null && echo yes || true)
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+[ -n "$running" ] && scontrol reconfigure  # a running cluster reads the config written above
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 for _ in $(seq 1 60); do

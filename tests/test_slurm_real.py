@@ -165,3 +165,73 @@ def test_a_local_runner_and_an_array_on_one_folder_run_each_cell_once(grid_refer
         log = (results / name).with_suffix(".log").read_text()
         assert log.count(" start ") == 1, log  # trained once, by one runner
         assert training_record(result) == training_record(expected[name])
+
+
+LONG_TOML = """
+[backbones.r8]
+model = "resnet18"
+kwargs = { channels = [8, 8, 16, 16] }
+
+[suites.long]
+backbones = ["r8"]
+methods = ["ew"]
+seeds = [0]
+conflict = { every = 50 }
+
+[suites.long.tasks.multimnist]
+epochs = 8
+batch_size = 32
+optimizer = "adam"
+lr = 0.002
+max_train_samples = 1024
+eval_batch_size = 1024
+"""
+
+
+def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted(partition, tmp_path, capsys, data_dir):
+    """`scontrol requeue` in the middle of a cell: SLURM kills the running task and starts it
+    again; the new run takes over the dead run's lock, resumes after the last checkpointed epoch
+    and writes the result an uninterrupted local run writes."""
+    import time
+
+    from tests.conftest import make_project
+
+    config = make_project(tmp_path / "p", LONG_TOML)
+    local = tmp_path / "local"
+    assert main([*run_args(config, local), "--data", str(data_dir)]) == 0
+    expected = results_of(local)
+    results = tmp_path / "r"
+    assert main([*run_args(config, results, *_real(partition)), "--data", str(data_dir), "--no-wait"]) == 0
+    checkpoints = results / ".checkpoints"
+    deadline = time.monotonic() + 240
+    while not (checkpoints.is_dir() and any(checkpoints.rglob("*.pt"))):  # an epoch is saved
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.5)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=30).stdout.split("\n")
+    running = [line.split()[0] for line in jobs if line.endswith("RUNNING")]
+    assert len(running) == 1, jobs
+    subprocess.run(["scontrol", "requeue", running[0]], check=True, capture_output=True, timeout=30)
+    # SLURM holds a requeued job back for two minutes (its begin time, set once the old processes
+    # are gone); let it start then, as a pre-empted job would on a free cluster
+    for _ in range(120):
+        state = subprocess.run(["squeue", "-h", "-j", running[0], "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if state.stdout.strip() == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={running[0]}", "StartTime=now"], capture_output=True, timeout=30)
+            break
+        time.sleep(0.5)
+    status = ["status", "--config", str(config), "--results", str(results)]
+    while time.monotonic() < deadline + 300:
+        capsys.readouterr()
+        assert main(status) == 0
+        if "1 cells: 1 done" in capsys.readouterr().out:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the requeued job did not finish")
+    got = results_of(results)
+    (name, result), = got.items()
+    assert result["status"] == "ok" and result["provenance"]["executor"] == "slurm"
+    assert result["provenance"]["resumed_after_epoch"], "the requeued run started from scratch"
+    log = (results / name).with_suffix(".log").read_text()
+    assert log.count(" start ") == 2 and "resuming from a checkpoint" in log, log
+    assert training_record(result) == training_record(expected[name])
