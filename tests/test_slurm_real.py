@@ -235,3 +235,39 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
     log = (results / name).with_suffix(".log").read_text()
     assert log.count(" start ") == 2 and "resuming from a checkpoint" in log, log
     assert training_record(result) == training_record(expected[name])
+
+
+def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, tmp_path, capsys, data_dir):
+    """`scancel` in the middle of a cell: the waiting runner records the cell failed with the
+    job and what SLURM said, and goes on; `--retry-failed` runs it again to the result an
+    uninterrupted run writes."""
+    import time
+
+    from tests.conftest import make_project
+    from tests.grid_support import start_cli
+
+    config = make_project(tmp_path / "p", LONG_TOML)
+    results = tmp_path / "r"
+    args = [*run_args(config, results, *_real(partition)), "--data", str(data_dir)]
+    runner = start_cli(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    checkpoints = results / ".checkpoints"
+    while not (checkpoints.is_dir() and any(checkpoints.rglob("*.pt"))):
+        assert time.monotonic() < deadline and runner.poll() is None, "the job did not start a checkpointed epoch"
+        time.sleep(0.5)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=30).stdout.split("\n")
+    running = [line.split()[0] for line in jobs if line.endswith("RUNNING")]
+    assert len(running) == 1, jobs
+    subprocess.run(["scancel", running[0]], check=True, timeout=30)
+    out, _ = runner.communicate(timeout=240)
+    assert runner.returncode == 1 and "1 failed" in out, out  # the run ends, reporting the failure
+    (name, failed), = results_of(results).items()
+    assert failed["status"] == "failed", out
+    assert f"slurm job {running[0].split('_')[0]}" in failed["reason"], failed["reason"]
+    assert "ended as CANCELLED without reporting" in failed["reason"], failed["reason"]
+    assert main([*args, "--retry-failed"]) == 0
+    (_, result), = results_of(results).items()
+    assert result["status"] == "ok"
+    local = tmp_path / "local"
+    assert main([*run_args(config, local), "--data", str(data_dir)]) == 0
+    assert training_record(result) == training_record(results_of(local)[name])

@@ -29,6 +29,33 @@ from mtlbench.run.job import CellJob, Outcome, execute_cell, record_failure
 from mtlbench.run.locks import release_all
 
 POLL_S = {"local": 0.2, "slurm": 15.0}
+# SLURM job states after which a job never reports (not COMPLETED, not requeued)
+ENDED_STATES = ("CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def job_states() -> dict[str, str]:
+    """Every job slurmctld still knows (it keeps ended ones for MinJobAge, 300 s by default),
+    by submitit's job id (``<array>_<task>`` for array tasks) -> its JobState; empty when
+    scontrol cannot be asked. This, not ``sacct``, is what tells a cancelled job from a
+    running one on a cluster without accounting storage: there submitit's own status check
+    fails, and a job cancelled before writing its result would be waited for forever."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    states = {}
+    for line in out.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobState" not in fields:
+            continue
+        key = fields.get("JobId", "")
+        if fields.get("ArrayJobId") and fields.get("ArrayTaskId", "").isdigit():
+            key = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+        states[key] = fields["JobState"]
+    return states
 
 
 def partitions() -> list[str]:
@@ -65,6 +92,7 @@ class SlurmExecutor:
         self.slurm = options.slurm
         self.folder = Path(self.slurm.folder) if self.slurm.folder else Path(results) / ".slurm"
         self.echo = echo
+        self._ended: dict[str, str] = {}  # job id -> the state SLURM ended it in, for jobs that never reported
         if self.slurm.backend == "slurm" and shutil.which("sbatch") is None:
             raise ConfigError(
                 "executor slurm: `sbatch` is not on this machine's PATH; run from a SLURM login node, or set "
@@ -125,6 +153,11 @@ class SlurmExecutor:
                 job = pending.popleft()
                 running.append((job, self._submitted(functools.partial(ex.submit, fn, job))))
             finished = [(job, sj) for job, sj in running if sj.done()]
+            if not finished and s.backend == "slurm":
+                ended = job_states()
+                finished = [(job, sj) for job, sj in running if ended.get(str(sj.job_id)) in ENDED_STATES]
+                for _, sj in finished:
+                    self._ended[str(sj.job_id)] = ended[str(sj.job_id)]
             for item in finished:
                 running.remove(item)
                 report(self._outcome(*item))
@@ -157,6 +190,11 @@ class SlurmExecutor:
     def _outcome(self, job: CellJob, submitted: Any) -> Outcome:
         import submitit
 
+        state = self._ended.pop(str(submitted.job_id), None)
+        if state is not None and not submitted.done():  # ended in SLURM's books without a result
+            reason = (f"slurm job {submitted.job_id} ended as {state} without reporting (cancelled, killed or out of "
+                      "resources); --retry-failed runs the cell again")  # fmt: skip
+            return record_failure(job, reason, lock_job=submitted.job_id)
         try:
             return submitted.result()
         except submitit.core.utils.UncompletedJobError as e:
