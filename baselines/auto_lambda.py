@@ -24,7 +24,8 @@ the training batch with one batch of an independent shuffled pass over the train
 Checked against records of the reference code itself (tests/test_auto_lambda.py: T = 2, 3, 5,
 a rank-deficient representation, SGD with momentum and weight decay and Adam, lambda's learning
 rate 1e-4 and 1e-2, four steps): meta-gradients, lambda, parameters and batch-norm statistics
-agree to ~1e-7 relative (float32 rounding). As in the reference, the training batch runs forward
+agree to ~1e-7 relative on one thread, as the records were made (float32 rounding), and to ~3e-5
+on two (float32 sums in another order, amplified by the finite difference). As in the reference, the training batch runs forward
 four times a step in training mode (the virtual step's gradient, theta + eps d, theta - eps d,
 the update), so batch-norm statistics see it four times; the virtual parameters run on a copy of
 the model's buffers instead of the reference's second model (the same outputs in training

@@ -405,7 +405,9 @@ def test_step_time_compares_across_hosts_as_a_ratio_to_the_host_reference(result
     assert np.allclose(slow["step_time_ms"], 2.5 * fast["step_time_ms"])
     assert np.allclose(slow["step_x_ref"], fast["step_x_ref"])  # comparable across hosts
     ew = fast.loc["ew", "step_x_ref"]
-    assert ((ew > 0.3) & (ew < 3.0)).all()  # EW over the host's EW step: about 1 (timing noise aside)
+    # EW over the host's EW step: about 1, but two timings on a shared machine (3.6 seen with
+    # other processes on both cores); the bound catches a unit slip (x1000), not timing noise
+    assert ((ew > 0.1) & (ew < 10.0)).all()
 
     mixed = copy_results(results, tmp_path / "mixed", lambda d: slower(d) if d["seed"] == 1 else None, keep=ok)
     build_site([mixed], tmp_path / "site")
