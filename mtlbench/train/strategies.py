@@ -341,9 +341,9 @@ class LookAhead(WeightedLoss):
         return -lr * (plus - minus) / (2 * eps)
 
 
-def _grads(objective: Tensor, params: Sequence[Tensor], retain_graph: bool = False) -> list[Tensor]:
+def _grads(objective: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     """d objective / d params, zeros for parameters it does not depend on."""
-    grads = torch.autograd.grad(objective, params, retain_graph=retain_graph, allow_unused=True)
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
