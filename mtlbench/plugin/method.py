@@ -227,7 +227,8 @@ class GramWeighting(GradientAggregator):
 
     def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
         self.grad_dtype = grads.dtype
-        return combine(self.gram_weights(gram_matrix(grads), losses, info), grads)
+        gram = gram_matrix(grads)
+        return combine(self.gram_weights(gram, losses, info), grads, gram)
 
 
 class MultiSampleAggregator(GradientAggregator):

@@ -117,17 +117,18 @@ def gram_pinv(gram: Tensor, source: torch.dtype) -> Tensor:
     return torch.linalg.pinv(gram, hermitian=True, rtol=gram.shape[0] * torch.finfo(source).eps)
 
 
-def combine(weights: Tensor, grads: Tensor, cancellation: float = 1e3) -> Tensor:
+def combine(weights: Tensor, grads: Tensor, gram: Tensor, cancellation: float = 1e3) -> Tensor:
     """sum_i w_i g_i in the gradients' dtype, or accumulated in float64 over column blocks when
-    the sum cancels: if sum_i |w_i| ||g_i|| exceeds ``cancellation`` times the result's norm, a
-    float32 sum has lost that factor of its precision (weights of ~1e7 on nearly dependent
-    float32 gradients left Nash-MTL's update conflicting with a task, cosine -0.44). Ordinary
-    weightings cancel far less and keep the plain product (the same numbers as before)."""
+    the sum cancels: if sum_i |w_i| ||g_i|| (the norms from the Gram matrix ``gram``, no further
+    pass over the gradients) exceeds ``cancellation`` times the result's norm, a float32 sum has
+    lost that factor of its precision (weights of ~1e7 on nearly dependent float32 gradients left
+    Nash-MTL's update conflicting with a task, cosine -0.44). Ordinary weightings cancel far less
+    and keep the plain product (the same numbers as before)."""
     out = weights.to(grads.dtype) @ grads
     if grads.dtype == torch.float64:
         return out
     w = weights.to(torch.float64)
-    spread = float((w.abs() * grads.norm(dim=1).to(torch.float64)).sum())
+    spread = float((w.abs() * gram.diagonal().clamp_min(0).sqrt()).sum())
     if spread <= cancellation * float(out.norm()):
         return out
     step = max(1, GRAM_CHUNK // max(grads.shape[0], 1))
