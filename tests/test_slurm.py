@@ -75,3 +75,28 @@ def test_slurm_backend_needs_sbatch(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     with pytest.raises(ConfigError, match="`sbatch` is not on this machine's PATH.*backend = \"local\""):
         SlurmExecutor(with_overrides(ExecutorOptions(), {"kind": "slurm"}), tmp_path)
+
+
+def test_job_states_read_array_tasks_and_plain_jobs_from_scontrol(monkeypatch):
+    """scontrol's one-line records, as SLURM 22.05 prints them: array tasks are keyed as submitit
+    names them (<array>_<task>), plain jobs by their id; no scontrol -> no states."""
+    import subprocess
+
+    from mtlbench.run import slurm
+
+    out = (
+        "JobId=61 ArrayJobId=60 ArrayTaskId=1 JobName=submitit UserId=root(0) JobState=CANCELLED Reason=None\n"
+        "JobId=60 ArrayJobId=60 ArrayTaskId=0 JobName=submitit UserId=root(0) JobState=RUNNING Reason=None\n"
+        "JobId=62 JobName=wrap UserId=root(0) JobState=COMPLETED Reason=None\n"
+        "JobId=63 ArrayJobId=63 ArrayTaskId=2-5%1 JobName=submitit JobState=PENDING Reason=JobArrayTaskLimit\n"
+    )
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=out, stderr=""))
+    states = slurm.job_states()
+    assert states == {"60_1": "CANCELLED", "60_0": "RUNNING", "62": "COMPLETED", "63": "PENDING"}
+    assert [k for k, v in states.items() if v in slurm.ENDED_STATES] == ["60_1"]
+
+    def missing(*a, **k):
+        raise FileNotFoundError("scontrol")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert slurm.job_states() == {}
