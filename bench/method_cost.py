@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import platform
 import statistics
 import sys
@@ -47,7 +48,8 @@ from mtlbench.train.gradients import (  # noqa: E402
 )
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
 from mtlbench.train.strategies import ConflictProbe, LookAhead, LookAheadInputs, StepContext, strategy_for  # noqa: E402
-from mtlbench.train.trainer import losses_after_step as _losses_after_step
+from mtlbench.train.trainer import losses_after_step as _losses_after_step  # noqa: E402
+from mtlbench.train.trainer import task_losses  # noqa: E402
 
 INPUT = (1, 36, 36)
 
@@ -95,7 +97,7 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
         per_sample = []
         for _ in range(update.samples_per_step):
             outputs = update.outputs(model, x)
-            per_sample.append(torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks]))
+            per_sample.append(task_losses(task, tasks, outputs, y))
         losses = per_sample[0]
         if isinstance(method, MultiSampleAggregator):
             context.probe.begin(info.step, losses)
@@ -110,9 +112,8 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
             opt.step()
         else:
             if isinstance(update, LookAhead):  # the meta batch: here the same batch
-                context.lookahead = LookAheadInputs(
-                    model, opt, lambda out, yy: torch.stack([task.loss(t, out[t], yy[t]) for t in tasks]), (x, y), (x, y)
-                )
+                losses_of = functools.partial(task_losses, task, tasks)
+                context.lookahead = LookAheadInputs(model, opt, losses_of, (x, y), (x, y))
             context.probe.begin(info.step, losses)
             update.fill_gradients(per_sample, info, context)
             clip_grad_norm(shared, method.max_norm)

@@ -31,6 +31,7 @@ import tomllib
 from mtlbench.core.errors import ConfigError
 from mtlbench.core.result import MetricDecl
 from mtlbench.report.aggregate import CONVENTIONS, delta_m
+from mtlbench.report.protocols import PROTOCOLS_FILE
 
 DM_SIGNS = ("drop", "improvement")
 DM_CHECKS = ("recompute", "inconsistent", "not_recomputable")
@@ -114,8 +115,7 @@ def load_published(folder: Path) -> list[PublishedTable]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: no such folder of published tables")
-    from mtlbench.report.protocols import PROTOCOLS_FILE  # the presets' protocol table lives beside them
-
+    # the presets' protocol table lives beside the tables
     return [read_table(p) for p in sorted(folder.glob("*.toml")) if p.name != PROTOCOLS_FILE]
 
 

@@ -92,7 +92,6 @@ class SlurmExecutor:
         self.slurm = options.slurm
         self.folder = Path(self.slurm.folder) if self.slurm.folder else Path(results) / ".slurm"
         self.echo = echo
-        self._ended: dict[str, str] = {}  # job id -> the state SLURM ended it in, for jobs that never reported
         if self.slurm.backend == "slurm" and shutil.which("sbatch") is None:
             raise ConfigError(
                 "executor slurm: `sbatch` is not on this machine's PATH; run from a SLURM login node, or set "
@@ -152,15 +151,14 @@ class SlurmExecutor:
             while pending and len(running) < s.max_parallel:
                 job = pending.popleft()
                 running.append((job, self._submitted(functools.partial(ex.submit, fn, job))))
-            finished = [(job, sj) for job, sj in running if sj.done()]
+            # (job, submitit job, the state SLURM ended it in when it ended without reporting)
+            finished: list[tuple[CellJob, Any, str | None]] = [(job, sj, None) for job, sj in running if sj.done()]
             if not finished and s.backend == "slurm":
                 ended = job_states()
-                finished = [(job, sj) for job, sj in running if ended.get(str(sj.job_id)) in ENDED_STATES]
-                for _, sj in finished:
-                    self._ended[str(sj.job_id)] = ended[str(sj.job_id)]
-            for item in finished:
-                running.remove(item)
-                report(self._outcome(*item))
+                finished = [(job, sj, ended[str(sj.job_id)]) for job, sj in running if ended.get(str(sj.job_id)) in ENDED_STATES]
+            for job, sj, state in finished:
+                running.remove((job, sj))
+                report(self._outcome(job, sj, state))
             if not finished:
                 time.sleep(POLL_S[s.backend])
 
@@ -187,10 +185,9 @@ class SlurmExecutor:
                     "(or gpus = 0 in [executor.slurm]) for CPU jobs, or choose a partition with GPUs")  # fmt: skip
         return "Check [executor.slurm] in benchmark.toml (partition, account, qos, gpus, cpus, mem_gb, time_min)"
 
-    def _outcome(self, job: CellJob, submitted: Any) -> Outcome:
+    def _outcome(self, job: CellJob, submitted: Any, state: str | None = None) -> Outcome:
         import submitit
 
-        state = self._ended.pop(str(submitted.job_id), None)
         if state is not None and not submitted.done():  # ended in SLURM's books without a result
             reason = (f"slurm job {submitted.job_id} ended as {state} without reporting (cancelled, killed or out of "
                       "resources); --retry-failed runs the cell again")  # fmt: skip

@@ -47,9 +47,10 @@ class NonFiniteError(RuntimeError):
     """A loss or an update became NaN/Inf."""
 
 
-def forward(model: nn.Module, x: Batch) -> dict[str, Tensor]:
-    """The model's outputs for a batch. A multi-input batch (``{task: inputs}``) runs each
-    sub-task's own inputs through the model separately and keeps that sub-task's output."""
+def forward(model: Callable[[Any], dict[str, Tensor]], x: Batch) -> dict[str, Tensor]:
+    """The model's outputs for a batch (``model`` a module, or any call of one). A multi-input
+    batch (``{task: inputs}``) runs each sub-task's own inputs through the model separately and
+    keeps that sub-task's output."""
     if isinstance(x, Mapping):
         return {t: model(inputs)[t] for t, inputs in x.items()}
     return model(x)
@@ -315,13 +316,9 @@ class LookAhead(WeightedLoss):
                 buffer = io.optimizer.state.get(p, {}).get("momentum_buffer") if "momentum" in group else None
                 m = buffer * group["momentum"] if buffer is not None else 0.0
                 virtual[name] = (p - lr * (m + g + group.get("weight_decay", 0.0) * p)).requires_grad_()
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        state = {**virtual, **{n: b.clone() for n, b in model.named_buffers()}}
         x, y = io.meta
-        outputs = (
-            torch.func.functional_call(model, {**virtual, **buffers}, (x,))
-            if not isinstance(x, Mapping)
-            else {t: torch.func.functional_call(model, {**virtual, **buffers}, (inputs,))[t] for t, inputs in x.items()}
-        )
+        outputs = forward(lambda inputs: torch.func.functional_call(model, state, (inputs,)), x)
         meta_loss = (self.method.meta_tasks().to(losses) * io.losses_of(outputs, y)).sum()
         direction = _grads(meta_loss, list(virtual.values()))
         norm = torch.cat([d.reshape(-1) for d in direction]).norm()

@@ -326,7 +326,7 @@ class Trainer:
 
     def losses_of(self, outputs: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
         """The (T,) task losses of a batch's outputs."""
-        return torch.stack([self.task.loss(t, outputs[t], y[t]) for t in self.tasks])
+        return task_losses(self.task, self.tasks, outputs, y)
 
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, validation, the epoch's record, selection bookkeeping, checkpoint."""
@@ -419,13 +419,17 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def task_losses(task: Task, tasks: Sequence[str], outputs: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
+    """The (T,) losses of ``tasks`` for a batch's outputs and targets."""
+    return torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks])
+
+
 @torch.no_grad()
 def losses_after_step(
     model: MultiTaskModel, task: Task, tasks: Sequence[str], method: Method, x: Batch, y: dict[str, Tensor], info: StepInfo
 ) -> None:
     """The same batch's task losses after the optimiser step, for methods that ask (FAMO)."""
-    outputs = forward(model, x)
-    method.after_step(torch.stack([task.loss(t, outputs[t], y[t]) for t in tasks]), info)
+    method.after_step(task_losses(task, tasks, forward(model, x), y), info)
 
 
 def _bar(total: int, desc: str, progress: bool) -> Any:
