@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -40,6 +43,41 @@ def partition() -> str:
 def _real(partition: str) -> list[str]:
     return ["--executor", "slurm", "--slurm-backend", "slurm", "--partition", partition, "--cpus", "1", "--gpus", "0",
             "--mem-gb", "2", "--time-min", "10"]  # fmt: skip
+
+
+def _wait_for(done: Callable[[], bool], deadline: float, failure: str, interval: float = 2.0) -> None:
+    """Poll ``done()`` until it holds; fail with ``failure`` once ``deadline`` (time.monotonic) passes."""
+    while time.monotonic() < deadline:
+        if done():
+            return
+        time.sleep(interval)
+    pytest.fail(failure)
+
+
+def _status_says(config: Path, results: Path, text: str, capsys: pytest.CaptureFixture, *only: str) -> bool:
+    """Whether `mtlbench status` of these cells prints ``text`` now."""
+    capsys.readouterr()
+    assert main(["status", "--config", str(config), "--results", str(results), *only]) == 0
+    return text in capsys.readouterr().out
+
+
+def _checkpointed(results: Path) -> bool:
+    """Whether a cell under ``results`` has saved an epoch."""
+    checkpoints = results / ".checkpoints"
+    return checkpoints.is_dir() and any(checkpoints.rglob("*.pt"))
+
+
+def _queue(*columns: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "-h", "-o", " ".join(columns)], capture_output=True, text=True, timeout=30).stdout
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def _the_running_job() -> str:
+    """The id of the one running job (array tasks as <array>_<task>)."""
+    jobs = _queue("%i", "%T")
+    running = [job for job, state in jobs if state == "RUNNING"]
+    assert len(running) == 1, jobs
+    return running[0]
 
 
 def test_a_job_array_on_the_real_scheduler_equals_the_local_runs(grid_reference, partition, tmp_path, capsys):
@@ -82,8 +120,6 @@ def test_gpus_on_a_partition_without_them_is_one_clear_error(grid_reference, par
 
 
 def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, partition, tmp_path, capsys):
-    import time
-
     config, expected = grid_reference
     results = tmp_path / "r"
     only = ["--only", "method=ew", "--only", "seed=0"]
@@ -94,14 +130,8 @@ def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, 
     assert main(status) == 0
     first = capsys.readouterr().out
     assert "1 cells: 1 running" in first or "1 cells: 1 pending" in first or "1 cells: 1 done" in first, first
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert main(status) == 0
-        if "1 cells: 1 done" in capsys.readouterr().out:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("the submitted job did not finish within 180 s")
+    _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys, *only), time.monotonic() + 180,
+              "the submitted job did not finish within 180 s")
     name = "grid/multimnist/r8/ew__none__seed0.json"
     got = results_of(results)[name]
     assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected[name])
@@ -140,25 +170,13 @@ def test_a_local_runner_and_an_array_on_one_folder_run_each_cell_once(grid_refer
     """Cells submitted to the scheduler without waiting, then the same cells run by a local
     runner on the same results folder: each cell trains once (its log has one start), by
     whichever took its lock first; the other finds the lock or the result and leaves it."""
-    import time
-
     config, expected = grid_reference
     results = tmp_path / "r"
     only = ["--only", "method=ew,pcgrad", "--only", "seed=0"]
     assert main([*run_args(config, results, *only, *_real(partition)), "--no-wait"]) == 0
     assert main(run_args(config, results, *only)) == 0  # the local runner, at once
-    status = ["status", "--config", str(config), "--results", str(results), *only]
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        capsys.readouterr()
-        assert main(status) == 0
-        if "2 cells: 2 done" in capsys.readouterr().out and not any(
-            subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout.split()
-        ):
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("the cells or their jobs did not finish within 240 s")
+    _wait_for(lambda: _status_says(config, results, "2 cells: 2 done", capsys, *only) and not _queue("%i"),
+              time.monotonic() + 240, "the cells or their jobs did not finish within 240 s")
     got = results_of(results)
     assert set(got) == {"grid/multimnist/r8/ew__none__seed0.json", "grid/multimnist/r8/pcgrad__none__seed0.json"}
     for name, result in got.items():
@@ -192,8 +210,6 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
     """`scontrol requeue` in the middle of a cell: SLURM kills the running task and starts it
     again; the new run takes over the dead run's lock, resumes after the last checkpointed epoch
     and writes the result an uninterrupted local run writes."""
-    import time
-
     from tests.conftest import make_project
 
     config = make_project(tmp_path / "p", LONG_TOML)
@@ -202,32 +218,19 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
     expected = results_of(local)
     results = tmp_path / "r"
     assert main([*run_args(config, results, *_real(partition)), "--data", str(data_dir), "--no-wait"]) == 0
-    checkpoints = results / ".checkpoints"
     deadline = time.monotonic() + 240
-    while not (checkpoints.is_dir() and any(checkpoints.rglob("*.pt"))):  # an epoch is saved
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.5)
-    jobs = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=30).stdout.split("\n")
-    running = [line.split()[0] for line in jobs if line.endswith("RUNNING")]
-    assert len(running) == 1, jobs
-    subprocess.run(["scontrol", "requeue", running[0]], check=True, capture_output=True, timeout=30)
+    _wait_for(lambda: _checkpointed(results), deadline, "no checkpoint within 240 s", interval=0.5)
+    job = _the_running_job()
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=30)
     # SLURM holds a requeued job back for two minutes (its begin time, set once the old processes
     # are gone); let it start then, as a pre-empted job would on a free cluster
     for _ in range(120):
-        state = subprocess.run(["squeue", "-h", "-j", running[0], "-o", "%T"], capture_output=True, text=True, timeout=30)
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
         if state.stdout.strip() == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={running[0]}", "StartTime=now"], capture_output=True, timeout=30)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
             break
         time.sleep(0.5)
-    status = ["status", "--config", str(config), "--results", str(results)]
-    while time.monotonic() < deadline + 300:
-        capsys.readouterr()
-        assert main(status) == 0
-        if "1 cells: 1 done" in capsys.readouterr().out:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("the requeued job did not finish")
+    _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys), deadline + 300, "the requeued job did not finish")
     got = results_of(results)
     (name, result), = got.items()
     assert result["status"] == "ok" and result["provenance"]["executor"] == "slurm"
@@ -241,8 +244,6 @@ def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, 
     """`scancel` in the middle of a cell: the waiting runner records the cell failed with the
     job and what SLURM said, and goes on; `--retry-failed` runs it again to the result an
     uninterrupted run writes."""
-    import time
-
     from tests.conftest import make_project
     from tests.grid_support import start_cli
 
@@ -250,20 +251,18 @@ def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, 
     results = tmp_path / "r"
     args = [*run_args(config, results, *_real(partition)), "--data", str(data_dir)]
     runner = start_cli(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    checkpoints = results / ".checkpoints"
-    while not (checkpoints.is_dir() and any(checkpoints.rglob("*.pt"))):
-        assert time.monotonic() < deadline and runner.poll() is None, "the job did not start a checkpointed epoch"
-        time.sleep(0.5)
-    jobs = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, timeout=30).stdout.split("\n")
-    running = [line.split()[0] for line in jobs if line.endswith("RUNNING")]
-    assert len(running) == 1, jobs
-    subprocess.run(["scancel", running[0]], check=True, timeout=30)
+    def started() -> bool:
+        assert runner.poll() is None, "the runner ended before the job saved an epoch"
+        return _checkpointed(results)
+
+    _wait_for(started, time.monotonic() + 240, "the job did not start a checkpointed epoch", interval=0.5)
+    job = _the_running_job()
+    subprocess.run(["scancel", job], check=True, timeout=30)
     out, _ = runner.communicate(timeout=240)
     assert runner.returncode == 1 and "1 failed" in out, out  # the run ends, reporting the failure
     (name, failed), = results_of(results).items()
     assert failed["status"] == "failed", out
-    assert f"slurm job {running[0].split('_')[0]}" in failed["reason"], failed["reason"]
+    assert f"slurm job {job.split('_')[0]}" in failed["reason"], failed["reason"]
     assert "ended as CANCELLED without reporting" in failed["reason"], failed["reason"]
     assert main([*args, "--retry-failed"]) == 0
     (_, result), = results_of(results).items()
