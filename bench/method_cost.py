@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from mtlbench.api import Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
 from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
+from mtlbench.plugin.method import build_method  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 from mtlbench.train.conflict import ConflictRecorder  # noqa: E402
 from mtlbench.train.gradients import (  # noqa: E402
@@ -47,7 +48,7 @@ from mtlbench.train.gradients import (  # noqa: E402
     task_gradients,
 )
 from mtlbench.train.provenance import PeakMemory  # noqa: E402
-from mtlbench.train.strategies import ConflictProbe, LookAhead, LookAheadInputs, StepContext, strategy_for  # noqa: E402
+from mtlbench.train.strategies import ConflictProbe, StepContext, StepInputs, strategy_for  # noqa: E402
 from mtlbench.train.trainer import losses_after_step as _losses_after_step  # noqa: E402
 from mtlbench.train.trainer import task_losses  # noqa: E402
 
@@ -111,9 +112,9 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
                     p.grad = g
             opt.step()
         else:
-            if isinstance(update, LookAhead):  # the meta batch: here the same batch
+            if update.needs_inputs:  # a look-ahead's meta batch: here the same batch
                 losses_of = functools.partial(task_losses, task, tasks)
-                context.lookahead = LookAheadInputs(model, opt, losses_of, (x, y), (x, y))
+                context.inputs = StepInputs(model, opt, losses_of, (x, y), (x, y))
             context.probe.begin(info.step, losses)
             update.fill_gradients(per_sample, info, context)
             clip_grad_norm(shared, method.max_norm)
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             strategies = args.strategies.split(",")
 
             def step_fn(method_name: str | None, strategy: tuple[str, int], reference: bool = False):
-                method = methods[method_name](n_tasks=n_tasks).to(device) if method_name else None
+                method = build_method(methods, method_name, n_tasks).to(device) if method_name else None
                 return make_step(model, task, method, strategy, (x, y), reference)
 
             ew_step = step_fn("ew", default_strategy(device, n_tasks))

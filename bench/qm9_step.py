@@ -34,6 +34,7 @@ from mtlbench.api import Task  # noqa: E402
 from mtlbench.backbones.mpnn import MPNN  # noqa: E402
 from mtlbench.datasets.graphs import GraphSplit, offsets  # noqa: E402
 from mtlbench.grid.plugins import discover  # noqa: E402
+from mtlbench.plugin.method import build_method  # noqa: E402
 from mtlbench.plugin.model import HardSharingModel  # noqa: E402
 
 TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
@@ -93,7 +94,7 @@ def edge_net(args: argparse.Namespace, batch: tuple, device: torch.device) -> in
     lines = []
     print("method | every round ms | once ms | once / every round")
     for name in args.methods.split(","):
-        steps = {label: make_step(m, task, methods[name](n_tasks=11).to(device), strategy, batch)
+        steps = {label: make_step(m, task, build_method(methods, name, 11).to(device), strategy, batch)
                  for label, m in models.items()}  # fmt: skip
         stats, times = measure(steps, device, args.warmup, args.rounds)
         ratio = median_ratio(times["once"], times["every_round"])
@@ -140,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     trunk = MPNN(11, args.dim)
     model = HardSharingModel(trunk, {t: nn.Linear(args.dim, 1) for t in TASKS}).to(device).train()
     strategy = ("loop", 1) if device.type == "cpu" else ("batched", 8)
-    ew = make_step(model, task, methods["ew"](n_tasks=11).to(device), strategy, batch)
+    ew = make_step(model, task, build_method(methods, "ew", 11).to(device), strategy, batch)
     ref = make_step(model, task, None, strategy, batch, reference=True)
     rows = []
     print("method | step_ms | x_ew | x_fwd_11_bwd")
     for name in ["ew"] + [m for m in args.methods.split(",") if m != "ew"]:
-        stats, times = measure({"ew": ew, "ref": ref, "m": make_step(model, task, methods[name](n_tasks=11).to(device), strategy,
+        stats, times = measure({"ew": ew, "ref": ref, "m": make_step(model, task, build_method(methods, name, 11).to(device), strategy,
                                                                        batch)}, device, args.warmup, args.rounds)
         row = {"method": name, "kind": methods[name].kind, "step_ms": 1000 * stats["m"][0],
                "x_ew": median_ratio(times["m"], times["ew"]), "x_fwd_11_bwd": median_ratio(times["m"], times["ref"]),

@@ -3,7 +3,8 @@
 A *task* (``tasks/*.py``) is a :class:`Task` subclass whose metadata is data: name, version,
 citation, sub-task names, metrics with their direction, and the default training protocol.
 A *method* (``baselines/*.py``) is a subclass of :class:`LossWeighting` (or
-:class:`MetaWeighting`), :class:`GradientAggregator` or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
+:class:`MetaWeighting`), :class:`GradientAggregator` (or :class:`SharpnessAware`, a wrapper of
+another method) or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
 :class:`Mitigation` subclass. The engine discovers every subclass that sets ``name`` in a plugin
 file (mtlbench.core.registry); nothing else needs editing to add one.
 
@@ -29,6 +30,7 @@ from mtlbench.plugin.method import (
     Method,
     MultiSampleAggregator,
     ReferenceMatch,
+    SharpnessAware,
     SingleTask,
     StepInfo,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "GramWeighting",
     "MultiSampleAggregator",
     "MetaWeighting",
+    "SharpnessAware",
     "ReferenceMatch",
     "METHOD_PROPERTIES",
     "SingleTask",

@@ -16,7 +16,7 @@ from torch import nn
 from mtlbench.api import StepInfo
 from mtlbench.grid.plugins import discover
 from mtlbench.train.conflict import ConflictRecorder
-from mtlbench.train.strategies import ConflictProbe, LookAhead, LookAheadInputs, StepContext, forward, strategy_for
+from mtlbench.train.strategies import ConflictProbe, LookAhead, StepInputs, StepContext, forward, strategy_for
 from tests.conftest import REPO
 
 RECORDS = json.loads((REPO / "tests" / "data" / "auto_lambda_outputs.json").read_text())["records"]
@@ -78,7 +78,7 @@ def replay(record: dict) -> tuple[Net, list[torch.Tensor], list[torch.Tensor]]:
         info = StepInfo(step=k, epoch=0, steps_per_epoch=4, total_steps=4, generator=torch.Generator().manual_seed(0),
                         layer_sizes=(1,))
         losses = losses_of(forward(model, train[0]), train[1])
-        ctx.lookahead = LookAheadInputs(model, optimizer, losses_of, train, meta)
+        ctx.inputs = StepInputs(model, optimizer, losses_of, train, meta)
         optimizer.zero_grad(set_to_none=True)
         ctx.probe.begin(k, losses)
         strategy.fill_gradients([losses], info, ctx)
@@ -129,5 +129,5 @@ def test_flat_meta_loss_gives_no_meta_step():
     losses = losses_of(forward(model, x), y)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     info = StepInfo(step=0, epoch=0, steps_per_epoch=1, total_steps=1, generator=torch.Generator(), layer_sizes=(1,))
-    grad = strategy.meta_gradient(losses, info, LookAheadInputs(model, opt, losses_of, (x, y), (x, y)))
+    grad = strategy.meta_gradient(losses, info, StepInputs(model, opt, losses_of, (x, y), (x, y)))
     assert torch.equal(grad, torch.zeros(2))

@@ -43,6 +43,7 @@ from mtlbench.core.spec import ConflictSettings, Protocol, SpecError
 from mtlbench.grid.executor import parse_executor
 from mtlbench.grid.plugins import Plugins, discover
 from mtlbench.grid.suites import Benchmark, Entry, Grid, Suite, SuiteTask, parse_filters  # noqa: F401  (re-exported)
+from mtlbench.plugin.method import build_method, method_version
 
 TOP_KEYS = {"default_suite", "backbones", "suites", "executor"}
 SUITE_KEYS = {"description", "tasks", "backbones", "methods", "mitigations", "seeds", "conflict", "tune", "exclude"}
@@ -237,7 +238,7 @@ class _Parser:
             n_tasks = len(task_cls(**task_options).tasks)
             for i, (_, m_name, m_opts) in enumerate(methods):
                 try:
-                    self.plugins.methods[m_name](n_tasks=n_tasks, **m_opts)
+                    build_method(self.plugins.methods, m_name, n_tasks, m_opts)
                 except MissingDependencyError:
                     pass  # an optional solver is missing: the file stays usable, the method's cells fail with the pip command
                 except (ValueError, TypeError) as e:
@@ -317,7 +318,8 @@ class _Parser:
                             suite=suite, task=task_name, task_version=str(task_cls.version), task_options=task_options,
                             protocol=Protocol(**(protocol if lr is None else {**protocol, "lr": lr})),
                             backbone=bid, backbone_spec=spec,
-                            method=m_label, method_name=m_name, method_version=str(method_cls.version), method_options=m_opts,
+                            method=m_label, method_name=m_name, method_options=m_opts,
+                            method_version=method_version(self.plugins.methods, m_name, m_opts),
                             mitigation=g_label, mitigation_name=g_name, mitigation_version=str(mitigation_cls.version),
                             mitigation_options=g_opts, conflict=grid.conflict,
                         )  # fmt: skip

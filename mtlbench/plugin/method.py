@@ -271,6 +271,124 @@ class MultiSampleAggregator(GradientAggregator):
         return errors
 
 
+ZO_SCALES = ("per_tensor", "raw")
+
+
+class SharpnessAware(GradientAggregator):
+    """A gradient method applied to sharpness-aware task gradients (SAMO's joint global/local
+    perturbation). The method wraps a *base* method (option ``base``, a method name; the engine
+    builds it with its default options, :func:`build_method`), and each step the strategy
+    (``SharpnessAwareGradients``) replaces every task's gradient by its gradient at perturbed
+    weights before the base combines them:
+
+    1. g: the gradient of the mean task loss (shared parameters and heads);
+    2. for each task, a zeroth-order estimate of its gradient on the shared parameters: one
+       Gaussian direction z, (L_i(theta + eps z) - L_i(theta - eps z)) / (2 eps) z, the model in
+       evaluation mode (``zo_eps``);
+    3. task i's perturbation: its head moves by rho g_head_i / ||g_head_i||, the shared parameters
+       by rho m_i / ||m_i|| with m_i = (1 - beta) g + beta z_i, z_i the estimate rescaled per
+       parameter tensor to the norm of g's (``zo_scale = "per_tensor"``) or as it is (``"raw"``);
+       ``adaptive``: the ASAM form (norms of |p| g, steps p^2 g);
+    4. task i's gradient at the perturbed weights (training mode, batch-norm running statistics
+       unchanged): its row of the (T, P) matrix the base aggregates, and its head's gradient.
+
+    Heads get their task's perturbed gradient, times the base's head weights (a loss-weighting
+    base: its weights). The base's gradient clipping (``max_norm``) applies to the update."""
+
+    wraps_base: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        n_tasks: int,
+        base: Method | str,
+        rho: float,
+        beta: float,
+        zo_eps: float,
+        adaptive: bool = False,
+        zo_scale: str = "per_tensor",
+    ) -> None:
+        super().__init__(n_tasks)
+        name = getattr(self, "name", type(self).__name__)
+        if isinstance(base, str):
+            raise TypeError(
+                f"{name}: base={base!r} names a method; the engine builds it (mtlbench.plugin.method.build_method "
+                "builds a wrapper and its base from a method registry)"
+            )
+        if not (rho >= 0 and 0 <= beta <= 1 and zo_eps > 0):
+            raise ValueError(f"{name}: need rho >= 0, 0 <= beta <= 1 and zo_eps > 0; got rho={rho}, beta={beta}, zo_eps={zo_eps}")
+        if zo_scale not in ZO_SCALES:
+            raise ValueError(f"{name}: zo_scale={zo_scale!r}; valid: {', '.join(ZO_SCALES)}")
+        problem = _base_problem(base)
+        if problem:
+            raise ValueError(f"{name}: base {getattr(base, 'name', base)!r} {problem}")
+        self.base = base
+        self.rho, self.beta, self.zo_eps, self.adaptive, self.zo_scale = rho, beta, zo_eps, adaptive, zo_scale
+        self.max_norm = base.max_norm
+        self._weights: Tensor | None = None
+
+    def directions(self, params: list[Tensor], info: StepInfo) -> list[Tensor]:
+        """One Gaussian direction for the zeroth-order estimate: a N(0, 1) tensor per shared
+        parameter, from the method's generator."""
+        return [torch.normal(0.0, 1.0, size=tuple(p.shape), generator=info.generator).to(p) for p in params]
+
+    def aggregate(self, grads: Tensor, losses: Tensor, info: StepInfo) -> Tensor:
+        if isinstance(self.base, GradientAggregator):
+            return self.base.aggregate(grads, losses, info)
+        assert isinstance(self.base, LossWeighting)
+        weights = self.base.weights(losses, info)
+        self._weights = weights
+        return combine(weights, grads, gram_matrix(grads))
+
+    def head_weights(self) -> Tensor | None:
+        if isinstance(self.base, GradientAggregator):
+            return self.base.head_weights()
+        return self._weights
+
+
+def _base_problem(base: Method) -> str | None:
+    """Why ``base`` cannot be a sharpness-aware method's base, or None."""
+    if isinstance(base, SharpnessAware):
+        return "is itself a wrapper"
+    if isinstance(base, MultiSampleAggregator) or getattr(base, "gradients", "parameters") != "parameters":
+        return "needs other gradients (several batches, or the representation's); use a method on one (T, P) matrix"
+    if isinstance(base, MetaWeighting) or base.wants_losses_after_step:
+        return "needs more than one gradient matrix per step (a look-ahead or the losses after the step)"
+    if isinstance(base, LossWeighting) and type(base).loss is not LossWeighting.loss:
+        return (
+            "weights the losses through its own graph (learned log-variances): its weights are not a function of the losses alone"
+        )
+    if not isinstance(base, (GradientAggregator, LossWeighting)):
+        return f"is of kind {base.kind!r}; use a gradient method or a loss weighting"
+    return None
+
+
+def build_method(
+    methods: Mapping[str, type[Method]], name: str, n_tasks: int, options: Mapping[str, Any] | None = None
+) -> Method:
+    """The method ``name`` of the registry ``methods`` with ``options``; a wrapper
+    (:class:`SharpnessAware`) gets its base, named by its ``base`` option, built first."""
+    cls = methods[name]
+    opts = dict(options or {})
+    if getattr(cls, "wraps_base", False):
+        base = opts.get("base", cls.option_defaults().get("base"))
+        if not isinstance(base, str) or base not in methods:
+            raise ValueError(f"{name}: base={base!r} is not a method; valid: {', '.join(sorted(methods))}")
+        opts["base"] = build_method(methods, base, n_tasks)
+    return cls(n_tasks=n_tasks, **opts)
+
+
+def method_version(methods: Mapping[str, type[Method]], name: str, options: Mapping[str, Any] | None = None) -> str:
+    """The version a cell records for method ``name``: its own, and a wrapper's base's after a
+    ``+`` (a new version of the base makes the wrapper's results stale too)."""
+    cls = methods[name]
+    version = str(cls.version)
+    if getattr(cls, "wraps_base", False):
+        base = dict(options or {}).get("base", cls.option_defaults().get("base"))
+        if isinstance(base, str) and base in methods:
+            version += f"+{base}-{method_version(methods, base)}"
+    return version
+
+
 class SingleTask(Method):
     """Marker kind: train one independent model per sub-task (the Δm baseline)."""
 

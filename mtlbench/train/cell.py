@@ -17,6 +17,7 @@ from mtlbench.core.cell import Cell
 from mtlbench.core.result import Conflict, OkResult
 from mtlbench.core.spec import ConflictSettings
 from mtlbench.datasets.splits import MultiInputSplit, Split
+from mtlbench.plugin.method import build_method
 from mtlbench.plugin.mitigation import MitigationContext
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
@@ -131,7 +132,7 @@ class CellRun:
         model = build_model(self.task, self.spec, self.tasks).to(self.device)
         model = mitigation.prepare(model, context)
         seed_everything(cell.seed)
-        method = self.plugins.methods[cell.method_name](n_tasks=len(self.tasks), **cell.method_options)
+        method = build_method(self.plugins.methods, cell.method_name, len(self.tasks), cell.method_options)
         fit = self.trainer(model, self.tasks, method, cell.conflict, cell.seed, self.desc, "joint", mitigation).fit()
         return {"joint": fit}, mitigation.report()
 

@@ -21,6 +21,8 @@ RepresentationGrads    ``GradientAggregator`` with ``gradients = "representation
 MultiSample            ``MultiSampleAggregator``: several batches per step, a (S, T, P) tensor
 LookAhead              ``MetaWeighting``: a virtual step and a meta batch update the weights,
                        then the backward of the weighted objective
+SharpnessAwareGrads    ``SharpnessAware`` (SAMO): each task's gradient at weights perturbed
+                       along its own ascent direction, combined by the wrapped base method
 =====================  ==========================================================================
 
 A new method kind is a new strategy class and one line in :func:`strategy_for`.
@@ -35,7 +37,15 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtlbench.plugin.method import GradientAggregator, LossWeighting, MetaWeighting, Method, MultiSampleAggregator, StepInfo
+from mtlbench.plugin.method import (
+    GradientAggregator,
+    LossWeighting,
+    MetaWeighting,
+    Method,
+    MultiSampleAggregator,
+    SharpnessAware,
+    StepInfo,
+)
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.train.conflict import ConflictRecorder, ReferenceConflict
 from mtlbench.train.gradients import assign_flat_grad, pullback_rows, task_gradients
@@ -99,16 +109,17 @@ class ConflictProbe:
 
 
 @dataclass
-class LookAheadInputs:
-    """What a look-ahead step needs beyond the losses: the model, its optimiser (learning rate,
-    momentum buffers, weight decay of the virtual step), the task losses of a batch's outputs,
-    and the step's training batch and meta batch (inputs, targets)."""
+class StepInputs:
+    """What a strategy that runs the model again needs beyond the losses (``needs_inputs``): the
+    model, its optimiser (learning rate, momentum buffers, weight decay of a virtual step), the
+    task losses of a batch's outputs, the step's training batch (inputs, targets) and, for a
+    look-ahead, its meta batch."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     losses_of: Callable[[dict[str, Tensor], Mapping[str, Tensor]], Tensor]
     train: tuple[Batch, Mapping[str, Tensor]]
-    meta: tuple[Batch, Mapping[str, Tensor]]
+    meta: tuple[Batch, Mapping[str, Tensor]] | None = None
 
 
 @dataclass
@@ -116,14 +127,14 @@ class StepContext:
     """What a strategy needs besides the losses: the shared parameters, each task's head
     parameters, how per-task gradients are computed (``gradients``: strategy and chunk size),
     the mitigation's mask of shared task gradients (identity without one) and the probe;
-    ``lookahead`` only for a meta-weighting method (set by the trainer each step)."""
+    ``inputs`` only for a strategy that ``needs_inputs`` (set by the trainer each step)."""
 
     shared: list[nn.Parameter]
     heads: list[list[nn.Parameter]]
     gradients: tuple[str, int]
     mask: Callable[[Tensor], Tensor]
     probe: ConflictProbe
-    lookahead: LookAheadInputs | None = None
+    inputs: StepInputs | None = None
 
     def task_gradients(self, losses: Tensor, params: Sequence[Tensor], heads: bool = True, **kwargs: Any) -> Any:
         return task_gradients(
@@ -147,6 +158,7 @@ class UpdateStrategy:
     """One method kind's way from losses to gradients (see the module docstring)."""
 
     samples_per_step = 1  # training batches each step draws
+    needs_inputs = False  # runs the model again: the trainer sets ``StepContext.inputs`` each step
 
     def __init__(self, method: Method | None) -> None:
         self.method = method
@@ -291,19 +303,20 @@ class LookAhead(WeightedLoss):
     copy of the buffers (the real statistics never see it, as the reference's second model)."""
 
     method: MetaWeighting
+    needs_inputs = True
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if ctx.lookahead is None:
-            raise RuntimeError(f"{self.method.name}: a meta-weighting step needs the trainer's look-ahead inputs")
-        io = ctx.lookahead
+        io = _inputs(ctx, self.method)
+        if io.meta is None:
+            raise RuntimeError(f"{self.method.name}: a meta-weighting step needs the trainer's meta batch")
         self.method.meta_step(self.meta_gradient(vector, info, io), info)
         # the update's own forward (the reference's fourth of the training batch): the one behind
         # ``losses`` saw the parameters change in place at theta +- eps d
         x, y = io.train
         super().fill_gradients([io.losses_of(forward(io.model, x), y)], info, ctx)
 
-    def meta_gradient(self, losses: Tensor, info: StepInfo, io: LookAheadInputs) -> Tensor:
+    def meta_gradient(self, losses: Tensor, info: StepInfo, io: StepInputs) -> Tensor:
         model, group = io.model, io.optimizer.param_groups[0]
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
@@ -317,6 +330,7 @@ class LookAhead(WeightedLoss):
                 m = buffer * group["momentum"] if buffer is not None else 0.0
                 virtual[name] = (p - lr * (m + g + group.get("weight_decay", 0.0) * p)).requires_grad_()
         state = {**virtual, **{n: b.clone() for n, b in model.named_buffers()}}
+        assert io.meta is not None
         x, y = io.meta
         outputs = forward(lambda inputs: torch.func.functional_call(model, state, (inputs,)), x)
         meta_loss = (self.method.meta_tasks().to(losses) * io.losses_of(outputs, y)).sum()
@@ -338,6 +352,139 @@ class LookAhead(WeightedLoss):
         return -lr * (plus - minus) / (2 * eps)
 
 
+class SharpnessAwareGradients(UpdateStrategy):
+    """``SharpnessAware`` (SAMO): each task's gradient at weights perturbed along its own ascent
+    direction (see :class:`mtlbench.plugin.method.SharpnessAware` for the rule), then the base
+    method's update of that (T, P) matrix. Forward passes of the training batch per step: the
+    trainer's, 2T in evaluation mode without gradients (the zeroth-order estimates) and T in
+    training mode with a backward each (the perturbed gradients; batch-norm running statistics
+    are left as they were, as the reference's momentum 0 leaves them). Conflict statistics see
+    the task gradients at the unperturbed weights (taken on sampled steps only, outside the step
+    time). With a mitigation that masks updates (ST), the perturbation is unmasked; the mask
+    applies to the perturbed gradients before the base combines them."""
+
+    method: SharpnessAware
+    needs_inputs = True
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if ctx.probe.due:  # the task gradients at theta exist only for the statistics here
+            t0 = time.perf_counter()
+            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
+            ctx.probe.seconds += time.perf_counter() - t0
+            ctx.probe.record(raw)
+        rows, heads = self.perturbed_gradients(vector, info, ctx)
+        grads = ctx.mask(rows)
+        update = self.method.aggregate(grads, vector.detach(), info)
+        _check_update(update, self.method, info.step)
+        assign_flat_grad(ctx.shared, update)
+        _set_head_grads(ctx.heads, heads, self.method.head_weights())
+
+    def perturbed_gradients(self, losses: Tensor, info: StepInfo, ctx: StepContext) -> tuple[Tensor, list[list[Tensor]]]:
+        """Each task's gradient at its perturbed weights: the (T, P) matrix of the shared
+        parameters' and each head's (frees the graph of ``losses``)."""
+        method, io = self.method, _inputs(ctx, self.method)
+        shared, heads, n = ctx.shared, ctx.heads, len(ctx.heads)
+        flat_heads = [p for ps in heads for p in ps]
+        mean = _grads(losses.mean(), list(shared) + flat_heads)
+        g_shared, g_heads, offset = mean[: len(shared)], [], len(shared)
+        for ps in heads:
+            g_heads.append(mean[offset : offset + len(ps)])
+            offset += len(ps)
+        estimates = [self.zeroth_order(i, info, ctx, io) for i in range(n)]
+        steps = [self._ascent(shared, self._mixed(g_shared, estimates[i])) + self._ascent(heads[i], g_heads[i]) for i in range(n)]
+        theta_shared = [p.detach().clone() for p in shared]
+        theta_heads = [[p.detach().clone() for p in ps] for ps in heads]
+        rows, head_grads = [], []
+        x, y = io.train
+        with _frozen_running_stats(io.model):
+            for i in range(n):
+                with torch.no_grad():
+                    for p, t, e in zip(list(shared) + list(heads[i]), theta_shared + theta_heads[i], steps[i]):
+                        p.copy_(t + e)
+                loss = io.losses_of(forward(io.model, x), y)[i]
+                if not torch.isfinite(loss):
+                    raise NonFiniteError(f"non-finite loss of task {i} at perturbed weights, step {info.step} ({method.name})")
+                grads = _grads(loss, list(shared) + list(heads[i]))
+                rows.append(torch.cat([g.reshape(-1) for g in grads[: len(shared)]]))
+                head_grads.append(grads[len(shared) :])
+                with torch.no_grad():
+                    for p, t in zip(heads[i], theta_heads[i]):
+                        p.copy_(t)
+        with torch.no_grad():
+            for p, t in zip(shared, theta_shared):
+                p.copy_(t)
+        return torch.stack(rows), head_grads
+
+    def zeroth_order(self, task: int, info: StepInfo, ctx: StepContext, io: StepInputs) -> list[Tensor]:
+        """Task ``task``'s two-point estimate of its shared gradient along one Gaussian
+        direction z: (L(theta + eps z) - L(theta - eps z)) / (2 eps) z, evaluation mode."""
+        shared, eps = ctx.shared, self.method.zo_eps
+        z = self.method.directions(list(shared), info)
+        theta = [p.detach().clone() for p in shared]
+        x, y = io.train
+        model, was_training = io.model, io.model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                values = []
+                for scale in (1, -2):  # theta + eps z, then (theta + eps z) - 2 eps z
+                    for p, d in zip(shared, z):
+                        p.copy_(p + scale * d * eps)
+                    values.append(io.losses_of(forward(model, x), y)[task])
+                for p, t in zip(shared, theta):
+                    p.copy_(t)
+        finally:
+            model.train(was_training)
+        projected = (values[0] - values[1]) / (2 * eps)
+        return [projected * d for d in z]
+
+    def _mixed(self, g: list[Tensor], estimate: list[Tensor]) -> list[Tensor]:
+        """m = (1 - beta) g + beta z, z per parameter tensor at the norm of g's (or raw)."""
+        beta = self.method.beta
+        if self.method.zo_scale == "raw":
+            return [(1 - beta) * gp + beta * zp for gp, zp in zip(g, estimate)]
+        out = []
+        for gp, zp in zip(g, estimate):
+            n1, n2 = gp.norm(p=2).item(), zp.norm(p=2).item()
+            out.append((1 - beta) * gp + beta * n1 * (zp / n2) if n2 > 0 else (1 - beta) * gp)
+        return out
+
+    def _ascent(self, params: Sequence[Tensor], g: Sequence[Tensor]) -> list[Tensor]:
+        """rho g / ||g|| over ``params`` (adaptive: rho p^2 g / ||p g||)."""
+        adaptive, rho = self.method.adaptive, self.method.rho
+        norms = [((p.detach().abs() * gp) if adaptive else gp).norm(p=2) for p, gp in zip(params, g)]
+        if not norms:
+            return []
+        scale = (rho / (torch.norm(torch.stack(norms), p=2) + 1e-12)).item()
+        return [((p.detach().pow(2) * gp) if adaptive else gp) * scale for p, gp in zip(params, g)]
+
+
+class _frozen_running_stats:
+    """Batch-norm layers keep their running statistics (momentum 0, as the SAMO reference sets
+    it for its perturbed passes), restored on exit."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self) -> None:
+        self.saved = [m.momentum for m in self.layers]
+        for m in self.layers:
+            m.momentum = 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum in zip(self.layers, self.saved):
+            m.momentum = momentum
+
+
+def _inputs(ctx: StepContext, method: Method) -> StepInputs:
+    if ctx.inputs is None:
+        raise RuntimeError(
+            f"{getattr(method, 'name', method)}: this method runs the model again and needs the trainer's step inputs"
+        )
+    return ctx.inputs
+
+
 def _grads(objective: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     """d objective / d params, zeros for parameters it does not depend on."""
     grads = torch.autograd.grad(objective, params, allow_unused=True)
@@ -350,6 +497,8 @@ def strategy_for(method: Method | None) -> UpdateStrategy:
         return SumOfLosses(None)
     if isinstance(method, MultiSampleAggregator):
         return MultiSample(method)
+    if isinstance(method, SharpnessAware):
+        return SharpnessAwareGradients(method)
     if isinstance(method, GradientAggregator):
         return RepresentationGradients(method) if method.gradients == "representation" else ParameterGradients(method)
     if isinstance(method, MetaWeighting):

@@ -33,9 +33,9 @@ from mtlbench.train.gradients import clip_grad_norm, default_strategy
 from mtlbench.train.strategies import (
     ConflictProbe,
     LookAhead,
-    LookAheadInputs,
     NonFiniteError,
     StepContext,
+    StepInputs,
     forward,
     strategy_for,
 )
@@ -294,8 +294,9 @@ class Trainer:
             generator=self.method_gen,
             layer_sizes=self.layer_sizes,
         )
-        if meta is not None:
-            self.context.lookahead = LookAheadInputs(self.model, self.optimizer, self.losses_of, inputs[0], self.prepare(*meta))
+        if self.update.needs_inputs:
+            meta_batch = self.prepare(*meta) if meta is not None else None
+            self.context.inputs = StepInputs(self.model, self.optimizer, self.losses_of, inputs[0], meta_batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
         self.update.fill_gradients(per_sample, info, self.context)
