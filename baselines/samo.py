@@ -32,7 +32,9 @@ Differences, declared:
   the FairGrad reference). The reference's ``*withsamo`` classes multiply the combined update by
   T ("to match the sum loss") and clip it to norm 1 (``max_norm``, also in their plain
   versions); ours keeps the base's scale and clipping, so a ``samo`` row differs from its base's
-  row by the perturbation alone.
+  row by the perturbation alone. For the same reason the base takes its own default options:
+  the reference's run scripts leave FairGrad's alpha at its parser's default, 2.0; ours is
+  ``fairgrad``'s default, 1.0.
 - Random directions come from the method's seeded generator (``directions``); the reference
   seeds torch's global generator from NumPy's for each task (which also re-seeds everything
   else drawn from it afterwards).

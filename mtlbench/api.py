@@ -4,7 +4,7 @@ A *task* (``tasks/*.py``) is a :class:`Task` subclass whose metadata is data: na
 citation, sub-task names, metrics with their direction, and the default training protocol.
 A *method* (``baselines/*.py``) is a subclass of :class:`LossWeighting` (or
 :class:`MetaWeighting`), :class:`GradientAggregator` (or :class:`SharpnessAware`, a wrapper of
-another method) or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
+another method), :class:`SequentialGroups` or :class:`SingleTask`. A *mitigation* (``mitigations/*.py``) is a
 :class:`Mitigation` subclass. The engine discovers every subclass that sets ``name`` in a plugin
 file (mtlbench.core.registry); nothing else needs editing to add one.
 
@@ -30,6 +30,7 @@ from mtlbench.plugin.method import (
     Method,
     MultiSampleAggregator,
     ReferenceMatch,
+    SequentialGroups,
     SharpnessAware,
     SingleTask,
     StepInfo,
@@ -56,6 +57,7 @@ __all__ = [
     "MultiSampleAggregator",
     "MetaWeighting",
     "SharpnessAware",
+    "SequentialGroups",
     "ReferenceMatch",
     "METHOD_PROPERTIES",
     "SingleTask",

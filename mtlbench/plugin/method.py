@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mtlbench.core.registry import Plugin, keyword_defaults
 from mtlbench.plugin.solvers import combine, gram_matrix
 
-METHOD_KINDS = ("weighting", "gradient", "single_task")
+METHOD_KINDS = ("weighting", "gradient", "sequential", "single_task")
 GRADIENT_TARGETS = ("parameters", "representation")
 # What the engine may use a method for; declared on the class (``roles = frozenset({...})``).
 METHOD_ROLES = {
@@ -139,7 +139,7 @@ class Method(nn.Module, Plugin):
     def plugin_errors(cls) -> list[str]:
         if getattr(cls, "kind", None) not in METHOD_KINDS:
             return [
-                f"must subclass LossWeighting, GradientAggregator or SingleTask (kind is "
+                f"must subclass LossWeighting, GradientAggregator, SequentialGroups or SingleTask (kind is "
                 f"{getattr(cls, 'kind', None)!r}; valid kinds: {', '.join(METHOD_KINDS)})"
             ]
         unknown = sorted(set(cls.properties) - set(METHOD_PROPERTIES))
@@ -387,6 +387,27 @@ def method_version(methods: Mapping[str, type[Method]], name: str, options: Mapp
         if isinstance(base, str) and base in methods:
             version += f"+{base}-{method_version(methods, base)}"
     return version
+
+
+class SequentialGroups(Method):
+    """Tasks in groups, each group updated in turn within a training step: one optimiser step
+    per group on the sum of its tasks' losses, each after a fresh forward pass of the same batch
+    (Selective Task Group Updates). The strategy (``GroupSequential``) asks :meth:`plan` for the
+    step's groups in their order (lists of task indices; a group may come twice), and before
+    each group's update passes the task losses at the current weights to :meth:`observe` (the
+    method's bookkeeping of how one group's update moved every task's loss). Every update goes
+    through the trainer's own step (the mitigation's mask, gradient clipping, the optimiser);
+    parameters the group's loss does not reach (other tasks' heads) get no gradient, so the
+    optimiser leaves them alone."""
+
+    kind: ClassVar[str] = "sequential"
+
+    def plan(self, info: StepInfo) -> list[list[int]]:
+        """The groups to update this step, in order (task indices)."""
+        raise NotImplementedError
+
+    def observe(self, group: list[int], losses: Tensor, info: StepInfo) -> None:
+        """The (T,) task losses at the weights ``group``'s update is about to start from."""
 
 
 class SingleTask(Method):

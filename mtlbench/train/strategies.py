@@ -23,6 +23,8 @@ LookAhead              ``MetaWeighting``: a virtual step and a meta batch update
                        then the backward of the weighted objective
 SharpnessAwareGrads    ``SharpnessAware`` (SAMO): each task's gradient at weights perturbed
                        along its own ascent direction, combined by the wrapped base method
+GroupSequential        ``SequentialGroups``: one optimiser step per task group, each on a
+                       fresh forward pass (the last one is the trainer's own step)
 =====================  ==========================================================================
 
 A new method kind is a new strategy class and one line in :func:`strategy_for`.
@@ -43,6 +45,7 @@ from mtlbench.plugin.method import (
     MetaWeighting,
     Method,
     MultiSampleAggregator,
+    SequentialGroups,
     SharpnessAware,
     StepInfo,
 )
@@ -112,14 +115,17 @@ class ConflictProbe:
 class StepInputs:
     """What a strategy that runs the model again needs beyond the losses (``needs_inputs``): the
     model, its optimiser (learning rate, momentum buffers, weight decay of a virtual step), the
-    task losses of a batch's outputs, the step's training batch (inputs, targets) and, for a
-    look-ahead, its meta batch."""
+    task losses of a batch's outputs, the step's training batch (inputs, targets), for a
+    look-ahead its meta batch, and the trainer's own update (``apply``: the mitigation's mask,
+    clipping and the optimiser's step on the current ``.grad``) for methods that update several
+    times a step."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     losses_of: Callable[[dict[str, Tensor], Mapping[str, Tensor]], Tensor]
     train: tuple[Batch, Mapping[str, Tensor]]
     meta: tuple[Batch, Mapping[str, Tensor]] | None = None
+    apply: Callable[[], None] | None = None
 
 
 @dataclass
@@ -460,6 +466,43 @@ class SharpnessAwareGradients(UpdateStrategy):
         return [((p.detach().pow(2) * gp) if adaptive else gp) * scale for p, gp in zip(params, g)]
 
 
+class GroupSequential(UpdateStrategy):
+    """``SequentialGroups``: the step's groups (:meth:`SequentialGroups.plan`) are updated in
+    turn, each by the backward of the sum of its tasks' losses; every group but the last is
+    applied here through the trainer's own update, and a fresh forward pass of the same batch
+    gives the next group's losses (and, through :meth:`SequentialGroups.observe`, what the last
+    update did to every task). The last group's gradient is left for the trainer's step.
+    Conflict statistics see the task gradients at the step's start (sampled steps only)."""
+
+    method: SequentialGroups
+    needs_inputs = True
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if ctx.probe.due:  # the task gradients exist only for the statistics here
+            t0 = time.perf_counter()
+            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
+            ctx.probe.seconds += time.perf_counter() - t0
+            ctx.probe.record(raw)
+        io = _inputs(ctx, self.method)
+        if io.apply is None:
+            raise RuntimeError(f"{self.method.name}: updating several times a step needs the trainer's update")
+        x, y = io.train
+        for k, group in enumerate(self.method.plan(info)):
+            if k > 0:
+                io.apply()
+                io.optimizer.zero_grad(set_to_none=True)
+                vector = io.losses_of(forward(io.model, x), y)
+                if not torch.isfinite(vector).all():
+                    raise NonFiniteError(f"non-finite loss before group {group} at step {info.step} ({self.method.name})")
+            self.method.observe(group, vector.detach(), info)
+            torch.stack([vector[i] for i in group]).sum().backward()
+            for i, params in enumerate(ctx.heads):  # the backward through the stacked losses gave
+                if i not in group:  # other tasks' heads zero gradients: none, so the optimiser skips them
+                    for p in params:
+                        p.grad = None
+
+
 class _frozen_running_stats:
     """Batch-norm layers keep their running statistics (momentum 0, as the SAMO reference sets
     it for its perturbed passes), restored on exit."""
@@ -499,6 +542,8 @@ def strategy_for(method: Method | None) -> UpdateStrategy:
         return MultiSample(method)
     if isinstance(method, SharpnessAware):
         return SharpnessAwareGradients(method)
+    if isinstance(method, SequentialGroups):
+        return GroupSequential(method)
     if isinstance(method, GradientAggregator):
         return RepresentationGradients(method) if method.gradients == "representation" else ParameterGradients(method)
     if isinstance(method, MetaWeighting):

@@ -277,7 +277,7 @@ class Trainer:
         """One optimiser step on one batch (a multi-sample method: on its independent batches;
         a meta-weighting method also gets its meta batch); returns the task losses (averaged
         over the batches)."""
-        method, mitigation = self.method, self.mitigation
+        method = self.method
         inputs = [self.prepare(x, y) for x, y in samples]
         t0 = time.perf_counter()
         per_sample = []
@@ -296,18 +296,12 @@ class Trainer:
         )
         if self.update.needs_inputs:
             meta_batch = self.prepare(*meta) if meta is not None else None
-            self.context.inputs = StepInputs(self.model, self.optimizer, self.losses_of, inputs[0], meta_batch)
+            self.context.inputs = StepInputs(self.model, self.optimizer, self.losses_of, inputs[0], meta_batch, self.apply_update)
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
         self.update.fill_gradients(per_sample, info, self.context)
         measured = self.context.probe.seconds
-        if mitigation is not None:
-            mitigation.before_step()  # masks the update first: clipping then sees only what is trained
-        if method is not None:
-            clip_grad_norm(self.shared, method.max_norm)
-        self.optimizer.step()
-        if mitigation is not None:
-            mitigation.after_step(self.optimizer)
+        self.apply_update()
         if method is not None and method.wants_losses_after_step:
             losses_after_step(self.model, self.task, self.tasks, method, *inputs[0], info)
         if self.device.type == "cuda":
@@ -319,6 +313,18 @@ class Trainer:
         self.n_batches += 1
         self.step += 1
         return losses
+
+    def apply_update(self) -> None:
+        """The update from the parameters' ``.grad``: the mitigation's mask, clipping, the
+        optimiser's step, the mitigation's after-step."""
+        mitigation = self.mitigation
+        if mitigation is not None:
+            mitigation.before_step()  # masks the update first: clipping then sees only what is trained
+        if self.method is not None:
+            clip_grad_norm(self.shared, self.method.max_norm)
+        self.optimizer.step()
+        if mitigation is not None:
+            mitigation.after_step(self.optimizer)
 
     def prepare(self, x: Batch, y: dict[str, Tensor]) -> tuple[Batch, dict[str, Tensor]]:
         """A training batch augmented and on the device."""
