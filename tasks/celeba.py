@@ -164,6 +164,7 @@ class CelebA(Task):
         "Shi, Li, Zhang, Chen & Wu, Recon, ICLR 2023 (Table 2, Appendix B.5)"
     )
     tasks = ATTRIBUTES
+    likelihoods = {a: "categorical" for a in ATTRIBUTES}  # two logits per attribute, cross-entropy
     metrics = tuple(
         m for a in ATTRIBUTES for m in (MetricSpec(f"{a}.err", a, False, f"{a} error"), MetricSpec(f"{a}.f1", a, True, f"{a} F1"))
     )

@@ -107,6 +107,7 @@ class MultiMNIST(Task):
         "MNIST: LeCun, Cortes & Burges (CC BY-SA 3.0)"
     )
     tasks = ("left", "right")
+    likelihoods = {"left": "categorical", "right": "categorical"}
     metrics = (
         MetricSpec("left.acc", "left", True, "left accuracy"),
         MetricSpec("right.acc", "right", True, "right accuracy"),

@@ -25,7 +25,7 @@ kwargs = { channels = [8, 8, 16, 16] }
 
 [suites.zoo]
 backbones = ["r8"]
-methods = ["famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked", "samo", "sel-update",
+methods = ["famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked", "samo", "sel-update", "bayes-agg",
            { name = "fixed", label = "fixed-0.2", options = { weights = [0.2, 0.8] } }]
 seeds = [0]
 conflict = { every = 3 }
@@ -83,7 +83,7 @@ def zoo_run(tmp_path_factory):
 def test_new_methods_train_end_to_end(zoo_run):
     code, files = zoo_run
     assert code == 0
-    assert set(files) == {"famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked", "samo", "sel-update", "fixed-0.2"}
+    assert set(files) == {"famo", "gradnorm", "mgda-ub", "nash-mtl", "upgrad", "sdmgrad", "tracked", "samo", "sel-update", "bayes-agg", "fixed-0.2"}
     for label, r in files.items():
         assert r["status"] == "ok", (label, r.get("reason"))
         assert all(0.0 <= v <= 1.0 for v in r["metrics"]["test"].values())
@@ -207,10 +207,10 @@ def test_cuda_rule_uses_the_batched_strategy_and_agrees_with_the_loop():
 ENTRIES = {"sel-update": '{ name = "sel-update", options = { warmup_steps = 2 } },'}
 
 
-@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa", "modo", "auto-lambda", "samo", "sel-update"])
+@pytest.mark.parametrize("method", ["db-mtl", "famo", "dwa", "modo", "auto-lambda", "samo", "sel-update", "bayes-agg"])
 def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, data_dir):
     """Method state (a lazily sized (T, P) average, FAMO's logits and Adam moments, DWA's loss
-    history, MoDo's weights over three batches per step, Auto-Lambda's lambda, its Adam moments and the order of its meta batches, SAMO's random directions, Selective Task Group Updates' affinity map and groups) lives in the method's state_dict or the checkpoint, so a cell interrupted after epoch 1 and resumed
+    history, MoDo's weights over three batches per step, Auto-Lambda's lambda, its Adam moments and the order of its meta batches, SAMO's random directions, Selective Task Group Updates' affinity map and groups, BayesAgg-MTL's collected representations) lives in the method's state_dict or the checkpoint, so a cell interrupted after epoch 1 and resumed
     from its checkpoint ends exactly as an uninterrupted one."""
     from mtlbench.train.checkpoint import CellCheckpoints
     from mtlbench.grid.config import load_benchmark
@@ -218,7 +218,7 @@ def test_stateful_methods_resume_to_the_uninterrupted_result(method, tmp_path, d
     from tests.grid_support import training_record
     from tests.test_resume import Interrupted, StopAfter
 
-    toml = ZOO_TOML.replace('"tracked",', "").replace('"samo",', "").replace('"sel-update",', "").replace('"famo",', ENTRIES.get(method, f'"{method}",'), 1).replace("epochs = 2", "epochs = 3")
+    toml = ZOO_TOML.replace('"tracked",', "").replace('"samo",', "").replace('"sel-update",', "").replace('"bayes-agg",', "").replace('"famo",', ENTRIES.get(method, f'"{method}",'), 1).replace("epochs = 2", "epochs = 3")
     config = make_project(tmp_path / "p", toml)
     cell = next(c for c in load_benchmark(config).cells() if c.method == method)
     run = dict(plugins=load_benchmark(config).plugins, data_dir=data_dir, device=torch.device("cpu"), progress=False)

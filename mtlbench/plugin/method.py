@@ -389,6 +389,32 @@ def method_version(methods: Mapping[str, type[Method]], name: str, options: Mapp
     return version
 
 
+class LastLayerBayes(GradientAggregator):
+    """A representation-gradient method that also sees each task's last layer and targets
+    (BayesAgg-MTL: a posterior over every head's weights makes each task's gradient of the
+    representation a random variable, whose mean and variance the method combines). Every
+    task's head must be one linear layer with a bias on the shared representation, and the task
+    must declare each sub-task's likelihood (``Task.likelihoods``).
+
+    The strategy (``LastLayerGradients``) cuts the forward pass at the representation, gives each
+    head the gradient of its own loss, passes every step's representation and targets to
+    :meth:`collect` (a method that conditions on the whole training set keeps the last epoch's),
+    and back-propagates :meth:`representation_update`'s (N, D) gradient through the trunk."""
+
+    gradients: ClassVar[str] = "representation"
+
+    def collect(self, features: Tensor, targets: list[Tensor], info: StepInfo) -> None:
+        """A training batch's (N, D) representation and each task's targets, every step."""
+
+    def representation_update(
+        self, features: Tensor, layers: list[tuple[Tensor, Tensor]], targets: list[Tensor], likelihoods: list[str], info: StepInfo
+    ) -> Tensor | None:
+        """The (N, D) gradient of the representation from its (N, D) value, each task's last
+        layer (weight (C, D), bias (C,)), targets and likelihood; None: the sum of the task
+        gradients (what the backward of the summed losses gives)."""
+        raise NotImplementedError
+
+
 class SequentialGroups(Method):
     """Tasks in groups, each group updated in turn within a training step: one optimiser step
     per group on the sum of its tasks' losses, each after a fresh forward pass of the same batch

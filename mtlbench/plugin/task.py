@@ -38,6 +38,9 @@ class Task(Plugin):
     main_metrics: ClassVar[Mapping[str, str]] = {}  # sub-task -> metric key used for selection
     multi_input: ClassVar[bool] = False  # each sub-task has its own inputs: load() returns MultiInputSplit splits
     delta_m_convention: ClassVar[str] = "flat"  # the Δm the leaderboard ranks by: "flat" or "task"
+    # sub-task -> the likelihood its loss is the negative log of, in the head's outputs (what a
+    # Bayesian last-layer method needs): "categorical" (cross-entropy of logits); unlisted: unknown
+    likelihoods: ClassVar[Mapping[str, str]] = {}
     protocol: ClassVar[Protocol] = Protocol()
     input_shape: tuple[int, int, int] = (1, 32, 32)
     # What the heads read: "pooled" (the trunk's feature vector, (N, D); ``build_head`` gets D),

@@ -25,6 +25,8 @@ SharpnessAwareGrads    ``SharpnessAware`` (SAMO): each task's gradient at weight
                        along its own ascent direction, combined by the wrapped base method
 GroupSequential        ``SequentialGroups``: one optimiser step per task group, each on a
                        fresh forward pass (the last one is the trainer's own step)
+LastLayerGradients     ``LastLayerBayes``: cut at the representation like RepresentationGrads;
+                       the method also sees each head's weights and the targets
 =====================  ==========================================================================
 
 A new method kind is a new strategy class and one line in :func:`strategy_for`.
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from mtlbench.plugin.method import (
     GradientAggregator,
+    LastLayerBayes,
     LossWeighting,
     MetaWeighting,
     Method,
@@ -126,6 +129,8 @@ class StepInputs:
     train: tuple[Batch, Mapping[str, Tensor]]
     meta: tuple[Batch, Mapping[str, Tensor]] | None = None
     apply: Callable[[], None] | None = None
+    tasks: Sequence[str] = ()  # the sub-tasks in the order of the losses
+    likelihoods: Sequence[str | None] = ()  # each sub-task's, as its task declares (Task.likelihoods)
 
 
 @dataclass
@@ -268,6 +273,55 @@ class RepresentationGradients(UpdateStrategy):
         _check_update(update, self.method, info.step)
         z.backward(update.view_as(z))
         _set_head_grads(ctx.heads, private, self.method.head_weights())
+
+
+class LastLayerGradients(RepresentationGradients):
+    """``LastLayerBayes`` (BayesAgg-MTL): the forward is cut at the representation as for
+    :class:`RepresentationGradients`; each head gets the gradient of its own loss; the method
+    sees every step's representation and targets (:meth:`LastLayerBayes.collect`) and returns the
+    representation's gradient from the heads' weights (``None``: the sum of the task gradients,
+    e.g. while it warms up), which is back-propagated through the trunk."""
+
+    method: LastLayerBayes
+    needs_inputs = True
+
+    def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
+        vector = self._one(losses)
+        if self._cut is None:
+            raise RuntimeError("LastLayerGradients: outputs() must run before fill_gradients()")
+        (z, rep), self._cut = self._cut, None
+        method, io = self.method, _inputs(ctx, self.method)
+        layers = []
+        for name, params in zip(io.tasks, ctx.heads):
+            if (
+                len(params) != 2
+                or params[0].dim() != 2
+                or params[1].shape != params[0].shape[:1]
+                or params[0].shape[1] != rep[0].numel()
+            ):
+                raise ValueError(
+                    f"{method.name}: the head of task {name!r} is not one linear layer with a bias on the shared "
+                    f"representation ({rep[0].numel()} features); use a task whose heads are nn.Linear(features, outputs)"
+                )
+            layers.append((params[0].detach(), params[1].detach()))
+        likelihoods = list(io.likelihoods)
+        missing = [t for t, kind in zip(io.tasks, likelihoods) if kind is None]
+        if missing:
+            raise ValueError(
+                f"{method.name}: the task declares no likelihood for {missing} (Task.likelihoods): the posterior "
+                "over a head needs the loss's likelihood; declare it in the task file or use another method"
+            )
+        raw, private = ctx.task_gradients(vector, [rep])
+        ctx.probe.record(raw, rep=z, shared=ctx.shared)
+        _set_head_grads(ctx.heads, private, None)
+        features = rep.detach().reshape(rep.shape[0], -1)
+        _, y = io.train
+        targets = [y[t] for t in io.tasks]
+        method.collect(features, targets, info)
+        update = method.representation_update(features, layers, targets, [str(k) for k in likelihoods], info)
+        update = raw.sum(0) if update is None else update.reshape(-1)
+        _check_update(update, method, info.step)
+        z.backward(update.to(z.dtype).view_as(z))
 
 
 class MultiSample(UpdateStrategy):
@@ -544,6 +598,8 @@ def strategy_for(method: Method | None) -> UpdateStrategy:
         return SharpnessAwareGradients(method)
     if isinstance(method, SequentialGroups):
         return GroupSequential(method)
+    if isinstance(method, LastLayerBayes):
+        return LastLayerGradients(method)
     if isinstance(method, GradientAggregator):
         return RepresentationGradients(method) if method.gradients == "representation" else ParameterGradients(method)
     if isinstance(method, MetaWeighting):

@@ -296,7 +296,10 @@ class Trainer:
         )
         if self.update.needs_inputs:
             meta_batch = self.prepare(*meta) if meta is not None else None
-            self.context.inputs = StepInputs(self.model, self.optimizer, self.losses_of, inputs[0], meta_batch, self.apply_update)
+            self.context.inputs = StepInputs(
+                self.model, self.optimizer, self.losses_of, inputs[0], meta_batch, self.apply_update,
+                self.tasks, [self.task.likelihoods.get(t) for t in self.tasks],
+            )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
         self.update.fill_gradients(per_sample, info, self.context)
