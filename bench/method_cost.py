@@ -34,7 +34,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mtlbench.api import Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
+from mtlbench.api import LastLayerBayes, Method, MultiSampleAggregator, StepInfo, Task  # noqa: E402
 from mtlbench.backbones.build import build_trunk  # noqa: E402
 from mtlbench.grid.config import load_benchmark  # noqa: E402
 from mtlbench.plugin.method import build_method  # noqa: E402
@@ -64,6 +64,7 @@ class Synthetic(Task):
     def __init__(self, n_tasks: int) -> None:
         super().__init__()
         self.tasks = tuple(f"t{i}" for i in range(n_tasks))
+        self.likelihoods = {t: "categorical" for t in self.tasks}  # ten logits, cross-entropy
 
     def build_head(self, task: str, feature_dim: int) -> nn.Module:
         return nn.Linear(feature_dim, 10)
@@ -88,10 +89,21 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
     generator = torch.Generator().manual_seed(0)
     x, y = batch
     counter = [0]
+    # a Bayesian last-layer method past its warm-up: one batch of an earlier epoch to condition on,
+    # then every step in the same epoch (its per-epoch posterior once, in the warm-up rounds)
+    steady = getattr(method, "warmup_epochs", 1) if isinstance(method, LastLayerBayes) else None
+    if isinstance(method, LastLayerBayes):
+        with torch.no_grad():
+            method.collect(model.encode(x).flatten(1), [y[t] for t in tasks],
+                           StepInfo(step=0, epoch=steady - 1, steps_per_epoch=1, total_steps=10**6))
+
+    def apply() -> None:  # the trainer's update: clipping and the optimizer's step
+        clip_grad_norm(shared, method.max_norm if method is not None else 0.0)
+        opt.step()
 
     def step() -> None:
-        info = StepInfo(step=counter[0], epoch=counter[0], steps_per_epoch=1, total_steps=10**6, generator=generator,
-                        layer_sizes=update.layer_sizes(tuple(sizes)))
+        info = StepInfo(step=counter[0], epoch=counter[0] if steady is None else steady, steps_per_epoch=1,
+                        total_steps=10**6, generator=generator, layer_sizes=update.layer_sizes(tuple(sizes)))
         counter[0] += 1
         opt.zero_grad(set_to_none=True)
         # a multi-sample method's S batches: here the same batch S times, each its own pass
@@ -114,11 +126,11 @@ def make_step(model: HardSharingModel, task: Synthetic, method: Method | None, s
         else:
             if update.needs_inputs:  # a look-ahead's meta batch: here the same batch
                 losses_of = functools.partial(task_losses, task, tasks)
-                context.inputs = StepInputs(model, opt, losses_of, (x, y), (x, y))
+                context.inputs = StepInputs(model, opt, losses_of, (x, y), (x, y), apply, tasks,
+                                            [task.likelihoods.get(t) for t in tasks])
             context.probe.begin(info.step, losses)
             update.fill_gradients(per_sample, info, context)
-            clip_grad_norm(shared, method.max_norm)
-            opt.step()
+            apply()
             if method.wants_losses_after_step:
                 _losses_after_step(model, task, tasks, method, x, y, info)
         if x.device.type == "cuda":
