@@ -232,3 +232,19 @@ epochs = 1
 """
     with pytest.raises(ConfigError, match=r"suites\.s\.methods\[0\].*samo.*needs other gradients"):
         load_benchmark(make_project(tmp_path / "p", toml))
+
+
+def test_validate_reads_a_wrapper_version_with_its_base(tmp_path):
+    """A result's method version names the base's: the flagship's samo results validate, and one
+    recorded against another fairgrad version is stale."""
+    from mtlbench.report.validate import known_from_project, validate_paths
+
+    known = known_from_project(REPO)
+    result = REPO / "leaderboard" / "results" / "flagship" / "multimnist" / "resnet18-w16" / "samo__none__seed0.json"
+    assert validate_paths([result], known).problems == []
+    data = json.loads(result.read_text())
+    data["method_version"] = data["cell"]["method_version"] = "1+fairgrad-1"
+    stale = tmp_path / result.name
+    stale.write_text(json.dumps(data))
+    problems = validate_paths([stale], known).problems
+    assert any(p.field == "method_version" and "fairgrad-2" in p.message for p in problems), problems

@@ -49,6 +49,7 @@ class Known:
     methods: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
     mitigations: set[str] = field(default_factory=set)
     versions: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> name -> version
+    bases: dict[str, str] = field(default_factory=dict)  # a wrapper method -> the base it wraps by default
 
 
 @dataclass
@@ -78,6 +79,7 @@ def known_from_project(root: Path) -> Known:
         methods={n: (c.kind, set(c.option_defaults())) for n, c in plugins.methods.items()},
         mitigations=set(plugins.mitigations),
         versions=plugins.versions(),
+        bases={n: str(c.option_defaults().get("base")) for n, c in plugins.methods.items() if getattr(c, "wraps_base", False)},
     )
 
 
@@ -198,6 +200,9 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
         )
     for kind, plugin in (("method", name), ("mitigation", mitigation)):
         now = known.versions.get(kind, {}).get(str(plugin))
+        if kind == "method" and now is not None and name in known.bases:  # a wrapper's version names its base's
+            base = str((cell.get("method_options") or {}).get("base", known.bases[str(name)]))
+            now = f"{now}+{base}-{known.versions.get('method', {}).get(base)}"
         if now is not None and str(data.get(f"{kind}_version")) != now:
             out.append(
                 Problem(
