@@ -248,3 +248,10 @@ def test_validate_reads_a_wrapper_version_with_its_base(tmp_path):
     stale.write_text(json.dumps(data))
     problems = validate_paths([stale], known).problems
     assert any(p.field == "method_version" and "fairgrad-2" in p.message for p in problems), problems
+
+
+def test_wrapper_versions_order_by_their_own_then_their_bases():
+    from mtlbench.core.registry import version_key
+
+    assert version_key("1+fairgrad-2") < version_key("1+fairgrad-3") < version_key("2+fairgrad-1")
+    assert version_key("1+fairgrad-2") == version_key("1+fairgrad-2") and version_key("1.10") > version_key("1.9")

@@ -65,7 +65,11 @@ def keyword_defaults(fn: Any, skip: Iterable[str] = ("self",)) -> dict[str, Any]
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    """``"1.10"`` -> (1, 10): versions compare numerically, part by part."""
+    """``"1.10"`` -> (1, 10): versions compare numerically, part by part. A wrapper method's
+    version names its base's (``"1+fairgrad-2"``): its own parts, then the base's."""
+    own, plus, base = str(version).partition("+")
+    if plus:
+        return version_key(own) + (-2,) + version_key(base.rpartition("-")[2])
     return tuple(int(part) for part in str(version).split(".")) if VERSION_RE.match(str(version)) else (-1,)
 
 
