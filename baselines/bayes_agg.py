@@ -143,6 +143,12 @@ class BayesAgg(LastLayerBayes):
             self.register_buffer(f"prior_precision_{i}", torch.empty(0))
         self._refresh = False
 
+    def prior(self, task: int) -> tuple[Tensor, Tensor]:
+        """Task ``task``'s full-data posterior (mean, precision): its batch posteriors' prior."""
+        mean: Tensor = getattr(self, f"prior_mean_{task}")
+        precision: Tensor = getattr(self, f"prior_precision_{task}")
+        return mean, precision
+
     def noise(self, shape: tuple[int, ...], info: StepInfo) -> Tensor:
         """Standard normal draws for the posterior samples, from the method's generator."""
         return torch.empty(shape).normal_(generator=info.generator)
@@ -169,7 +175,7 @@ class BayesAgg(LastLayerBayes):
         if unsupported:
             raise ValueError(f"bayes-agg: likelihoods {unsupported} are not implemented; only categorical tasks are")
         stacked = [torch.cat((w, b[:, None]), dim=1).detach() for w, b in layers]
-        if self._refresh or self.prior_mean_0.numel() == 0:
+        if self._refresh or self.prior(0)[0].numel() == 0:
             if self.full_features.numel() == 0:
                 raise RuntimeError("bayes-agg: no representations of a previous epoch to condition on")
             for i, layer in enumerate(stacked):
@@ -185,9 +191,7 @@ class BayesAgg(LastLayerBayes):
         h = features.detach()
         means, variances = [], []
         for i, (layer, labels) in enumerate(zip(stacked, targets)):
-            mean, scale = categorical_posterior(
-                h, labels, layer, getattr(self, f"prior_mean_{i}"), getattr(self, f"prior_precision_{i}")
-            )
+            mean, scale = categorical_posterior(h, labels, layer, *self.prior(i))
             eps = self.noise((self.mc_samples, mean.numel()), info).to(mean)
             samples = (mean + eps @ scale.T).view(self.mc_samples, *layer.shape)  # mean + L eps, one product
             w, b = samples[:, :, :-1], samples[:, :, -1]
