@@ -153,7 +153,7 @@ def test_bad_method_option_is_one_config_error(tmp_path):
 
     bad = ZOO_TOML.replace("weights = [0.2, 0.8]", "weights = [0.2, 0.3, 0.5]").replace('"tracked",', "")
     config = make_project(tmp_path / "p", bad)
-    with pytest.raises(ConfigError, match=r"methods\[6\].*'fixed'.*2 numbers"):
+    with pytest.raises(ConfigError, match=r"methods\[9\].*'fixed'.*2 numbers"):
         load_benchmark(config)
 
 
