@@ -100,3 +100,26 @@ def test_job_states_read_array_tasks_and_plain_jobs_from_scontrol(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", missing)
     assert slurm.job_states() == {}
+
+
+def test_status_says_where_a_cell_submitted_without_waiting_stands(grid_reference, tmp_path, monkeypatch, capsys):
+    """A cell submitted with --no-wait has no result and no lock until its job starts: status
+    reads the job it was submitted as and asks the scheduler once (queued, ended without a
+    result, or no longer listed) instead of calling it plainly pending."""
+    from mtlbench.run import status
+    from mtlbench.run.slurm import record_submitted
+
+    config, _ = grid_reference
+    cells = [c for c in load_benchmark(config).cells() if c.seed == 0][:3]
+    results = tmp_path / "r"
+    for cell, job in zip(cells, ("70_0", "70_1", "70_2")):
+        record_submitted(results, cell.relpath, job)
+    asked = []
+    monkeypatch.setattr(status, "job_states", lambda: asked.append(1) or {"70_0": "PENDING", "70_1": "CANCELLED"})
+    states = status.cell_states(cells, results)
+    assert len(asked) == 1 and [s.state for s in states] == ["pending"] * 3
+    assert states[0].reason == "queued as slurm job 70_0 (PENDING)"
+    assert states[1].reason.startswith("slurm job 70_1 ended as CANCELLED without a result: `mtlbench run` runs it again")
+    assert "the scheduler no longer lists" in states[2].reason
+    text = status.grid_status(cells, results)
+    assert "pending (3):" in text and "ended as CANCELLED" in text

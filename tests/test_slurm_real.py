@@ -270,3 +270,24 @@ def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, 
     local = tmp_path / "local"
     assert main([*run_args(config, local), "--data", str(data_dir)]) == 0
     assert training_record(result) == training_record(results_of(local)[name])
+
+
+def test_status_shows_a_job_cancelled_after_no_wait(partition, tmp_path, capsys, data_dir):
+    """Submitted without waiting, then cancelled: no runner is left to record the cell failed,
+    so status asks the scheduler about the job the cell was submitted as and says it ended
+    without a result (not plainly "pending"); `mtlbench run` then runs it."""
+    from mtlbench.grid.config import load_benchmark
+    from mtlbench.run.slurm import submitted_job
+    from tests.conftest import make_project
+
+    config = make_project(tmp_path / "p", LONG_TOML)
+    results = tmp_path / "r"
+    assert main([*run_args(config, results, *_real(partition)), "--data", str(data_dir), "--no-wait"]) == 0
+    (cell,) = load_benchmark(config).cells()
+    job = submitted_job(results, cell.relpath)
+    assert job is not None  # submitit's id: a plain job for one cell, <array>_<task> for more
+    subprocess.run(["scancel", job.split("_")[0]], check=True, timeout=30)
+    _wait_for(lambda: _status_says(config, results, f"slurm job {job} ended as CANCELLED without a result", capsys),
+              time.monotonic() + 120, "status did not report the cancelled job within 120 s")
+    assert main([*run_args(config, results), "--data", str(data_dir)]) == 0  # the local runner runs it
+    assert _status_says(config, results, "1 cells: 1 done", capsys)

@@ -58,6 +58,28 @@ def job_states() -> dict[str, str]:
     return states
 
 
+JOBS_DIR = ".slurm-jobs"  # under a results folder: the SLURM job of each cell submitted without waiting
+
+
+def submitted_record(results: Path, relpath: Path) -> Path:
+    return Path(results) / JOBS_DIR / relpath.with_suffix(".job")
+
+
+def record_submitted(results: Path, relpath: Path, job_id: str) -> None:
+    """Note that the cell at ``relpath`` was submitted as SLURM job ``job_id`` (read by status)."""
+    path = submitted_record(results, relpath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job_id + "\n")
+
+
+def submitted_job(results: Path, relpath: Path) -> str | None:
+    """The SLURM job a cell was last submitted as without waiting, or None."""
+    try:
+        return submitted_record(results, relpath).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def partitions() -> list[str]:
     """The partitions ``sinfo`` lists here (the default one without its ``*``); [] when it cannot run."""
     import subprocess
@@ -145,7 +167,9 @@ class SlurmExecutor:
             pending.clear()
             array = running[0][1].job_id.split("_")[0] if running else "-"
             self.echo(f"submitted job array {array}: {len(jobs)} jobs; submitit files in {self.folder}")
-            if not s.wait:
+            if not s.wait:  # `mtlbench status` follows them: each cell's job id, where status finds it
+                for job, sj in running:
+                    record_submitted(job.results, job.cell.relpath, str(sj.job_id))
                 return
         while pending or running:
             while pending and len(running) < s.max_parallel:

@@ -3,17 +3,21 @@
 States: ``done`` (an ok result with the current config hash, task version and schema),
 ``failed`` (with its reason), ``running`` (a live runner holds the cell's lock), ``stale`` (a
 result written for another config, task version or schema: it will be re-run) and
-``pending`` (no result yet; "resumes" when a checkpoint of an interrupted run exists).
+``pending`` (no result yet; "resumes" when a checkpoint of an interrupted run exists; for a
+cell submitted to SLURM without waiting, where its job stands: queued, or ended without a
+result).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from mtlbench.core.cell import Cell
 from mtlbench.run.job import log_path
 from mtlbench.run.locks import live_holder
+from mtlbench.run.slurm import ENDED_STATES, job_states, submitted_job
 from mtlbench.run.store import CellState, ResultStore
 from mtlbench.train.checkpoint import CHECKPOINT_DIR
 
@@ -23,7 +27,8 @@ GROUP = ("suite", "task", "backbone", "method", "mitigation")
 
 def cell_states(cells: list[Cell], results: Path, lock_stale_s: float = 600.0) -> list[CellState]:
     store = ResultStore(results)
-    out = []
+    out: list[CellState] = []
+    queued: dict[int, str] = {}  # index in out -> the SLURM job the cell was submitted as (--no-wait)
     for cell in cells:
         s = store.state(cell)
         if s.state != "done":
@@ -32,8 +37,27 @@ def cell_states(cells: list[Cell], results: Path, lock_stale_s: float = 600.0) -
                 s = CellState(cell, s.path, "running", holder.describe())
             elif s.state == "pending" and (store.root / CHECKPOINT_DIR / cell.relpath.with_suffix("")).is_dir():
                 s = CellState(cell, s.path, "pending", "interrupted: resumes from its checkpoint")
+            if s.state == "pending" and (job := submitted_job(store.root, cell.relpath)) is not None:
+                queued[len(out)] = job
         out.append(s)
+    if queued:  # where their SLURM jobs stand: one question to slurmctld for all of them
+        known = job_states()
+        for i, job in queued.items():
+            out[i] = replace(out[i], reason=_job_reason(job, known.get(job), out[i].reason))
     return out
+
+
+def _job_reason(job: str, state: str | None, reason: str) -> str:
+    """A pending cell's reason, given the state of the SLURM job it was submitted as."""
+    after = f"; {reason}" if reason else ""
+    if state is None:
+        return (
+            f"submitted as slurm job {job}, which the scheduler no longer lists and which wrote no result: "
+            f"`mtlbench run` runs it again{after}"
+        )
+    if state in ENDED_STATES:
+        return f"slurm job {job} ended as {state} without a result: `mtlbench run` runs it again{after}"
+    return f"queued as slurm job {job} ({state}){after}"
 
 
 def _table(rows: list[list[str]]) -> list[str]:
