@@ -154,6 +154,16 @@ class StepContext:
         )  # fmt: skip
 
 
+def _record_plain_gradients(losses: Tensor, ctx: StepContext) -> None:
+    """On a sampled step, the task gradients of the shared parameters at the current weights,
+    for the statistics only (a strategy whose update never forms them; the graph is kept)."""
+    if ctx.probe.due:
+        t0 = time.perf_counter()
+        raw = ctx.task_gradients(losses, ctx.shared, heads=False, retain_graph=True)[0]
+        ctx.probe.seconds += time.perf_counter() - t0
+        ctx.probe.record(raw)
+
+
 def _check_update(update: Tensor, method: Method, step: int) -> None:
     if not torch.isfinite(update).all():
         raise NonFiniteError(f"non-finite update from method {method.name!r} at step {step}")
@@ -200,11 +210,7 @@ class SumOfLosses(UpdateStrategy):
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if ctx.probe.due:  # the task gradients exist only for the statistics here
-            t0 = time.perf_counter()
-            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
-            ctx.probe.seconds += time.perf_counter() - t0
-            ctx.probe.record(raw)
+        _record_plain_gradients(vector, ctx)
         total = self.objective(vector, info)
         if not torch.isfinite(total):
             raise NonFiniteError(f"non-finite objective from method {getattr(self.method, 'name', 'sum')!r} at step {info.step}")
@@ -262,11 +268,16 @@ class RepresentationGradients(UpdateStrategy):
         self._cut = (z, rep)
         return model.decode(rep)
 
+    def take_cut(self) -> tuple[Tensor, Tensor]:
+        """The representation and its detached copy from :meth:`outputs` (taken once)."""
+        if self._cut is None:
+            raise RuntimeError(f"{type(self).__name__}: outputs() must run before fill_gradients()")
+        cut, self._cut = self._cut, None
+        return cut
+
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if self._cut is None:
-            raise RuntimeError("RepresentationGradients: outputs() must run before fill_gradients()")
-        (z, rep), self._cut = self._cut, None
+        z, rep = self.take_cut()
         raw, private = ctx.task_gradients(vector, [rep])
         ctx.probe.record(raw, rep=z, shared=ctx.shared)
         update = self.method.aggregate(raw, vector.detach(), info)
@@ -287,9 +298,7 @@ class LastLayerGradients(RepresentationGradients):
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if self._cut is None:
-            raise RuntimeError("LastLayerGradients: outputs() must run before fill_gradients()")
-        (z, rep), self._cut = self._cut, None
+        z, rep = self.take_cut()
         method, io = self.method, _inputs(ctx, self.method)
         layers = []
         for name, params in zip(io.tasks, ctx.heads):
@@ -428,11 +437,7 @@ class SharpnessAwareGradients(UpdateStrategy):
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if ctx.probe.due:  # the task gradients at theta exist only for the statistics here
-            t0 = time.perf_counter()
-            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
-            ctx.probe.seconds += time.perf_counter() - t0
-            ctx.probe.record(raw)
+        _record_plain_gradients(vector, ctx)
         rows, heads = self.perturbed_gradients(vector, info, ctx)
         grads = ctx.mask(rows)
         update = self.method.aggregate(grads, vector.detach(), info)
@@ -533,11 +538,7 @@ class GroupSequential(UpdateStrategy):
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
-        if ctx.probe.due:  # the task gradients exist only for the statistics here
-            t0 = time.perf_counter()
-            raw = ctx.task_gradients(vector, ctx.shared, heads=False, retain_graph=True)[0]
-            ctx.probe.seconds += time.perf_counter() - t0
-            ctx.probe.record(raw)
+        _record_plain_gradients(vector, ctx)
         io = _inputs(ctx, self.method)
         if io.apply is None:
             raise RuntimeError(f"{self.method.name}: updating several times a step needs the trainer's update")

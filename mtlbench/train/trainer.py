@@ -181,6 +181,7 @@ class Trainer:
         self.reference = reference_conflict(model, self.shared, tasks, self.recorder, masks)
         mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
         self.update = strategy_for(method)  # the method kind's way from losses to gradients
+        self.likelihoods = [task.likelihoods.get(t) for t in self.tasks]  # as the task declares them
         self.context = StepContext(
             self.shared, self.head_params, default_strategy(device, len(tasks)), mask,
             ConflictProbe(self.recorder, self.reference, mask),
@@ -298,7 +299,7 @@ class Trainer:
             meta_batch = self.prepare(*meta) if meta is not None else None
             self.context.inputs = StepInputs(
                 self.model, self.optimizer, self.losses_of, inputs[0], meta_batch, self.apply_update,
-                self.tasks, [self.task.likelihoods.get(t) for t in self.tasks],
+                self.tasks, self.likelihoods,
             )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
