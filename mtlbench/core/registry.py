@@ -64,6 +64,12 @@ def keyword_defaults(fn: Any, skip: Iterable[str] = ("self",)) -> dict[str, Any]
     return out
 
 
+def wrapper_version(own: str, base: str, base_version: str) -> str:
+    """The version a wrapper method records: its own and its base's (``"1+fairgrad-2"``), so a
+    new version of either makes its results stale; :func:`version_key` orders them."""
+    return f"{own}+{base}-{base_version}"
+
+
 def version_key(version: str) -> tuple[int, ...]:
     """``"1.10"`` -> (1, 10): versions compare numerically, part by part. A wrapper method's
     version names its base's (``"1+fairgrad-2"``): its own parts, then the base's."""

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from mtlbench.core.registry import Plugin, keyword_defaults
+from mtlbench.core.registry import Plugin, keyword_defaults, wrapper_version
 from mtlbench.plugin.solvers import combine, gram_matrix
 
 METHOD_KINDS = ("weighting", "gradient", "sequential", "single_task")
@@ -385,7 +385,7 @@ def method_version(methods: Mapping[str, type[Method]], name: str, options: Mapp
     if getattr(cls, "wraps_base", False):
         base = dict(options or {}).get("base", cls.option_defaults().get("base"))
         if isinstance(base, str) and base in methods:
-            version += f"+{base}-{method_version(methods, base)}"
+            version = wrapper_version(version, base, method_version(methods, base))
     return version
 
 

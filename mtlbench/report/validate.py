@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from mtlbench.core.cell import LABEL_RE, TUNED
 from mtlbench.core.errors import ResultError
 from mtlbench.core.files import check_hash, iter_result_files, read_result
+from mtlbench.core.registry import wrapper_version
 from mtlbench.core.result import parse_result
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -202,7 +203,7 @@ def check_known(path: Path, data: dict[str, Any], known: Known) -> list[Problem]
         now = known.versions.get(kind, {}).get(str(plugin))
         if kind == "method" and now is not None and name in known.bases:  # a wrapper's version names its base's
             base = str((cell.get("method_options") or {}).get("base", known.bases[str(name)]))
-            now = f"{now}+{base}-{known.versions.get('method', {}).get(base)}"
+            now = wrapper_version(now, base, str(known.versions.get("method", {}).get(base)))
         if now is not None and str(data.get(f"{kind}_version")) != now:
             out.append(
                 Problem(
