@@ -70,6 +70,16 @@ TARGET_COLUMNS = (0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11)  # PyG's y columns, Nash
 TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
 UNITS = {"mu": "D", "alpha": "bohr³", "homo": "meV", "lumo": "meV", "r2": "bohr²", "zpve": "meV",
          "u0": "meV", "u": "meV", "h": "meV", "g": "meV", "cv": "cal/(mol K)"}  # fmt: skip
+# The targets by what they describe, for reading Δm per group (scripts/qm9_groups.py; a reporting
+# view only, no run depends on it): the frontier-orbital energies; the electron density's moments
+# and response (dipole, polarizability, spatial extent); the thermochemistry of the harmonic
+# vibrational analysis (zero-point energy, the atomization energies U0, U, H, G and the heat
+# capacity).
+TARGET_GROUPS = {
+    "orbital": ("homo", "lumo"),
+    "density": ("mu", "alpha", "r2"),
+    "thermo": ("zpve", "u0", "u", "h", "g", "cv"),
+}
 TO_REPORTED = {t: 1000.0 if UNITS[t] == "meV" else 1.0 for t in TASKS}  # PyG stores eV
 SPLIT_SEED = 42
 HELD_OUT = 10_000

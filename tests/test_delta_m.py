@@ -72,3 +72,19 @@ def test_flat_formula_reproduces_published_nyuv2_delta_m(method):
     got = delta_m(dict(zip(NYU_KEYS, values)), dict(zip(NYU_KEYS, NYU_STL)), info, "flat")
     # published values are rounded to 2 decimals, the inputs to 2-4 significant digits
     assert got == pytest.approx(published, abs=0.015)
+
+
+def test_group_delta_m_on_real_results(tmp_path_factory):
+    """Δm over a group of sub-tasks: over every sub-task it is the flat Δm; over one sub-task it
+    is that sub-task's own relative change against the mean of the baseline runs, by hand."""
+    from mtlbench.report.aggregate import group_delta_m, load_results, run_delta_m
+    from tests.real_results import real_results
+
+    loaded = load_results([real_results(tmp_path_factory)[1]])
+    runs = group_delta_m(loaded, {"both": ["left", "right"], "left": ["left"], "none": ["nothing"]})
+    flat = run_delta_m(loaded)["dm_flat"]
+    assert runs["dm_group:both"].to_numpy() == pytest.approx(flat.to_numpy())
+    base = runs.loc[runs["is_baseline"] & runs["unmitigated"], "test:left.acc"].mean()
+    by_hand = -100 * (runs["test:left.acc"] - base) / base
+    assert runs["dm_group:left"].to_numpy() == pytest.approx(by_hand.to_numpy())
+    assert runs["dm_group:left"].abs().max() > 0 and runs["dm_group:none"].isna().all()

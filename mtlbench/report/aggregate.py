@@ -323,6 +323,29 @@ def run_delta_m(loaded: Loaded) -> pd.DataFrame:
     return runs
 
 
+def group_delta_m(loaded: Loaded, groups: Mapping[str, Iterable[str]], split: str = "test") -> pd.DataFrame:
+    """``loaded.runs`` with each run's flat Δm over a subset of its sub-tasks: for each group name
+    ``g`` of ``groups`` (name -> sub-task names), column ``dm_group:g`` is Δm over the metrics of
+    those sub-tasks alone, against the same baseline runs as :func:`run_delta_m`. Sub-tasks a task
+    lacks are left out of its groups (a group with none of them is NaN)."""
+    runs = loaded.runs.copy()
+    for g in groups:
+        runs[f"dm_group:{g}"] = math.nan
+    for (_, task, _), group in runs.groupby(GROUP, sort=False):
+        info = loaded.metric_info[(task, str(group["task_version"].iloc[0]))]
+        is_base = group["is_baseline"] & group["unmitigated"]
+        if not is_base.any():
+            continue
+        for g, members in groups.items():
+            chosen = {k: m for k, m in info.items() if m.task in set(members)}
+            cols = [f"{split}:{k}" for k in chosen]
+            if not chosen or not all(c in group for c in cols):
+                continue
+            base = group.loc[is_base, cols].mean().to_numpy(dtype=float)
+            runs.loc[group.index, f"dm_group:{g}"] = delta_m_rows(group[cols].to_numpy(dtype=float), base, chosen)["flat"]
+    return runs
+
+
 def summarize(loaded: Loaded, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (suite, task, backbone, method, mitigation): mean ± sample std over seeds (NaN
     values skipped; std NaN below two values) of Δm, the test metrics and cost; the number of seeds.
