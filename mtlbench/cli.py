@@ -29,6 +29,7 @@ EXECUTOR_FLAGS = {
     "executor": "kind",
     "device": "devices",
     "runs_per_device": "runs_per_device",
+    "processes_per_run": "processes_per_run",
     "threads": "threads",
     "deterministic": "deterministic",
     "checkpoint": "checkpoint",
@@ -50,6 +51,12 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
         "--device", metavar="DEVICES", help="auto (every visible GPU, else CPU), cpu, cuda, or a list such as cuda:0,cuda:1"
     )
     g.add_argument("--runs-per-device", type=int, metavar="K", help="cells sharing each device at a time (default: 1)")
+    g.add_argument(
+        "--processes-per-run",
+        type=int,
+        metavar="N",
+        help="processes that train one cell together, each on an equal shard of every batch (default: 1)",
+    )
     g.add_argument(
         "--threads", type=int, metavar="N", help="torch threads per run (default: torch's own in-process, cores / runs in a pool)"
     )

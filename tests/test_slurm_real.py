@@ -130,8 +130,11 @@ def test_no_wait_submits_and_status_follows_the_jobs_to_the_end(grid_reference, 
     assert main(status) == 0
     first = capsys.readouterr().out
     assert "1 cells: 1 running" in first or "1 cells: 1 pending" in first or "1 cells: 1 done" in first, first
-    _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys, *only), time.monotonic() + 180,
-              "the submitted job did not finish within 180 s")
+    _wait_for(
+        lambda: _status_says(config, results, "1 cells: 1 done", capsys, *only),
+        time.monotonic() + 180,
+        "the submitted job did not finish within 180 s",
+    )
     name = "grid/multimnist/r8/ew__none__seed0.json"
     got = results_of(results)[name]
     assert got["provenance"]["slurm_job_id"] and training_record(got) == training_record(expected[name])
@@ -175,8 +178,11 @@ def test_a_local_runner_and_an_array_on_one_folder_run_each_cell_once(grid_refer
     only = ["--only", "method=ew,pcgrad", "--only", "seed=0"]
     assert main([*run_args(config, results, *only, *_real(partition)), "--no-wait"]) == 0
     assert main(run_args(config, results, *only)) == 0  # the local runner, at once
-    _wait_for(lambda: _status_says(config, results, "2 cells: 2 done", capsys, *only) and not _queue("%i"),
-              time.monotonic() + 240, "the cells or their jobs did not finish within 240 s")
+    _wait_for(
+        lambda: _status_says(config, results, "2 cells: 2 done", capsys, *only) and not _queue("%i"),
+        time.monotonic() + 240,
+        "the cells or their jobs did not finish within 240 s",
+    )
     got = results_of(results)
     assert set(got) == {"grid/multimnist/r8/ew__none__seed0.json", "grid/multimnist/r8/pcgrad__none__seed0.json"}
     for name, result in got.items():
@@ -232,7 +238,7 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
         time.sleep(0.5)
     _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys), deadline + 300, "the requeued job did not finish")
     got = results_of(results)
-    (name, result), = got.items()
+    ((name, result),) = got.items()
     assert result["status"] == "ok" and result["provenance"]["executor"] == "slurm"
     assert result["provenance"]["resumed_after_epoch"], "the requeued run started from scratch"
     log = (results / name).with_suffix(".log").read_text()
@@ -251,6 +257,7 @@ def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, 
     results = tmp_path / "r"
     args = [*run_args(config, results, *_real(partition)), "--data", str(data_dir)]
     runner = start_cli(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     def started() -> bool:
         assert runner.poll() is None, "the runner ended before the job saved an epoch"
         return _checkpointed(results)
@@ -260,12 +267,12 @@ def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, 
     subprocess.run(["scancel", job], check=True, timeout=30)
     out, _ = runner.communicate(timeout=240)
     assert runner.returncode == 1 and "1 failed" in out, out  # the run ends, reporting the failure
-    (name, failed), = results_of(results).items()
+    ((name, failed),) = results_of(results).items()
     assert failed["status"] == "failed", out
     assert f"slurm job {job.split('_')[0]}" in failed["reason"], failed["reason"]
     assert "ended as CANCELLED without reporting" in failed["reason"], failed["reason"]
     assert main([*args, "--retry-failed"]) == 0
-    (_, result), = results_of(results).items()
+    ((_, result),) = results_of(results).items()
     assert result["status"] == "ok"
     local = tmp_path / "local"
     assert main([*run_args(config, local), "--data", str(data_dir)]) == 0
@@ -287,7 +294,25 @@ def test_status_shows_a_job_cancelled_after_no_wait(partition, tmp_path, capsys,
     job = submitted_job(results, cell.relpath)
     assert job is not None  # submitit's id: a plain job for one cell, <array>_<task> for more
     subprocess.run(["scancel", job.split("_")[0]], check=True, timeout=30)
-    _wait_for(lambda: _status_says(config, results, f"slurm job {job} ended as CANCELLED without a result", capsys),
-              time.monotonic() + 120, "status did not report the cancelled job within 120 s")
+    _wait_for(
+        lambda: _status_says(config, results, f"slurm job {job} ended as CANCELLED without a result", capsys),
+        time.monotonic() + 120,
+        "status did not report the cancelled job within 120 s",
+    )
     assert main([*run_args(config, results), "--data", str(data_dir)]) == 0  # the local runner runs it
     assert _status_says(config, results, "1 cells: 1 done", capsys)
+
+
+def test_one_job_with_two_tasks_trains_a_cell_as_one_process_does(partition, tmp_path, data_dir):
+    """processes_per_run = 2 on SLURM: one job with two tasks (one rank each, gloo between them)
+    per cell; its results equal the same cells trained in one local process."""
+    from tests.test_distributed import assert_same_runs, project_with_rankfail, results_by_row
+
+    config = project_with_rankfail(tmp_path / "proj")
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    only = ["--config", str(config), "--suite", "ddp", "--only", "method=pcgrad,mgda-ub", "--no-progress"]
+    assert main(["run", *only, "--results", str(local), "--threads", "1"]) == 0
+    assert main(["run", *only, "--results", str(cluster), *_real(partition), "--processes-per-run", "2"]) == 0
+    several = results_by_row(cluster)
+    assert len(several) == 2 and all(r["provenance"].get("slurm_job_id") for r in several.values())
+    assert_same_runs(results_by_row(local), several, 2)

@@ -36,6 +36,14 @@ class GraphBatch:
     def __len__(self) -> int:
         return self.num_graphs
 
+    def graphs(self, start: int, stop: int) -> "GraphBatch":
+        """Molecules ``start`` to ``stop`` (exclusive) as a batch of their own (a rank's shard)."""
+        owner = self.batch
+        a, b = int(torch.searchsorted(owner, start)), int(torch.searchsorted(owner, stop))
+        edge_owner = owner[self.edge_index[0]]  # non-decreasing: each molecule's edges follow the previous one's
+        e0, e1 = int(torch.searchsorted(edge_owner, start)), int(torch.searchsorted(edge_owner, stop))
+        return GraphBatch(self.x[a:b], self.edge_index[:, e0:e1] - a, self.edge_attr[e0:e1], owner[a:b] - start, stop - start)
+
     def repeat_streams(self, n: int) -> "GraphBatch":
         """``n`` copies of the batch as one disjoint graph, copy k's molecules after copy k-1's
         (Recon's task streams: node, edge and molecule tensors each hold n contiguous blocks)."""

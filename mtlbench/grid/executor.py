@@ -69,6 +69,7 @@ class ExecutorOptions:
     kind: str = "local"
     devices: tuple[str, ...] = ("auto",)
     runs_per_device: int = 1
+    processes_per_run: int = 1  # ranks that train one cell together (mtlbench.train.distributed)
     threads: int = 0
     deterministic: bool = True
     checkpoint: bool = True
@@ -175,7 +176,11 @@ def _check(o: ExecutorOptions, where: str) -> None:
             raise err("executor.devices", f'{d!r} stands alone; list devices as ["cuda:0", "cuda:1"]')
         if d not in DEVICE_WORDS and not _is_indexed_device(d):
             raise err("executor.devices", f"unknown device {d!r}; valid: auto, cpu, cuda, cuda:N")
-    for name, value, low in (("runs_per_device", o.runs_per_device, 1), ("threads", o.threads, 0)):
+    for name, value, low in (
+        ("runs_per_device", o.runs_per_device, 1),
+        ("processes_per_run", o.processes_per_run, 1),
+        ("threads", o.threads, 0),
+    ):
         if value < low:
             raise err(f"executor.{name}", f"must be >= {low}, got {value}")
     if o.lock_stale_s <= 0:

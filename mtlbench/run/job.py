@@ -41,6 +41,7 @@ class CellJob:
     data_dir: Path
     device: str = "auto"
     threads: int = 0
+    processes: int = 1  # ranks training the cell together (mtlbench.train.distributed)
     deterministic: bool = True
     checkpoint: bool = True
     lock_stale_s: float = 600.0
@@ -156,21 +157,40 @@ def run_info(job: CellJob, device: "torch.device") -> dict[str, Any]:
     return info
 
 
-def execute_cell(job: CellJob, data_cache: dict | None = None, lock_job: str | None = None) -> Outcome:
+def execute_cell(job: CellJob, data_cache: dict | None = None, lock_job: str | None = None, joined: Any = None) -> Outcome:
     """Run ``job`` in this process and write its result. Training errors (non-finite loss,
     CUDA out of memory, any exception) become a ``failed`` result; ``KeyboardInterrupt`` and
-    ``SystemExit`` (a pre-empted job) propagate and leave the checkpoint for a resume."""
+    ``SystemExit`` (a pre-empted job) propagate and leave the checkpoint for a resume.
+    ``joined``: this is rank 0 of ranks a scheduler started and that already share a process
+    group (one SLURM job with several tasks); ``joined(go)`` tells them whether the cell runs."""
     t0 = time.perf_counter()
     with holding(job, lock_job) as refused:
+        if joined is not None:
+            joined(refused is None)
         if refused is not None:
             return refused
         with cell_log(log_path(job.results, job.cell)):
-            outcome = _train_and_write(job, data_cache)
+            if joined is not None:
+                from mtlbench.run.ranks import rank_device, scheduler_explain
+
+                outcome = _train_and_write(job, data_cache, explain=scheduler_explain, device=rank_device(job, 0))
+            elif job.processes > 1:
+                from mtlbench.run.ranks import train_and_write_ranks
+
+                outcome = train_and_write_ranks(job, data_cache)
+            else:
+                outcome = _train_and_write(job, data_cache)
     outcome.wall_s = time.perf_counter() - t0
     return outcome
 
 
-def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
+def _train_and_write(
+    job: CellJob, data_cache: dict | None, explain: Any = None, device: Any = None, before: Any = None
+) -> Outcome:
+    """Train the cell here and write its result. For rank 0 of a run over several processes
+    (mtlbench.run.ranks): ``device`` is this rank's, ``before()`` joins the other ranks (a
+    failure to is the cell's failure) and ``explain()`` adds to a failure's reason what the
+    other ranks reported."""
     import torch
 
     from mtlbench.train.cell import failed_result, train_cell
@@ -179,11 +199,13 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
 
     cell = job.cell
     plugins = plugins_of(job.root)
-    device = resolve_device(job.device)
+    device = resolve_device(job.device) if device is None else device
     if job.threads > 0:
         torch.set_num_threads(job.threads)
     checkpoints = CellCheckpoints(job.results, cell, enabled=job.checkpoint)
     info = run_info(job, device)
+    if job.processes > 1:
+        info["world_size"] = job.processes
     started = now_iso()
     log.info(
         "start %s (config %s) on %s, host %s, pid %d, executor %s%s",
@@ -197,6 +219,8 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
     )
     result: OkResult | FailedResult
     try:
+        if before is not None:
+            before()
         result = train_cell(
             cell,
             plugins,
@@ -217,6 +241,8 @@ def _train_and_write(job: CellJob, data_cache: dict | None) -> Outcome:
         if oom:
             torch.cuda.empty_cache()
         hint = " (lower runs_per_device or the batch size)" if oom else ""
+        if explain is not None:
+            hint += explain()
         failed = failed_result(cell, plugins, device, e, started, info, job.results, hint=hint)
         log.error("failed: %s\n%s", failed.reason, failed.traceback)
         outcome, result = Outcome(job.key, "failed", failed.reason or ""), failed

@@ -66,8 +66,9 @@ class LocalExecutor:
 
     def prepare(self, job: CellJob) -> CellJob:
         threads = self.options.threads
-        if len(self.slots) > 1 and threads == 0:
-            threads = max(1, (os.cpu_count() or 1) // len(self.slots))
+        processes = len(self.slots) * self.options.processes_per_run  # every rank of every slot
+        if processes > 1 and threads == 0:
+            threads = max(1, (os.cpu_count() or 1) // processes)
         return replace(
             job,
             device=self.slots[0] if len(self.slots) == 1 else "auto",

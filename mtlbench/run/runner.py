@@ -120,6 +120,7 @@ def _job(
         results=Path(results),
         data_dir=Path(data_dir),
         threads=options.threads,
+        processes=options.processes_per_run,
         deterministic=options.deterministic,
         checkpoint=options.checkpoint,
         lock_stale_s=options.lock_stale_s,

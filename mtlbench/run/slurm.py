@@ -16,6 +16,7 @@ process on this machine, signals and requeue included); the runner then keeps at
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import time
 from collections import deque
@@ -97,7 +98,13 @@ class CellJobFunction:
     def __call__(self, job: CellJob) -> Outcome:
         import submitit
 
-        return execute_cell(job, lock_job=submitit.JobEnvironment().job_id)
+        env = submitit.JobEnvironment()
+        if job.processes > 1:  # one job, one task per rank (mtlbench.run.ranks)
+            from mtlbench.run.ranks import run_scheduled
+
+            number = os.environ.get("SLURM_JOB_ID", str(env.job_id))
+            return run_scheduled(job, env.job_id, env.global_rank, env.local_rank, env.hostnames[0], number)
+        return execute_cell(job, lock_job=env.job_id)
 
     def checkpoint(self, job: CellJob) -> Any:
         """submitit's pre-emption/time-out hook: the cell's checkpoint already holds its last
@@ -143,6 +150,7 @@ class SlurmExecutor:
             "timeout_min": s.time_min,
             "mem_gb": s.mem_gb,
             "cpus_per_task": s.cpus,
+            "tasks_per_node": self.options.processes_per_run,  # one task per rank of a cell
             "gpus_per_node": s.gpus,
             "slurm_array_parallelism": s.max_parallel,
             "slurm_setup": list(s.setup) or None,
@@ -216,8 +224,8 @@ class SlurmExecutor:
             reason = (f"slurm job {submitted.job_id} ended as {state} without reporting (cancelled, killed or out of "
                       "resources); --retry-failed runs the cell again")  # fmt: skip
             return record_failure(job, reason, lock_job=submitted.job_id)
-        try:
-            return submitted.result()
+        try:  # one task per rank of a cell: rank 0's outcome is the cell's
+            return submitted.results()[0] if job.processes > 1 else submitted.result()
         except submitit.core.utils.UncompletedJobError as e:
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
             reason = f"{self.slurm.backend} job {submitted.job_id} ended without reporting: {lines[0] if lines else e}"

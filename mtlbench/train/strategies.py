@@ -54,6 +54,7 @@ from mtlbench.plugin.method import (
 )
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.train.conflict import ConflictRecorder, ReferenceConflict
+from mtlbench.train.distributed import World
 from mtlbench.train.gradients import assign_flat_grad, pullback_rows, task_gradients
 
 Batch = Tensor | Mapping[str, Tensor]
@@ -79,8 +80,14 @@ class ConflictProbe:
     backward passes) or, where it is the shared parameters, their unmasked gradients. The time
     spent is summed in ``seconds`` (excluded from the step time)."""
 
-    def __init__(self, recorder: ConflictRecorder, reference: ReferenceConflict | None, mask: Callable[[Tensor], Tensor]):
-        self.recorder, self.reference, self.mask = recorder, reference, mask
+    def __init__(
+        self,
+        recorder: ConflictRecorder,
+        reference: ReferenceConflict | None,
+        mask: Callable[[Tensor], Tensor],
+        world: World | None = None,
+    ):
+        self.recorder, self.reference, self.mask, self.world = recorder, reference, mask, world
         self.step, self.due, self.seconds = 0, False, 0.0
 
     def begin(self, step: int, losses: Tensor) -> None:
@@ -89,7 +96,10 @@ class ConflictProbe:
         self.step, self.due, self.seconds = step, self.recorder.due(step), 0.0
         if self.due and self.reference is not None and self.reference.per_task is not None:
             t0 = time.perf_counter()
-            self.reference.recorder.record(step, self.reference.gradients(list(losses)))
+            rows = self.reference.gradients(list(losses))
+            if self.world is not None:  # the global batch's gradients, as every other matrix
+                rows = self.world.average([rows])[0]
+            self.reference.recorder.record(step, rows)
             self.seconds += time.perf_counter() - t0
 
     @property
@@ -98,16 +108,24 @@ class ConflictProbe:
         return ref.recorder if ref is not None and ref.per_task is None else None
 
     def record(
-        self, raw: Tensor, masked: Tensor | None = None, rep: Tensor | None = None, shared: Sequence[nn.Parameter] = ()
+        self,
+        raw: Tensor,
+        masked: Tensor | None = None,
+        rep: Tensor | None = None,
+        shared: Sequence[nn.Parameter] = (),
+        average: bool = False,
     ) -> None:
         """Record a sampled step's unmasked (T, P) task gradients of the shared parameters
         (``masked``: the same after the mask, where the strategy has it already; ``rep``: they are
-        the representation's, pulled back to the shared parameters first)."""
+        the representation's, pulled back to the shared parameters first; ``average``: then
+        averaged over the ranks of a run over several processes)."""
         if not self.due:
             return
         t0 = time.perf_counter()
         if rep is not None:
             raw = pullback_rows(rep, raw, list(shared))
+            if average and self.world is not None:
+                raw = self.world.average([raw])[0]
         self.recorder.record(self.step, self.mask(raw) if masked is None else masked)
         if self._unmasked is not None:
             self._unmasked.record(self.step, raw)
@@ -146,12 +164,26 @@ class StepContext:
     mask: Callable[[Tensor], Tensor]
     probe: ConflictProbe
     inputs: StepInputs | None = None
+    world: World | None = None  # a run over several processes (mtlbench.train.distributed)
 
-    def task_gradients(self, losses: Tensor, params: Sequence[Tensor], heads: bool = True, **kwargs: Any) -> Any:
-        return task_gradients(
+    def task_gradients(
+        self, losses: Tensor, params: Sequence[Tensor], heads: bool = True, average: bool = True, **kwargs: Any
+    ) -> Any:
+        """The (T, P) gradients of ``params`` and each head's, those of the global batch in a
+        run over several processes (averaged over ranks; ``average=False`` keeps the matrix this
+        rank's, e.g. per-sample representation gradients, which are gathered instead)."""
+        rows, private = task_gradients(
             list(losses), list(params), self.heads if heads else None,
             strategy=self.gradients[0], chunk_size=self.gradients[1], **kwargs,
         )  # fmt: skip
+        if self.world is not None:
+            flat = [g for ps in private for g in ps]
+            reduced = self.world.average(([rows] if average else []) + flat)
+            if average:
+                rows, reduced = reduced[0], reduced[1:]
+            it = iter(reduced)
+            private = [[next(it) for _ in ps] for ps in private]
+        return rows, private
 
 
 def _record_plain_gradients(losses: Tensor, ctx: StepContext) -> None:
@@ -180,6 +212,9 @@ class UpdateStrategy:
 
     samples_per_step = 1  # training batches each step draws
     needs_inputs = False  # runs the model again: the trainer sets ``StepContext.inputs`` each step
+    # the gradients it leaves are the global batch's on every rank (computed from averaged
+    # matrices); otherwise the trainer averages every parameter's gradient over the ranks
+    global_gradients = False
 
     def __init__(self, method: Method | None) -> None:
         self.method = method
@@ -230,6 +265,7 @@ class ParameterGradients(UpdateStrategy):
     """``GradientAggregator`` on the shared parameters' (T, P) gradient matrix."""
 
     method: GradientAggregator
+    global_gradients = True
 
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
@@ -278,11 +314,16 @@ class RepresentationGradients(UpdateStrategy):
     def fill_gradients(self, losses: list[Tensor], info: StepInfo, ctx: StepContext) -> None:
         vector = self._one(losses)
         z, rep = self.take_cut()
-        raw, private = ctx.task_gradients(vector, [rep])
-        ctx.probe.record(raw, rep=z, shared=ctx.shared)
-        update = self.method.aggregate(raw, vector.detach(), info)
+        world = ctx.world
+        raw, private = ctx.task_gradients(vector, [rep], average=False)
+        # several processes: the method sees the whole batch's rows (the ranks' blocks); the
+        # statistics pull each rank's block back to the shared parameters and average them
+        rows = raw if world is None else world.gather_rows(raw, rep[0].numel())
+        ctx.probe.record(raw, rep=z, shared=ctx.shared, average=world is not None)
+        update = self.method.aggregate(rows, vector.detach(), info)
         _check_update(update, self.method, info.step)
-        z.backward(update.view_as(z))
+        mine = update if world is None else world.my_rows(update) * world.size  # the ranks' gradients are averaged
+        z.backward(mine.view_as(z))
         _set_head_grads(ctx.heads, private, self.method.head_weights())
 
 
@@ -339,6 +380,7 @@ class MultiSample(UpdateStrategy):
     gradients over the batches, then the method's head weights."""
 
     method: MultiSampleAggregator
+    global_gradients = True
 
     def __init__(self, method: MultiSampleAggregator) -> None:
         super().__init__(method)

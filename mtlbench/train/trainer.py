@@ -27,6 +27,7 @@ from mtlbench.plugin.method import GradientAggregator, Method, StepInfo
 from mtlbench.plugin.mitigation import Mitigation
 from mtlbench.plugin.model import MultiTaskModel
 from mtlbench.plugin.task import Task
+from mtlbench.train import distributed
 from mtlbench.train.checkpoint import Checkpoint
 from mtlbench.train.conflict import REFERENCE_SET, ConflictRecorder, ReferenceConflict
 from mtlbench.train.gradients import clip_grad_norm, default_strategy
@@ -109,10 +110,25 @@ def for_tasks(split: AnySplit, tasks: Sequence[str]) -> AnySplit:
 def evaluate(
     model: nn.Module, task: Task, tasks: Sequence[str], split: AnySplit, batch_size: int, device: torch.device
 ) -> dict[str, float]:
+    """The metrics of ``tasks`` on ``split``; in a run over several processes the batches are
+    shared out between the ranks and every rank's metric state sees them all, in order."""
     model.eval()
     ev = task.evaluator(tasks)
-    for x, y in for_tasks(split, tasks).batches(batch_size):
-        ev.update(forward(model, to_device(x, device)), {k: v.to(device) for k, v in y.items() if k in tasks})
+    batches = for_tasks(split, tasks).batches(batch_size)
+    world = distributed.current()
+    if world is None:
+        for x, y in batches:
+            ev.update(forward(model, to_device(x, device)), {k: v.to(device) for k, v in y.items() if k in tasks})
+    else:
+
+        def run(x: Batch, y: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+            outputs = forward(model, to_device(x, device))
+            return {k: v.cpu() for k, v in outputs.items()}, {k: v for k, v in y.items() if k in tasks}
+
+        def update(outputs: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> None:
+            ev.update({k: v.to(device) for k, v in outputs.items()}, {k: v.to(device) for k, v in y.items()})
+
+        world.evaluate(batches, run, update)
     return {k: float(v) for k, v in ev.compute().items()}
 
 
@@ -160,6 +176,15 @@ class Trainer:
         self.mitigation, self.checkpoint, self.desc, self.progress = mitigation, checkpoint, desc, progress
         if method is not None:
             method.to(device)
+        self.world = distributed.current()  # a run over several processes: this rank's place
+        if self.world is not None:
+            distributed.check_supported(method, task)
+            if protocol.batch_size % self.world.size:
+                raise ValueError(
+                    f"batch_size {protocol.batch_size} cannot be split into {self.world.size} equal shards (one per "
+                    "process): choose a batch size divisible by processes_per_run"
+                )
+            distributed.synchronise_batch_norms(model)
         self.train = training_split(splits, tasks, protocol)
         self.steps_per_epoch = len(self.train) // protocol.batch_size
         if self.steps_per_epoch < 1:
@@ -182,9 +207,12 @@ class Trainer:
         mask = mitigation.mask_task_gradients if mitigation is not None else (lambda g: g)
         self.update = strategy_for(method)  # the method kind's way from losses to gradients
         self.likelihoods = [task.likelihoods.get(t) for t in self.tasks]  # as the task declares them
+        gradients = default_strategy(device, len(tasks))
+        if self.world is not None:  # a synchronised batch norm's collective cannot run inside vmap
+            gradients = ("loop", gradients[1])
         self.context = StepContext(
-            self.shared, self.head_params, default_strategy(device, len(tasks)), mask,
-            ConflictProbe(self.recorder, self.reference, mask),
+            self.shared, self.head_params, gradients, mask,
+            ConflictProbe(self.recorder, self.reference, mask, self.world), world=self.world,
         )  # fmt: skip
         params = list(model.parameters()) + (list(method.parameters()) if method is not None else [])
         self.optimizer = make_optimizer([p for p in params if p.requires_grad], protocol)
@@ -280,6 +308,8 @@ class Trainer:
         over the batches)."""
         method = self.method
         inputs = [self.prepare(x, y) for x, y in samples]
+        if self.world is not None:  # this rank's block of each batch
+            inputs = [(self.world.shard(x), self.world.shard(y)) for x, y in inputs]
         t0 = time.perf_counter()
         per_sample = []
         for x, y in inputs:
@@ -304,10 +334,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.context.probe.begin(self.step, per_sample[0])
         self.update.fill_gradients(per_sample, info, self.context)
+        if self.world is not None and not self.update.global_gradients:
+            self.world.average_grads(p for group in self.optimizer.param_groups for p in group["params"])
         measured = self.context.probe.seconds
         self.apply_update()
         if method is not None and method.wants_losses_after_step:
-            losses_after_step(self.model, self.task, self.tasks, method, *inputs[0], info)
+            losses_after_step(self.model, self.task, self.tasks, method, *inputs[0], info, self.world)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.out.step_times.append(time.perf_counter() - t0 - measured)
@@ -336,8 +368,10 @@ class Trainer:
         return to_device(x, self.device), {k: v.to(self.device) for k, v in y.items()}
 
     def losses_of(self, outputs: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Tensor:
-        """The (T,) task losses of a batch's outputs."""
-        return task_losses(self.task, self.tasks, outputs, y)
+        """The (T,) task losses of a batch's outputs (over several processes: the global batch's,
+        see :meth:`mtlbench.train.distributed.World.losses`)."""
+        losses = task_losses(self.task, self.tasks, outputs, y)
+        return losses if self.world is None else self.world.losses(losses)
 
     def end_epoch(self, epoch: int) -> None:
         """Scheduler step, validation, the epoch's record, selection bookkeeping, checkpoint."""
@@ -360,7 +394,7 @@ class Trainer:
         elif epoch >= p.epochs - p.last_n:  # test only on the epochs the rule reports
             record["test"] = evaluate(self.model, self.task, self.tasks, self.splits["test"], p.eval_batch_size, self.device)
         self.out.epochs.append(record)
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and (self.world is None or self.world.leader):
             self.checkpoint.save(self.resumable(), epoch + 1, self.step, self.best)
 
     def select(self) -> None:
@@ -437,10 +471,19 @@ def task_losses(task: Task, tasks: Sequence[str], outputs: Mapping[str, Tensor],
 
 @torch.no_grad()
 def losses_after_step(
-    model: MultiTaskModel, task: Task, tasks: Sequence[str], method: Method, x: Batch, y: dict[str, Tensor], info: StepInfo
+    model: MultiTaskModel,
+    task: Task,
+    tasks: Sequence[str],
+    method: Method,
+    x: Batch,
+    y: dict[str, Tensor],
+    info: StepInfo,
+    world: distributed.World | None = None,
 ) -> None:
-    """The same batch's task losses after the optimiser step, for methods that ask (FAMO)."""
-    method.after_step(task_losses(task, tasks, forward(model, x), y), info)
+    """The same batch's task losses after the optimiser step, for methods that ask (FAMO);
+    over several processes, the global batch's (the mean of the ranks')."""
+    losses = task_losses(task, tasks, forward(model, x), y)
+    method.after_step(losses if world is None else world.mean(losses), info)
 
 
 def _bar(total: int, desc: str, progress: bool) -> Any:

@@ -1,0 +1,175 @@
+"""One cell trained by 2 processes (gloo, each on half of every batch) against the same cell in
+one process: the results agree up to floating-point reduction order, for loss weightings,
+gradient methods (with their random draws), a representation-gradient method, a multi-sample
+method and the single-task baseline, with Recon and ST, on a ResNet whose batch norms are
+synchronised. Also: the kinds a run over several processes cannot reproduce are refused with
+the reason, and a rank that fails fails the cell with its own error instead of hanging.
+
+Tolerances, from the runs that set them (4 steps, float32): training losses agree to 2.2e-7
+relative, validation and test metrics exactly; the whole-model pairwise cosines of the conflict
+statistics to 5.5e-5 absolute (per-layer cosines of the smallest layers drift more and are not
+compared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtlbench.cli import main
+from mtlbench.core.files import iter_result_files
+from tests.conftest import commit_all, make_project
+
+TOML = """
+default_suite = "ddp"
+
+[backbones.r8]
+model = "resnet18"
+kwargs = { channels = [8, 8, 16, 16] }
+
+[suites.ddp]
+backbones = ["r8"]
+methods = ["stl", "ew", "famo", "uw", "pcgrad", "mgda", "nash-mtl", "graddrop", "mgda-ub", "sdmgrad"]
+mitigations = ["none"]
+seeds = [0]
+conflict = { every = 1 }
+
+[suites.ddp.tasks.multimnist]
+epochs = 1
+batch_size = 32
+optimizer = "adam"
+lr = 0.002
+max_train_samples = 128
+eval_batch_size = 512
+
+[suites.ddp-mit]
+backbones = ["r8"]
+methods = ["ew", "pcgrad"]
+mitigations = [{ name = "recon", options = { k = 3, search_steps = 2 } }, { name = "st", options = { fraction = 0.6 } }]
+seeds = [0]
+conflict = { every = 1 }
+exclude = [{ method = "ew", mitigation = "recon" }, { method = "pcgrad", mitigation = "st" }]
+
+[suites.ddp-mit.tasks.multimnist]
+epochs = 1
+batch_size = 32
+optimizer = "adam"
+lr = 0.002
+max_train_samples = 128
+eval_batch_size = 512
+
+[suites.refused]
+backbones = ["r8"]
+methods = ["auto-lambda", "rankfail"]
+mitigations = ["none"]
+seeds = [0]
+
+[suites.refused.tasks.multimnist]
+epochs = 1
+batch_size = 32
+optimizer = "adam"
+lr = 0.002
+max_train_samples = 64
+"""
+
+# a method that fails on rank 1 only (rank 0 then waits in its next collective)
+RANK_FAIL = '''
+import torch
+import torch.distributed as dist
+from mtlbench.api import GradientAggregator
+
+
+class RankFail(GradientAggregator):
+    """Sums the task gradients, but raises on rank 1 of a run over several processes."""
+    name = "rankfail"
+    description = "fails on rank 1"
+    citation = "none"
+
+    def aggregate(self, grads, losses, info):
+        if dist.is_initialized() and dist.get_rank() == 1:
+            raise RuntimeError("rank one gives up")
+        return grads.sum(0)
+'''
+
+
+def project_with_rankfail(root: Path, toml: str = TOML) -> Path:
+    """A project with this module's suites and the method that fails on rank 1."""
+    config = make_project(root, toml)
+    (root / "baselines" / "rankfail.py").write_text(RANK_FAIL)
+    commit_all(root)
+    return config
+
+
+def results_by_row(folder: Path) -> dict[tuple[str, str, str], dict]:
+    """(suite, method, mitigation) -> result, of the result files under ``folder``."""
+    out = {}
+    for path in iter_result_files([folder]):
+        data = json.loads(path.read_text())
+        out[(data["suite"], data["method"], data["mitigation"])] = data
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    config = project_with_rankfail(root / "proj")
+    one, two = root / "one", root / "two"
+    for results, extra in ((one, []), (two, ["--processes-per-run", "2"])):
+        argv = ["run", "--config", str(config), "--suite", "ddp", "--suite", "ddp-mit", "--results", str(results)]
+        assert main([*argv, "--threads", "1", "--no-progress", *extra]) == 0
+    return config, one, two
+
+
+def assert_same_runs(single: dict, several: dict, world_size: int) -> None:
+    """Results of the same cells in one process and over ``world_size`` processes agree (module
+    docstring: the tolerances)."""
+    assert set(single) == set(several)
+    for key, a in single.items():
+        b = several[key]
+        assert a["status"] == b["status"] == "ok", key
+        assert a["config_hash"] == b["config_hash"]  # the same cell, run another way
+        assert "world_size" not in a["provenance"] and b["provenance"]["world_size"] == world_size
+        for split in ("val", "test"):
+            assert b["metrics"][split] == pytest.approx(a["metrics"][split], rel=0, abs=1e-12), key
+        for model, epochs in a["curves"].items():
+            for ea, eb in zip(epochs, b["curves"][model], strict=True):
+                assert eb["train_loss"] == pytest.approx(ea["train_loss"], rel=1e-5), key
+        if a["conflict"] is not None:
+            ca, cb = a["conflict"]["series"], b["conflict"]["series"]
+            assert ca["step"] == cb["step"] and len(ca["step"]) == 4
+            for ra, rb in zip(ca["pair_cos"], cb["pair_cos"]):
+                assert rb == pytest.approx(ra, abs=1e-4), key
+
+
+def test_two_processes_equal_one(runs):
+    config, one, two = runs
+    single, double = results_by_row(one), results_by_row(two)
+    assert len(single) == 12
+    assert_same_runs(single, double, 2)
+    assert main(["validate", str(two), "--config", str(config)]) == 0
+
+
+def test_unsupported_kind_and_a_failing_rank_fail_the_cell(tmp_path):
+    config = project_with_rankfail(tmp_path / "proj")
+    results = tmp_path / "results"
+    argv = ["run", "--config", str(config), "--suite", "refused", "--results", str(results), "--threads", "1"]
+    assert main([*argv, "--no-progress", "--processes-per-run", "2"]) == 1  # cells failed, the grid went on
+    found = results_by_row(results)
+    refused = found[("refused", "auto-lambda", "none")]
+    assert refused["status"] == "failed"
+    assert "does not support that kind" in refused["reason"] and "processes_per_run = 1" in refused["reason"]
+    failed = found[("refused", "rankfail", "none")]
+    assert failed["status"] == "failed"
+    assert "rank 1 failed: RuntimeError: rank one gives up" in failed["reason"]
+
+
+def test_batch_must_split_into_equal_shards(tmp_path):
+    section = 'batch_size = 32\noptimizer = "adam"\nlr = 0.002\nmax_train_samples = 64'
+    assert TOML.count(section) == 1
+    config = project_with_rankfail(tmp_path / "proj", TOML.replace(section, section.replace("32", "30")))
+    results = tmp_path / "results"
+    argv = ["run", "--config", str(config), "--suite", "refused", "--only", "method=rankfail", "--results", str(results)]
+    assert main([*argv, "--threads", "1", "--no-progress", "--processes-per-run", "4"]) == 1
+    (failed,) = results_by_row(results).values()
+    assert failed["status"] == "failed" and "batch_size 30 cannot be split into 4 equal shards" in failed["reason"]
