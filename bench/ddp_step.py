@@ -1,7 +1,8 @@
 """One run over N processes (``--processes-per-run``) against one process: per-step time on this
 machine's CPUs, and what a run exchanges per step as T and P grow (what a GPU cluster would pay).
 
-Times: the same MultiMNIST cell (ResNet-18 at width 16, batch 64) trained for a few steps with
+Times: the same MultiMNIST cells (ResNet-18 at width 16, whose 21 batch norms each exchange their
+statistics in the forward and the backward pass, and a 4-block ViT, which has none; batch 64) trained for a few steps with
 N = 1 on ``--cores`` threads and with N = 2 on ``--cores`` / 2 threads each (the same cores), the
 median step time the result file records (conflict statistics off). Bytes: per optimiser step,
 the floats all-reduced (float32, 4 bytes) by each method kind (mtlbench.train.distributed):
@@ -29,8 +30,12 @@ TOML = """
 model = "resnet18"
 kwargs = {{ channels = [16, 32, 64, 128] }}
 
+[backbones.vit-t4]
+model = "vit_tiny_patch16_224"
+kwargs = {{ img_size = 36, patch_size = 12, depth = 4, embed_dim = 128, num_heads = 4 }}
+
 [suites.bench]
-backbones = ["resnet18-w16"]
+backbones = {backbones}
 methods = {methods}
 mitigations = ["none"]
 seeds = [0]
@@ -45,14 +50,19 @@ max_train_samples = {samples}
 """
 
 
-def step_times(methods: list[str], processes: int, threads: int, samples: int) -> dict[str, float]:
-    """Median step time (ms) of each method's cell, trained with ``processes`` ranks."""
+BACKBONES = ["resnet18-w16", "vit-t4"]  # with 21 batch norms; with none (layer norms)
+
+
+def step_times(methods: list[str], processes: int, threads: int, samples: int) -> dict[tuple[str, str], float]:
+    """Median step time (ms) of each (backbone, method) cell, trained with ``processes`` ranks."""
     with tempfile.TemporaryDirectory(prefix="mtlbench-ddp-bench-") as tmp:
         project = Path(tmp) / "proj"
         project.mkdir()
         for folder in ("tasks", "baselines"):
             subprocess.run(["cp", "-r", str(ROOT / folder), str(project / folder)], check=True)
-        (project / "benchmark.toml").write_text(TOML.format(methods=json.dumps(methods), samples=samples))
+        (project / "benchmark.toml").write_text(
+            TOML.format(methods=json.dumps(methods), samples=samples, backbones=json.dumps(BACKBONES))
+        )
         results = Path(tmp) / "results"
         command = [sys.executable, "-m", "mtlbench", "run", "--config", str(project / "benchmark.toml"), "--suite", "bench"]
         command += ["--results", str(results), "--threads", str(threads), "--processes-per-run", str(processes)]
@@ -62,7 +72,7 @@ def step_times(methods: list[str], processes: int, threads: int, samples: int) -
             if any(part.startswith(".") for part in path.relative_to(results).parts):
                 continue
             data = json.loads(path.read_text())
-            out[data["method"]] = float(data["cost"]["step_time_ms_median"])
+            out[(data["backbone"], data["method"])] = float(data["cost"]["step_time_ms_median"])
         return out
 
 
@@ -85,11 +95,11 @@ def main() -> int:
     methods = args.methods.split(",")
     one = step_times(methods, 1, args.cores, args.samples)
     two = step_times(methods, 2, max(1, args.cores // 2), args.samples)
-    print(f"Per-step time, MultiMNIST ResNet-18 w16, batch 64 ({args.cores} cores; median over the cell's steps)\n")
-    print("| method | 1 process | 2 processes | ratio |")
-    print("|---|---|---|---|")
-    for m in methods:
-        print(f"| {m} | {one[m]:.1f} ms | {two[m]:.1f} ms | {two[m] / one[m]:.2f} |")
+    print(f"Per-step time, MultiMNIST, batch 64 ({args.cores} cores; median over the cell's steps)\n")
+    print("| backbone | method | 1 process | 2 processes | ratio |")
+    print("|---|---|---|---|---|")
+    for key in sorted(one):
+        print(f"| {key[0]} | {key[1]} | {one[key]:.1f} ms | {two[key]:.1f} ms | {two[key] / one[key]:.2f} |")
 
     import torch
 

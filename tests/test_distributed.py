@@ -150,6 +150,26 @@ def test_two_processes_equal_one(runs):
     assert main(["validate", str(two), "--config", str(config)]) == 0
 
 
+def test_results_of_two_processes_aggregate_with_single_process_ones(runs, tmp_path):
+    """A suite whose baseline ran in one process and whose methods ran over two: one table."""
+    from mtlbench.report.aggregate import load_results, run_delta_m
+
+    _, one, two = runs
+    mixed = tmp_path / "mixed"
+    for folder, keep in ((one, lambda d: d["method"] == "stl"), (two, lambda d: d["method"] != "stl")):
+        for path in iter_result_files([folder]):
+            data = json.loads(path.read_text())
+            if data["suite"] == "ddp" and keep(data):
+                target = mixed / path.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(path.read_text())
+    loaded = load_results([mixed])
+    assert loaded.problems == [] and len(loaded.runs) == 10
+    runs_dm = run_delta_m(loaded)
+    methods = runs_dm[~runs_dm["is_baseline"]]
+    assert len(methods) == 9 and methods["dm_flat"].notna().all()
+
+
 def test_unsupported_kind_and_a_failing_rank_fail_the_cell(tmp_path):
     config = project_with_rankfail(tmp_path / "proj")
     results = tmp_path / "results"

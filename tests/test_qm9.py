@@ -131,6 +131,25 @@ def test_complete_graph_batch_by_hand():
     assert bonded.edge_index.tolist() == [[2, 3], [3, 2]] and bonded.edge_attr.tolist() == [[0, 0, 1, 0, 5.0]] * 2
 
 
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_shard_of_a_graph_batch_is_the_batch_of_its_molecules(complete):
+    """A rank's block of a graph batch (mtlbench.train.distributed) equals the batch built from
+    its molecules alone: nodes, edges (re-indexed) and owners, on complete and bond graphs."""
+    x = torch.arange(5 * 11, dtype=torch.float32).view(5, 11)
+    pos = torch.tensor([[0.0, 0, 0], [3, 4, 0], [0, 0, 1], [1, 0, 0], [1, 0, 2]])
+    bonds = torch.tensor([[0, 1], [1, 0], [1, 0]])
+    bond_attr = torch.tensor([[0.0, 0, 1, 0], [0, 0, 1, 0], [1.0, 0, 0, 0]])
+    split = GraphSplit(x, pos, offsets(np.array([3, 2])), bonds, bond_attr, offsets(np.array([2, 1])),
+                       {"a": torch.tensor([1.0, 2.0])}, complete=complete)  # fmt: skip
+    order = torch.tensor([1, 0, 0, 1])
+    whole = split.graph(order)
+    for start, stop in ((0, 2), (2, 4), (1, 3)):
+        part, alone = whole.graphs(start, stop), split.graph(order[start:stop])
+        assert part.num_graphs == alone.num_graphs == stop - start
+        for name in ("x", "edge_index", "edge_attr", "batch"):
+            assert torch.equal(getattr(part, name), getattr(alone, name)), (name, start, stop)
+
+
 def test_mae_in_reported_units_by_hand():
     from tasks.qm9 import TargetMAE
 
