@@ -228,14 +228,7 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
     _wait_for(lambda: _checkpointed(results), deadline, "no checkpoint within 240 s", interval=0.5)
     job = _the_running_job()
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, timeout=30)
-    # SLURM holds a requeued job back for two minutes (its begin time, set once the old processes
-    # are gone); let it start then, as a pre-empted job would on a free cluster
-    for _ in range(120):
-        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if state.stdout.strip() == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
-            break
-        time.sleep(0.5)
+    _start_when_requeued(job)
     _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys), deadline + 300, "the requeued job did not finish")
     got = results_of(results)
     ((name, result),) = got.items()
@@ -244,6 +237,76 @@ def test_a_requeued_job_resumes_from_its_last_epoch_and_ends_as_if_uninterrupted
     log = (results / name).with_suffix(".log").read_text()
     assert log.count(" start ") == 2 and "resuming from a checkpoint" in log, log
     assert training_record(result) == training_record(expected[name])
+
+
+def _start_when_requeued(job: str, within_s: float = 120.0) -> None:
+    """SLURM holds a requeued job back for two minutes (its begin time, set once the old
+    processes are gone); let it start then, as a pre-empted job would on a free cluster."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if state.stdout.strip() == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, timeout=30)
+            return
+        time.sleep(0.5)
+
+
+def _time_limit_signal(job: str) -> None:
+    """What SLURM sends a job ``signal_delay`` before its time limit (submitit asks for USR2 with
+    --signal): sent now, to the job's steps. With a limit of 2 minutes submitit counts any such
+    signal as a time-out (its guaranteed wall time, min(0.8 x limit, limit - 10 min), is negative),
+    so the test need not wait for a real limit, whose signal SLURM may send up to a minute early."""
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True, timeout=30)
+
+
+def test_a_job_at_its_time_limit_is_requeued_by_submitit_and_completes(partition, tmp_path, capsys, data_dir):
+    """The time-limit signal in the middle of a cell: submitit checkpoints (the cell's last
+    epoch is on disk already), requeues the job, and the new run resumes and writes the result
+    an uninterrupted local run writes."""
+    from tests.conftest import make_project
+
+    config = make_project(tmp_path / "p", LONG_TOML)
+    local = tmp_path / "local"
+    assert main([*run_args(config, local), "--data", str(data_dir)]) == 0
+    results = tmp_path / "r"
+    cluster = [*_real(partition)[:-1], "2"]  # --time-min 2
+    assert main([*run_args(config, results, *cluster), "--data", str(data_dir), "--no-wait"]) == 0
+    deadline = time.monotonic() + 240
+    _wait_for(lambda: _checkpointed(results), deadline, "no checkpoint within 240 s", interval=0.5)
+    job = _the_running_job()
+    _time_limit_signal(job)
+    _start_when_requeued(job)
+    _wait_for(lambda: _status_says(config, results, "1 cells: 1 done", capsys), deadline + 300, "the requeued job did not finish")
+    ((name, result),) = results_of(results).items()
+    assert result["status"] == "ok" and result["provenance"]["resumed_after_epoch"]
+    submitit_log = "".join(p.read_text() for p in (results / ".slurm").glob(f"{job.split('_')[0]}*_log.err"))
+    assert "this job is timed-out" in submitit_log, submitit_log[-2000:]
+    assert training_record(result) == training_record(results_of(local)[name])
+
+
+def test_a_job_out_of_requeues_at_its_time_limit_is_recorded_failed_with_the_reason(partition, tmp_path, data_dir):
+    """max_requeue = 0: the first time-limit signal ends the job; the waiting runner records the
+    cell failed with submitit's reason, and --retry-failed runs it again."""
+    from tests.conftest import make_project
+    from tests.grid_support import start_cli
+
+    config = make_project(tmp_path / "p", LONG_TOML + "\n[executor.slurm]\nmax_requeue = 0\n")
+    results = tmp_path / "r"
+    cluster = [*_real(partition)[:-1], "2"]
+    runner = start_cli([*run_args(config, results, *cluster), "--data", str(data_dir)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    def started() -> bool:
+        assert runner.poll() is None, "the runner ended before the job saved an epoch"
+        return _checkpointed(results)
+
+    _wait_for(started, time.monotonic() + 240, "the job did not start a checkpointed epoch", interval=0.5)
+    _time_limit_signal(_the_running_job())
+    out, _ = runner.communicate(timeout=240)
+    assert runner.returncode == 1 and "1 failed" in out, out
+    ((_, failed),) = results_of(results).items()
+    assert failed["status"] == "failed"
+    assert "timed-out too many times" in failed["reason"], failed["reason"]
 
 
 def test_a_cancelled_job_is_recorded_failed_and_retry_failed_runs_it(partition, tmp_path, capsys, data_dir):
