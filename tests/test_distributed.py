@@ -3,7 +3,7 @@ one process: the results agree up to floating-point reduction order, for loss we
 gradient methods (with their random draws), a representation-gradient method, a multi-sample
 method and the single-task baseline, with Recon and ST, on a ResNet whose batch norms are
 synchronised. Also: the kinds a run over several processes cannot reproduce are refused with
-the reason, and a rank that fails fails the cell with its own error instead of hanging.
+the reason, and a rank that raises or is killed fails the cell with its own error instead of hanging.
 
 Tolerances, from the runs that set them (4 steps, float32): training losses agree to 2.2e-7
 relative, validation and test metrics exactly; the whole-model pairwise cosines of the conflict
@@ -61,7 +61,7 @@ eval_batch_size = 512
 
 [suites.refused]
 backbones = ["r8"]
-methods = ["auto-lambda", "rankfail"]
+methods = ["auto-lambda", "rankfail", "rankdie"]
 mitigations = ["none"]
 seeds = [0]
 
@@ -73,8 +73,11 @@ lr = 0.002
 max_train_samples = 64
 """
 
-# a method that fails on rank 1 only (rank 0 then waits in its next collective)
+# methods whose rank 1 raises or is killed (rank 0 then fails in its next collective)
 RANK_FAIL = '''
+import os
+import signal
+
 import torch
 import torch.distributed as dist
 from mtlbench.api import GradientAggregator
@@ -89,6 +92,18 @@ class RankFail(GradientAggregator):
     def aggregate(self, grads, losses, info):
         if dist.is_initialized() and dist.get_rank() == 1:
             raise RuntimeError("rank one gives up")
+        return grads.sum(0)
+
+
+class RankDie(GradientAggregator):
+    """Sums the task gradients, but rank 1 of a run over several processes is killed."""
+    name = "rankdie"
+    description = "rank 1 is killed"
+    citation = "none"
+
+    def aggregate(self, grads, losses, info):
+        if dist.is_initialized() and dist.get_rank() == 1 and info.step == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         return grads.sum(0)
 '''
 
@@ -182,6 +197,8 @@ def test_unsupported_kind_and_a_failing_rank_fail_the_cell(tmp_path):
     failed = found[("refused", "rankfail", "none")]
     assert failed["status"] == "failed"
     assert "rank 1 failed: RuntimeError: rank one gives up" in failed["reason"]
+    killed = found[("refused", "rankdie", "none")]
+    assert killed["status"] == "failed" and "rank 1 failed: exit status -9" in killed["reason"], killed["reason"]
 
 
 def test_batch_must_split_into_equal_shards(tmp_path):
