@@ -210,3 +210,34 @@ def test_batch_must_split_into_equal_shards(tmp_path):
     assert main([*argv, "--threads", "1", "--no-progress", "--processes-per-run", "4"]) == 1
     (failed,) = results_by_row(results).values()
     assert failed["status"] == "failed" and "batch_size 30 cannot be split into 4 equal shards" in failed["reason"]
+
+
+def test_a_killed_run_over_two_processes_resumes_to_the_uninterrupted_result(tmp_path):
+    """The runner (rank 0) killed mid-cell takes its other rank with it; run again, both ranks
+    restore rank 0's last checkpoint and the cell ends with the uninterrupted run's numbers."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.grid_support import results_of, start_cli, training_record
+
+    section = 'epochs = 1\nbatch_size = 32\noptimizer = "adam"\nlr = 0.002\nmax_train_samples = 128'
+    config = project_with_rankfail(
+        tmp_path / "proj", TOML.replace(section, section.replace("1\n", "3\n", 1).replace("128", "256"), 1)
+    )
+    argv = ["run", "--config", str(config), "--suite", "ddp", "--only", "method=pcgrad", "--threads", "1", "--no-progress"]
+    two = [*argv, "--processes-per-run", "2"]
+    assert main([*two, "--results", str(tmp_path / "whole")]) == 0
+    results = tmp_path / "killed"
+    runner = start_cli([*two, "--results", str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, saved = time.monotonic() + 120, results / ".checkpoints"
+    while not (saved.is_dir() and any(saved.rglob("*.pt"))):
+        assert runner.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    assert not results_of(results), "the cell finished before it was killed"
+    assert main([*two, "--results", str(results)]) == 0
+    ((name, resumed),) = results_of(results).items()
+    assert resumed["provenance"]["resumed_after_epoch"] and resumed["provenance"]["world_size"] == 2
+    assert training_record(resumed) == training_record(results_of(tmp_path / "whole")[name])
