@@ -103,7 +103,7 @@ def train_and_write_ranks(job: CellJob, data_cache: dict | None) -> Outcome:
                 data_cache,
                 explain=explain,
                 device=device,
-                before=lambda: distributed.initialise(0, job.processes, address, backend_for(device)),
+                before=lambda: distributed.initialise(0, job.processes, address, backend_for(device), device),
             )
         finally:
             distributed.shutdown()
@@ -120,9 +120,10 @@ def rank_main(spec: Path, rank: int, address: str) -> int:
     from mtlbench.train import distributed
 
     job: CellJob = pickle.loads(spec.read_bytes())
-    distributed.initialise(rank, job.processes, address, backend_for(rank_device(job, rank)))
+    device = rank_device(job, rank)
+    distributed.initialise(rank, job.processes, address, backend_for(device), device)
     try:
-        train_rank(job, rank, rank_device(job, rank))
+        train_rank(job, rank, device)
     finally:
         distributed.shutdown()
     return 0
@@ -170,7 +171,8 @@ def run_scheduled(job: CellJob, lock_job: str, rank: int, local_rank: int, maste
     # each task on its own GPU of its node (rank_device(job, 0) is then the job's device)
     job = replace(job, device=f"cuda:{local_rank}" if resolve_device(job.device).type == "cuda" else job.device)
     port = 20000 + int("".join(c for c in job_number if c.isdigit()) or 0) % 20000
-    distributed.initialise(rank, job.processes, f"tcp://{master}:{port}", backend_for(rank_device(job, 0)))
+    device = rank_device(job, 0)
+    distributed.initialise(rank, job.processes, f"tcp://{master}:{port}", backend_for(device), device)
     try:
 
         def decided(go: bool) -> None:

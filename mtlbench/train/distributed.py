@@ -170,9 +170,12 @@ def current() -> World | None:
     return _CURRENT
 
 
-def initialise(rank: int, size: int, address: str, backend: str = "gloo") -> World:
-    """Join the run's process group (``address``: ``tcp://host:port`` of rank 0's store)."""
+def initialise(rank: int, size: int, address: str, backend: str = "gloo", device: torch.device | None = None) -> World:
+    """Join the run's process group (``address``: ``tcp://host:port`` of rank 0's store;
+    ``device``: this rank's GPU with NCCL)."""
     global _CURRENT
+    if backend == "nccl":  # NCCL's object collectives (evaluation) use the current device
+        torch.cuda.set_device(device)
     dist.init_process_group(
         backend, init_method=address, rank=rank, world_size=size, timeout=datetime.timedelta(seconds=TIMEOUT_S)
     )
