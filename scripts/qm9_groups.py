@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from mtlbench.report.aggregate import GROUP, group_delta_m, load_results  # noqa: E402
 from mtlbench.report.stats import Paired, holm, paired_many  # noqa: E402
-from tasks.qm9 import TARGET_GROUPS, TASKS  # noqa: E402
+from tasks.qm9 import REPORT_GROUPS  # noqa: E402
 
 Seeds = dict[int, float]
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_results(args.results)
     for problem in loaded.problems:
         print(f"note: {problem}", file=sys.stderr)
-    groups = {**{g: list(ts) for g, ts in TARGET_GROUPS.items()}, "all": list(TASKS)}
+    groups = {g: list(ts) for g, ts in REPORT_GROUPS.items()}
     runs = group_delta_m(loaded, groups)
     runs = runs[(runs["task"] == "qm9") & ~runs["is_baseline"]]
     if runs.empty:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from mtlbench.report.aggregate import group_delta_m, load_results  # noqa: E402
 from mtlbench.report.published import PublishedTable, read_table, recompute_dm  # noqa: E402
-from tasks.qm9 import TARGET_GROUPS, TASKS  # noqa: E402
+from tasks.qm9 import REPORT_GROUPS  # noqa: E402
 
 TABLES = ("navon2022-nash-mtl-table6-qm9.toml", "liu2023-famo-table2-qm9.toml")
 
@@ -51,8 +51,9 @@ def published_dm(tables: list[PublishedTable], groups: dict[str, list[str]]) -> 
 def rank_agreement(ours: dict[str, np.ndarray], paper: dict[str, float], rng: np.random.Generator, draws: int) -> str:
     methods = sorted(ours)
     x = np.array([paper[m] for m in methods])
-    rho = float(spearmanr(x, [ours[m].mean() for m in methods]).statistic)
-    perm = np.array([spearmanr(rng.permutation(x), [ours[m].mean() for m in methods]).statistic for _ in range(draws)])
+    y = np.array([ours[m].mean() for m in methods])
+    rho = float(spearmanr(x, y).statistic)
+    perm = np.array([spearmanr(rng.permutation(x), y).statistic for _ in range(draws)])
     p = (1 + int(np.sum(perm >= rho - 1e-12))) / (draws + 1)
     boot = [
         spearmanr(x, [rng.choice(ours[m], size=len(ours[m]), replace=True).mean() for m in methods]).statistic
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=10_000, help="permutations and bootstrap draws (default 10,000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the permutations and draws")
     args = parser.parse_args(argv)
-    groups = {**{g: list(ts) for g, ts in TARGET_GROUPS.items()}, "all": list(TASKS)}
+    groups = {g: list(ts) for g, ts in REPORT_GROUPS.items()}
     paper = published_dm([read_table(args.published / name) for name in TABLES], groups)
     loaded = load_results(args.results)
     for problem in loaded.problems:
