@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtlbench.api import GramWeighting  # noqa: E402
 from mtlbench.core.errors import ConfigError  # noqa: E402
+from mtlbench.train.conflict import gram_cosines  # noqa: E402
 
 COLUMNS = [
     "step", "epoch", "loss", "w_min", "w_max", "w_sum", "cos_min", "cos_median", "cos_max",
@@ -53,15 +54,16 @@ class _Enough(Exception):
 
 
 def step_row(gram: torch.Tensor, weights: torch.Tensor, losses: torch.Tensor, step: int, epoch: int) -> dict[str, float]:
-    """One trace row from the step's Gram matrix K, the method's weights w and the task losses."""
+    """One trace row from the step's Gram matrix K, the method's weights w and the task losses. The
+    cosines come from the Gram matrix of the T task gradients, the update d = sum_i w_i g_i and
+    EW's sum (rows I, w, 1 applied to K: g_i . d = (K w)_i)."""
     k = gram.detach().to(torch.float64)
     w = weights.detach().to(torch.float64)
-    norms = k.diagonal().clamp_min(0).sqrt()
-    tiny = torch.finfo(torch.float64).tiny
-    update_norm = float((w @ k @ w).clamp_min(0).sqrt())
-    cos = (k @ w) / (norms * update_norm).clamp_min(tiny)
-    total = k.sum(dim=1)  # g_i . (sum_j g_j)
-    ew_cos = total / (norms * k.sum().clamp_min(0).sqrt()).clamp_min(tiny)
+    t = k.shape[0]
+    rows = torch.cat([torch.eye(t, dtype=torch.float64), w[None], torch.ones(1, t, dtype=torch.float64)])
+    extended = rows @ k @ rows.T
+    cos = gram_cosines(extended)
+    norms = extended.diagonal().clamp_min(0).sqrt()
     eig = torch.linalg.eigvalsh(k)
     return {
         "step": step,
@@ -70,11 +72,11 @@ def step_row(gram: torch.Tensor, weights: torch.Tensor, losses: torch.Tensor, st
         "w_min": float(w.min()),
         "w_max": float(w.max()),
         "w_sum": float(w.sum()),
-        "cos_min": float(cos.min()),
-        "cos_median": float(cos.quantile(0.5)),
-        "cos_max": float(cos.max()),
-        "ew_cos_median": float(ew_cos.quantile(0.5)),
-        "update_ratio": update_norm / max(float(norms.max()), tiny),
+        "cos_min": float(cos[:t, t].min()),
+        "cos_median": float(cos[:t, t].quantile(0.5)),
+        "cos_max": float(cos[:t, t].max()),
+        "ew_cos_median": float(cos[:t, t + 1].quantile(0.5)),
+        "update_ratio": float(norms[t]) / max(float(norms[:t].max()), torch.finfo(torch.float64).tiny),
         "eig_ratio": float(eig[0] / eig[-1]) if float(eig[-1]) > 0 else 0.0,
     }
 
@@ -112,18 +114,18 @@ def summarize(rows: list[dict[str, float]], top: int = 3, window: int = 50) -> s
     return "\n".join(lines)
 
 
-def compare(result: dict[str, Any], stored_path: Path, epochs_traced: int) -> str:
-    """Whether the re-run equals the stored result: test metrics (whole runs only) and the training
-    losses of every epoch both have."""
+def compare(result: dict[str, Any], stored_path: Path) -> str:
+    """Whether a whole re-run equals the stored result: the training losses of every epoch both
+    have, and the test metrics."""
     stored = json.loads(stored_path.read_text())
     ours, theirs = result["curves"].get("joint", []), stored.get("curves", {}).get("joint", [])
-    n = min(len(ours), len(theirs), epochs_traced)
+    n = min(len(ours), len(theirs))
     same_losses = all(a["train_loss"] == b["train_loss"] for a, b in zip(ours[:n], theirs[:n]))
-    parts = [f"training losses of epochs 1-{n}: {'equal' if same_losses else 'DIFFERENT'}"]
-    if result.get("metrics") is not None:
-        same = result["metrics"].get("test") == stored.get("metrics", {}).get("test")
-        parts.append(f"test metrics: {'equal' if same else 'DIFFERENT'}")
-    return f"{stored_path}: " + ", ".join(parts)
+    same_test = result["metrics"].get("test") == stored.get("metrics", {}).get("test")
+    return (
+        f"{stored_path}: training losses of epochs 1-{n}: {'equal' if same_losses else 'DIFFERENT'}, "
+        f"test metrics: {'equal' if same_test else 'DIFFERENT'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{name}: {len(rows)} steps -> {args.out}")
     print(summarize(rows))
     if args.compare is not None and result is not None:
-        print(compare(result, args.compare, len({int(r["epoch"]) for r in rows})))
+        print(compare(result, args.compare))
     elif args.compare is not None:
         print(f"{args.compare}: not compared (--max-steps stopped the cell before its result)")
     return 0

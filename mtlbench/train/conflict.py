@@ -27,10 +27,16 @@ from mtlbench.core.spec import HISTOGRAMS, RECON_EDGES  # noqa: F401  (re-export
 def pairwise_cosines(grads: Tensor) -> Tensor:
     """(T, P) gradients -> (T, T) cosine matrix, computed in float64; zero rows give 0."""
     g = grads.detach().to(torch.float64)
-    gram = g @ g.T
-    norms = gram.diagonal().clamp_min(0).sqrt()
+    return gram_cosines(g @ g.T)
+
+
+def gram_cosines(gram: Tensor) -> Tensor:
+    """(T, T) Gram matrix of T vectors -> their (T, T) cosine matrix, in float64; a vector of norm
+    0 has cosine 0 with everything."""
+    k = gram.detach().to(torch.float64)
+    norms = k.diagonal().clamp_min(0).sqrt()
     denom = torch.outer(norms, norms)
-    return torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+    return torch.where(denom > 0, k / denom.clamp_min(1e-300), torch.zeros_like(k))
 
 
 def pair_values(matrix: Tensor) -> Tensor:
